@@ -1,0 +1,18 @@
+//! The conformance suite runner. Cases are data (`conformance/cases/*.toml`, format in
+//! `conformance/README.md`), loaded once and run on any backend. The cpu backend checks them
+//! against their written expectations; every other backend is also compared, word for word
+//! and byte for byte, with the cpu backend's run of the same case (the oracle). Each
+//! backend's known gaps are data too (`conformance/gaps.toml`).
+
+#![forbid(unsafe_code)]
+
+mod case;
+mod run;
+
+pub use case::{load_cases, load_gaps, Case, CaseError, Gaps};
+pub use run::{check, compare, run_case, run_suite, Observed, SlotObservation, SuiteReport};
+
+/// The repository's `conformance/` folder.
+pub fn default_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance")
+}

@@ -1,0 +1,185 @@
+//! vyre's cpu backend: persistent worker threads claim slots from the same ring layout the
+//! GPU backends use and execute them with the reference interpreter. It is the embedded
+//! default and the correctness oracle. It contains no `unsafe`.
+
+#![forbid(unsafe_code)]
+
+mod memory;
+mod worker;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use vyre_isa::{Program, SlotOp};
+use vyre_runtime::protocol::control;
+use vyre_runtime::ring::{HeapRing, RingMemory};
+use vyre_runtime::{
+    Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
+    LaunchConfig,
+};
+use worker::{Parking, Shared};
+
+/// Largest buffer: offsets are 32-bit, so 4 GiB.
+const MAX_BUFFER_BYTES: u64 = 1 << 32;
+const MAX_BUFFERS: u32 = 1 << 16;
+const MAX_PROGRAMS: u32 = 1 << 12;
+
+/// The cpu backend.
+#[derive(Debug)]
+pub struct CpuBackend {
+    caps: Capabilities,
+    shared: Arc<Shared>,
+    ring: OnceLock<Arc<dyn RingMemory>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend::new()
+    }
+}
+
+impl CpuBackend {
+    /// A cpu backend whose default worker count is the number of available cores.
+    pub fn new() -> CpuBackend {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        CpuBackend {
+            caps: Capabilities {
+                device: format!("cpu: {cores} core(s)"),
+                kind: BackendKind::Cpu,
+                model: ExecutionModel::Persistent,
+                ops: SlotOp::ALL.to_vec(),
+                max_workers: cores,
+                max_buffer_bytes: MAX_BUFFER_BYTES,
+                max_buffers: MAX_BUFFERS,
+                max_programs: MAX_PROGRAMS,
+            },
+            shared: Arc::new(Shared {
+                buffers: memory::Buffers::new(MAX_BUFFERS, "registered buffers"),
+                programs: memory::Programs::new(MAX_PROGRAMS, "loaded programs"),
+                parking: Parking::default(),
+                failure: Mutex::new(None),
+            }),
+            ring: OnceLock::new(),
+            workers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Lets tests and benchmarks run more workers than cores.
+    pub fn with_max_workers(mut self, n: usize) -> CpuBackend {
+        self.caps.max_workers = n.max(1);
+        self
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+    fn ring_memory(
+        &self,
+        capacity: u32,
+        debug_capacity: u32,
+    ) -> Result<Arc<dyn RingMemory>, BackendError> {
+        Ok(Arc::new(HeapRing::new(capacity, debug_capacity)))
+    }
+    fn create_buffer(&self, size: u64) -> Result<u32, BackendError> {
+        self.shared.buffers.create(size, MAX_BUFFER_BYTES)
+    }
+    fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.shared.buffers.host_write(handle, offset, data)
+    }
+    fn read_buffer(&self, handle: u32, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        self.shared.buffers.host_read(handle, offset, len)
+    }
+    fn load_program(&self, program: Program) -> Result<u32, BackendError> {
+        self.shared.programs.insert(program)
+    }
+    fn launch(&self, ring: Arc<dyn RingMemory>, config: &LaunchConfig) -> Result<(), BackendError> {
+        if self.ring.set(ring.clone()).is_err() {
+            return Err(BackendError::Launch(
+                "this cpu backend is already launched; create a new one".into(),
+            ));
+        }
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..config.workers {
+            let (shared, ring) = (self.shared.clone(), ring.clone());
+            let (budget, batch) = (config.step_budget, config.claim_batch);
+            let handle = std::thread::Builder::new()
+                .name(format!("vyre-cpu-{i}"))
+                .spawn(move || worker::run(shared, ring, budget, batch))
+                .map_err(|e| {
+                    BackendError::Launch(format!("cannot start worker thread {i}: {e}"))
+                })?;
+            workers.push(handle);
+        }
+        Ok(())
+    }
+    fn doorbell(&self) {
+        self.shared.parking.wake_all();
+    }
+    fn stop(&self) -> Result<(), BackendError> {
+        self.shared.parking.wake_all();
+        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            // A worker that panicked has already recorded why in `failure`.
+            let _ = h.join();
+        }
+        Ok(())
+    }
+    fn health(&self) -> Health {
+        let failure = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match self.ring.get() {
+            None => Health {
+                workers_running: 0,
+                heartbeat: 0,
+                stopped: false,
+                failure,
+            },
+            Some(ring) => {
+                let c = ring.control();
+                let running = c[control::WORKERS_RUNNING].load(Ordering::Acquire) as usize;
+                let launched = !self
+                    .workers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                Health {
+                    workers_running: running,
+                    heartbeat: c[control::HEARTBEAT].load(Ordering::Relaxed),
+                    stopped: !launched
+                        || (running == 0 && failure.is_some())
+                        || c[control::SHUTDOWN].load(Ordering::Acquire) != 0 && running == 0,
+                    failure,
+                }
+            }
+        }
+    }
+}
+
+/// Creates cpu backends for routing.
+#[derive(Debug, Default)]
+pub struct CpuProvider;
+
+impl BackendProvider for CpuProvider {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+    fn probe(&self) -> Result<Capabilities, BackendError> {
+        Ok(CpuBackend::new().caps)
+    }
+    fn create(&self) -> Result<Arc<dyn Backend>, BackendError> {
+        Ok(Arc::new(CpuBackend::new()))
+    }
+}

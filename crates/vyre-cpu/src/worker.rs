@@ -1,0 +1,155 @@
+//! The persistent worker loop: claim a batch, execute, complete, flush counters; when idle,
+//! spin briefly, then yield, then park until the host rings the doorbell.
+
+use crate::memory::{Buffers, Programs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use vyre_isa::{exec_slot, Env, Fault, FaultCode, Program, Slot};
+use vyre_runtime::protocol::control;
+use vyre_runtime::ring::{self, BatchCounters, RingMemory};
+
+/// How long an idle worker spins before it yields, and yields before it parks.
+const SPIN_FOR: Duration = Duration::from_micros(50);
+const YIELD_FOR: Duration = Duration::from_micros(500);
+
+/// Where idle workers sleep.
+#[derive(Debug, Default)]
+pub struct Parking {
+    lock: Mutex<()>,
+    cv: Condvar,
+    sleepers: AtomicUsize,
+}
+
+impl Parking {
+    /// Wakes every parked worker if any is parked (cheap when none is).
+    pub fn wake_all(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.cv.notify_all();
+        }
+    }
+
+    /// Parks until woken, unless `ready()` already holds once this worker counts as asleep.
+    fn park(&self, ready: impl Fn() -> bool) {
+        let mut g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        while !ready() {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What every worker shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Buffers.
+    pub buffers: Buffers,
+    /// Programs.
+    pub programs: Programs,
+    /// Idle workers.
+    pub parking: Parking,
+    /// Why a worker died, if one did.
+    pub failure: Mutex<Option<String>>,
+}
+
+struct WorkerEnv<'a> {
+    shared: &'a Shared,
+    ring: &'a dyn RingMemory,
+    step_budget: u64,
+}
+
+impl Env for WorkerEnv<'_> {
+    type Mem = Buffers;
+    type Prog = Arc<Program>;
+    fn mem(&self) -> &Buffers {
+        &self.shared.buffers
+    }
+    fn program(&self, id: u32) -> Option<Arc<Program>> {
+        self.shared.programs.get(id).cloned()
+    }
+    fn fence(&self) -> u32 {
+        fence(Ordering::SeqCst);
+        self.ring.control()[control::EPOCH]
+            .fetch_add(1, Ordering::SeqCst)
+            .wrapping_add(1)
+    }
+    fn debug_log(&self, position: u32, slot: &Slot, words: [u32; 4]) -> bool {
+        ring::debug_append(self.ring, position, slot, words)
+    }
+    fn request_shutdown(&self) {
+        self.ring.control()[control::SHUTDOWN].store(1, Ordering::Release);
+    }
+    fn step_budget(&self) -> u64 {
+        self.step_budget
+    }
+}
+
+/// Decrements the running-workers word however the worker exits (panics included).
+struct RunningGuard<'a>(&'a dyn RingMemory);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.control()[control::WORKERS_RUNNING].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One worker's life.
+pub fn run(shared: Arc<Shared>, ring: Arc<dyn RingMemory>, step_budget: u64, claim_batch: u32) {
+    let mem = ring.as_ref();
+    mem.control()[control::WORKERS_RUNNING].fetch_add(1, Ordering::AcqRel);
+    let _guard = RunningGuard(mem);
+    let env = WorkerEnv {
+        shared: &shared,
+        ring: mem,
+        step_budget,
+    };
+    let mut counters = BatchCounters::default();
+    let shutdown = || mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0;
+    let mut idle_since: Option<Instant> = None;
+    while !shutdown() {
+        let Some(claim) = ring::claim(mem, claim_batch) else {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            let idle = since.elapsed();
+            if idle < SPIN_FOR {
+                std::hint::spin_loop();
+            } else if idle < YIELD_FOR {
+                std::thread::yield_now();
+            } else {
+                shared.parking.park(|| ring::has_work(mem) || shutdown());
+                idle_since = None;
+            }
+            continue;
+        };
+        idle_since = None;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            for k in 0..claim.count {
+                let p = claim.start.wrapping_add(k);
+                let c = ring::read_claimed(mem, p);
+                let outcome = if c.seq_ok {
+                    exec_slot(&env, &c.slot, c.tenant_reserved, p)
+                } else {
+                    Err(Fault::new(FaultCode::Lost, p))
+                };
+                counters.record(c.slot.op, outcome.is_err());
+                ring::complete(mem, p, outcome);
+            }
+        }));
+        counters.flush(mem);
+        if let Err(panic) = result {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "cpu worker panicked; its claimed slots will be reported lost");
+            *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("a worker panicked: {what}"));
+            return;
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The backend trait: what every execution engine (cpu, cuda, wgpu) provides. Nothing
+//! above this trait knows which engine or GPU API is in use.
+
+use crate::ring::RingMemory;
+use std::fmt;
+use std::sync::Arc;
+use vyre_isa::{Program, SlotOp};
+
+/// How a backend runs the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutionModel {
+    /// Long-lived workers claim slots while the host publishes (cpu threads, a CUDA
+    /// persistent kernel).
+    Persistent,
+    /// Each dispatch drains the slots published since the last one (wgpu).
+    Epoch,
+}
+
+/// Where a backend executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BackendKind {
+    /// A GPU (preferred by routing).
+    Gpu,
+    /// The host CPU.
+    Cpu,
+}
+
+/// What a backend can do, reported before it is launched.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    /// The device, in words ("cpu: 2 worker threads").
+    pub device: String,
+    /// GPU or CPU.
+    pub kind: BackendKind,
+    /// Persistent or epoch.
+    pub model: ExecutionModel,
+    /// Core slot opcodes it executes.
+    pub ops: Vec<SlotOp>,
+    /// Most workers (threads, resident blocks) it can run.
+    pub max_workers: usize,
+    /// Largest buffer, in bytes.
+    pub max_buffer_bytes: u64,
+    /// Most registered buffers.
+    pub max_buffers: u32,
+    /// Most loaded programs.
+    pub max_programs: u32,
+}
+
+impl Capabilities {
+    /// Whether every op in `ops` is supported.
+    pub fn supports_all(&self, ops: &[SlotOp]) -> bool {
+        ops.iter().all(|op| self.ops.contains(op))
+    }
+}
+
+/// Settings for a launch.
+#[derive(Clone, Debug)]
+pub struct LaunchConfig {
+    /// Workers to run.
+    pub workers: usize,
+    /// Most instructions one EXEC slot may execute.
+    pub step_budget: u64,
+    /// Most slots a worker claims at once.
+    pub claim_batch: u32,
+}
+
+/// Liveness of a launched backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// Workers inside the claim loop now.
+    pub workers_running: usize,
+    /// The heartbeat word.
+    pub heartbeat: u32,
+    /// Whether the backend has stopped (after shutdown, or because it failed).
+    pub stopped: bool,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+}
+
+/// A backend operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot run here.
+    #[error("backend `{backend}` is unavailable: {reason}; {hint}")]
+    Unavailable {
+        /// Which backend.
+        backend: &'static str,
+        /// Why.
+        reason: String,
+        /// What to do about it.
+        hint: String,
+    },
+    /// No buffer with this handle.
+    #[error("no buffer with handle {handle}")]
+    BadHandle {
+        /// The handle.
+        handle: u32,
+    },
+    /// A host read or write outside a buffer.
+    #[error("range {offset}..{offset}+{len} is outside buffer {handle} of {size} bytes")]
+    OutOfBounds {
+        /// The handle.
+        handle: u32,
+        /// Start of the range.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The buffer's size.
+        size: u64,
+    },
+    /// A request beyond a limit.
+    #[error("{what}: {requested} requested, the limit is {limit}")]
+    Limit {
+        /// What was asked for.
+        what: &'static str,
+        /// How much.
+        requested: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Launching or stopping failed.
+    #[error("{0}")]
+    Launch(String),
+}
+
+/// An execution engine for the ring. Buffers and programs may be added before or after
+/// launch; handles and ids are never reused while the backend lives.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Its name (`cpu`, `cuda`, `wgpu`).
+    fn name(&self) -> &'static str;
+    /// What it can do.
+    fn capabilities(&self) -> &Capabilities;
+    /// Allocates ring memory where this backend's workers can reach it.
+    fn ring_memory(
+        &self,
+        capacity: u32,
+        debug_capacity: u32,
+    ) -> Result<Arc<dyn RingMemory>, BackendError>;
+    /// Registers a zero-filled buffer; returns its handle (never 0).
+    fn create_buffer(&self, size: u64) -> Result<u32, BackendError>;
+    /// Copies bytes into a buffer.
+    fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), BackendError>;
+    /// Copies bytes out of a buffer.
+    fn read_buffer(&self, handle: u32, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
+    /// Loads a validated program; returns its id.
+    fn load_program(&self, program: Program) -> Result<u32, BackendError>;
+    /// Starts the workers on an initialised ring.
+    fn launch(&self, ring: Arc<dyn RingMemory>, config: &LaunchConfig) -> Result<(), BackendError>;
+    /// Tells idle workers that slots were published.
+    fn doorbell(&self);
+    /// Waits for the workers to exit once the control block's SHUTDOWN word is set.
+    fn stop(&self) -> Result<(), BackendError>;
+    /// Liveness.
+    fn health(&self) -> Health;
+}
+
+/// Something that can say whether a backend can run here and create it.
+pub trait BackendProvider: Send + Sync {
+    /// The backend's name.
+    fn name(&self) -> &'static str;
+    /// GPU or CPU.
+    fn kind(&self) -> BackendKind;
+    /// Its capabilities here, or why it cannot run.
+    fn probe(&self) -> Result<Capabilities, BackendError>;
+    /// Creates it.
+    fn create(&self) -> Result<Arc<dyn Backend>, BackendError>;
+}

@@ -1,0 +1,24 @@
+//! vyre's runtime: the ring protocol and control block ([`protocol`], [`ring`]), the
+//! backend trait ([`backend`]), routing ([`routing`]) and the host API ([`Megakernel`]).
+//!
+//! Nothing here knows which backend is in use; backends live in their own crates.
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod error;
+pub mod megakernel;
+pub mod protocol;
+pub mod ring;
+pub mod routing;
+mod sync;
+
+pub use backend::{
+    Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
+    LaunchConfig,
+};
+pub use error::{Error, ErrorKind, PublishRejection};
+pub use megakernel::{Config, Megakernel, ShutdownReport, Stats, Ticket};
+pub use ring::{Completion, DebugRecord, Outcome, RingMemory};
+pub use routing::{route, BackendChoice, Decision, RoutingError};
+pub use vyre_isa as isa;

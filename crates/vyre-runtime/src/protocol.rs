@@ -1,0 +1,155 @@
+//! The ring protocol, version 1: every constant a backend needs, and nothing else.
+//!
+//! `PROTOCOL.md` documents the same layout byte for byte; GPU kernels get these numbers
+//! generated from here ([`generated_constants`]), never typed twice.
+
+pub use vyre_isa::slot::{word as slot_word, SLOT_BYTES};
+
+/// Protocol version written into the control block.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// "VYR0" as a little-endian u32.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"VYR0");
+/// Words per slot.
+pub const SLOT_WORDS: usize = slot_word::COUNT;
+
+/// Slot statuses (bits 0..8 of the status word).
+pub mod status {
+    /// Free: the host may publish into it.
+    pub const EMPTY: u32 = 0;
+    /// Published by the host, not yet claimed.
+    pub const PUBLISHED: u32 = 1;
+    /// Claimed by a worker, executing.
+    pub const CLAIMED: u32 = 2;
+    /// Finished; results valid.
+    pub const DONE: u32 = 3;
+    /// Finished with a fault; bits 8..16 hold the fault code, result 0 the detail, result 1
+    /// the location.
+    pub const FAULT: u32 = 4;
+    /// Reserved for the I/O queue (waiting on host I/O).
+    pub const WAIT_IO: u32 = 5;
+}
+
+/// Word offsets in the control block. Words are grouped into 64-byte lines by writer so
+/// that host-written and worker-written words never share a cache line.
+pub mod control {
+    /// [`super::MAGIC`].
+    pub const MAGIC: usize = 0;
+    /// [`super::PROTOCOL_VERSION`].
+    pub const VERSION: usize = 1;
+    /// Ring capacity in slots (a power of two).
+    pub const CAPACITY: usize = 2;
+    /// Debug log capacity in records (a power of two).
+    pub const DEBUG_CAPACITY: usize = 3;
+    /// Non-zero: workers stop once nothing they claimed is left.
+    pub const SHUTDOWN: usize = 4;
+    /// Next position the host will publish (host-written; line 1).
+    pub const TAIL: usize = 16;
+    /// Next position a worker will claim (workers CAS it; line 2).
+    pub const HEAD: usize = 32;
+    /// Slots completed (DONE or FAULT), wrapping (line 3, worker-written).
+    pub const DONE_COUNT: usize = 48;
+    /// Slots completed with FAULT, wrapping.
+    pub const FAULT_COUNT: usize = 49;
+    /// Bumped by workers while they run (watchdog input).
+    pub const HEARTBEAT: usize = 50;
+    /// Bumped by FENCE.
+    pub const EPOCH: usize = 51;
+    /// Workers currently inside the claim loop.
+    pub const WORKERS_RUNNING: usize = 52;
+    /// Next debug record index to write (line 4).
+    pub const DEBUG_WRITE: usize = 64;
+    /// Next debug record index the host will read.
+    pub const DEBUG_READ: usize = 65;
+    /// Debug records dropped because the log was full.
+    pub const DEBUG_DROPPED: usize = 66;
+    /// First of the per-opcode counters (lines 5..9): counter i counts core opcode i.
+    pub const OP_COUNTERS: usize = 80;
+    /// Counts slots whose opcode is not below [`vyre_isa::slot::COUNTED_OPCODES`].
+    pub const OTHER_OP_COUNTER: usize = OP_COUNTERS + vyre_isa::slot::COUNTED_OPCODES;
+    /// Words in the control block.
+    pub const WORDS: usize = 192;
+}
+
+/// Debug log record layout: eight words each.
+pub mod debug_record {
+    /// Record index + 1 once the record is complete (0 = not written yet).
+    pub const SEQ: usize = 0;
+    /// The ring position of the slot that wrote it.
+    pub const POSITION: usize = 1;
+    /// The slot's tenant word.
+    pub const TENANT: usize = 2;
+    /// The slot's opcode word.
+    pub const OP: usize = 3;
+    /// The four logged words.
+    pub const WORDS: usize = 4;
+    /// Words per record.
+    pub const RECORD_WORDS: usize = 8;
+}
+
+/// The protocol's constants as `#define` lines, for CUDA C++ sources; WGSL gets the same
+/// values as `const` declarations from [`generated_wgsl_constants`].
+pub fn generated_constants() -> String {
+    constants()
+        .iter()
+        .map(|(k, v)| format!("#define VYRE_{k} {v}u\n"))
+        .collect()
+}
+
+/// The protocol's constants as WGSL `const` declarations.
+pub fn generated_wgsl_constants() -> String {
+    constants()
+        .iter()
+        .map(|(k, v)| format!("const VYRE_{k}: u32 = {v}u;\n"))
+        .collect()
+}
+
+fn constants() -> Vec<(String, u64)> {
+    use vyre_isa::{FaultCode, Opcode, SlotOp};
+    let mut c: Vec<(String, u64)> = vec![
+        ("PROTOCOL_VERSION".into(), PROTOCOL_VERSION.into()),
+        ("MAGIC".into(), MAGIC.into()),
+        ("SLOT_WORDS".into(), SLOT_WORDS as u64),
+        ("SLOT_SEQ".into(), slot_word::SEQ as u64),
+        ("SLOT_STATUS".into(), slot_word::STATUS as u64),
+        ("SLOT_OP".into(), slot_word::OP as u64),
+        ("SLOT_TENANT".into(), slot_word::TENANT as u64),
+        ("SLOT_ARG0".into(), slot_word::ARG0 as u64),
+        ("SLOT_RES0".into(), slot_word::RES0 as u64),
+        ("ST_EMPTY".into(), status::EMPTY.into()),
+        ("ST_PUBLISHED".into(), status::PUBLISHED.into()),
+        ("ST_CLAIMED".into(), status::CLAIMED.into()),
+        ("ST_DONE".into(), status::DONE.into()),
+        ("ST_FAULT".into(), status::FAULT.into()),
+        ("ST_WAIT_IO".into(), status::WAIT_IO.into()),
+        ("CB_CAPACITY".into(), control::CAPACITY as u64),
+        ("CB_DEBUG_CAPACITY".into(), control::DEBUG_CAPACITY as u64),
+        ("CB_SHUTDOWN".into(), control::SHUTDOWN as u64),
+        ("CB_TAIL".into(), control::TAIL as u64),
+        ("CB_HEAD".into(), control::HEAD as u64),
+        ("CB_DONE_COUNT".into(), control::DONE_COUNT as u64),
+        ("CB_FAULT_COUNT".into(), control::FAULT_COUNT as u64),
+        ("CB_HEARTBEAT".into(), control::HEARTBEAT as u64),
+        ("CB_EPOCH".into(), control::EPOCH as u64),
+        ("CB_WORKERS_RUNNING".into(), control::WORKERS_RUNNING as u64),
+        ("CB_DEBUG_WRITE".into(), control::DEBUG_WRITE as u64),
+        ("CB_DEBUG_READ".into(), control::DEBUG_READ as u64),
+        ("CB_DEBUG_DROPPED".into(), control::DEBUG_DROPPED as u64),
+        ("CB_OP_COUNTERS".into(), control::OP_COUNTERS as u64),
+        (
+            "CB_OTHER_OP_COUNTER".into(),
+            control::OTHER_OP_COUNTER as u64,
+        ),
+        ("CB_WORDS".into(), control::WORDS as u64),
+        ("DBG_RECORD_WORDS".into(), debug_record::RECORD_WORDS as u64),
+    ];
+    for op in SlotOp::ALL {
+        c.push((format!("OP_{}", op.mnemonic()), *op as u64));
+    }
+    for op in Opcode::ALL {
+        c.push((format!("I_{}", op.mnemonic().to_uppercase()), *op as u64));
+    }
+    for f in FaultCode::ALL {
+        c.push((format!("F_{}", f.name().to_uppercase()), *f as u64));
+    }
+    c
+}

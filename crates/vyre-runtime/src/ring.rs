@@ -1,0 +1,456 @@
+//! The ring: host-side publish and reap, worker-side claim and complete.
+//!
+//! Positions are u32 and wrap; every comparison uses wrapping differences. The invariant
+//! `reap <= head <= tail <= reap + capacity` (in wrapping distance) is what makes slot reuse
+//! safe: the host publishes position `p` only after it has reaped `p - capacity`, and a
+//! worker claims `p` only after the host's release store of `tail` has made `p`'s words
+//! visible. Each slot's sequence word must equal its position when claimed, which catches a
+//! stale lap (ABA) instead of executing it.
+
+use crate::protocol::{control, debug_record, slot_word, status, SLOT_WORDS};
+use crate::sync::{fence, AtomicU32, Ordering};
+use vyre_isa::slot::COUNTED_OPCODES;
+use vyre_isa::{Fault, FaultCode, Slot};
+
+/// The three regions of ring memory, as words. Where they live is the backend's choice
+/// (heap for cpu, mapped pinned memory for cuda).
+pub trait RingMemory: Send + Sync + std::fmt::Debug {
+    /// The control block ([`control::WORDS`] words).
+    fn control(&self) -> &[AtomicU32];
+    /// The slots (capacity × 16 words).
+    fn slots(&self) -> &[AtomicU32];
+    /// The debug log (debug capacity × 8 words).
+    fn debug_log(&self) -> &[AtomicU32];
+}
+
+/// Ring memory on the heap.
+#[derive(Debug)]
+pub struct HeapRing {
+    control: Box<[AtomicU32]>,
+    slots: Box<[AtomicU32]>,
+    debug: Box<[AtomicU32]>,
+}
+
+fn zeroed(n: usize) -> Box<[AtomicU32]> {
+    (0..n).map(|_| AtomicU32::new(0)).collect()
+}
+
+impl HeapRing {
+    /// Zeroed memory for a ring of `capacity` slots and `debug_capacity` debug records.
+    pub fn new(capacity: u32, debug_capacity: u32) -> HeapRing {
+        HeapRing {
+            control: zeroed(control::WORDS),
+            slots: zeroed(capacity as usize * SLOT_WORDS),
+            debug: zeroed(debug_capacity as usize * debug_record::RECORD_WORDS),
+        }
+    }
+}
+
+impl RingMemory for HeapRing {
+    fn control(&self) -> &[AtomicU32] {
+        &self.control
+    }
+    fn slots(&self) -> &[AtomicU32] {
+        &self.slots
+    }
+    fn debug_log(&self) -> &[AtomicU32] {
+        &self.debug
+    }
+}
+
+/// Writes the control block header and the slots' initial sequence numbers. `start` is
+/// the first position (tests start near `u32::MAX` to cross the wrap).
+pub fn initialize(mem: &dyn RingMemory, capacity: u32, debug_capacity: u32, start: u32) {
+    assert!(capacity.is_power_of_two() && debug_capacity.is_power_of_two());
+    assert_eq!(mem.slots().len(), capacity as usize * SLOT_WORDS);
+    assert_eq!(
+        mem.debug_log().len(),
+        debug_capacity as usize * debug_record::RECORD_WORDS
+    );
+    let c = mem.control();
+    for w in c {
+        w.store(0, Ordering::Relaxed);
+    }
+    c[control::MAGIC].store(crate::protocol::MAGIC, Ordering::Relaxed);
+    c[control::VERSION].store(crate::protocol::PROTOCOL_VERSION, Ordering::Relaxed);
+    c[control::CAPACITY].store(capacity, Ordering::Relaxed);
+    c[control::DEBUG_CAPACITY].store(debug_capacity, Ordering::Relaxed);
+    c[control::TAIL].store(start, Ordering::Relaxed);
+    c[control::HEAD].store(start, Ordering::Relaxed);
+    for k in 0..capacity {
+        let p = start.wrapping_add(k);
+        let base = (p & (capacity - 1)) as usize * SLOT_WORDS;
+        for w in &mem.slots()[base..base + SLOT_WORDS] {
+            w.store(0, Ordering::Relaxed);
+        }
+        mem.slots()[base + slot_word::SEQ].store(p, Ordering::Relaxed);
+    }
+    c[control::DEBUG_WRITE].store(0, Ordering::Relaxed);
+    fence(Ordering::SeqCst);
+}
+
+fn slot_base(capacity: u32, position: u32) -> usize {
+    (position & (capacity - 1)) as usize * SLOT_WORDS
+}
+
+/// How a slot finished, as the host reads it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// DONE, with its result words.
+    Done([u32; 4]),
+    /// FAULT.
+    Fault(Fault),
+}
+
+/// A completed slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The ring position it ran at.
+    pub position: u32,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+impl Completion {
+    /// The result words (for a fault: detail, location, 0, 0).
+    pub fn results(&self) -> [u32; 4] {
+        match self.outcome {
+            Outcome::Done(r) => r,
+            Outcome::Fault(f) => [f.detail, f.at, 0, 0],
+        }
+    }
+}
+
+/// The host's side of the ring: publish at the tail, reap completions in order. One host
+/// side exists per ring; callers serialise access to it (the Megakernel holds it in a mutex).
+#[derive(Debug)]
+pub struct HostRing {
+    capacity: u32,
+    tail: u32,
+    reap: u32,
+}
+
+impl HostRing {
+    /// The host side of a ring initialised with [`initialize`] at `start`.
+    pub fn new(capacity: u32, start: u32) -> HostRing {
+        HostRing {
+            capacity,
+            tail: start,
+            reap: start,
+        }
+    }
+
+    /// Slots that can be published before the ring is full.
+    pub fn free(&self) -> u32 {
+        self.capacity - self.tail.wrapping_sub(self.reap)
+    }
+
+    /// Published slots not yet reaped.
+    pub fn outstanding(&self) -> u32 {
+        self.tail.wrapping_sub(self.reap)
+    }
+
+    /// The next position to publish.
+    pub fn tail(&self) -> u32 {
+        self.tail
+    }
+
+    /// The next position to reap.
+    pub fn reap_position(&self) -> u32 {
+        self.reap
+    }
+
+    /// Writes as many of `slots` as fit and publishes them all with one release store of the
+    /// tail. Returns how many were published (0 when the ring is full).
+    pub fn publish(&mut self, mem: &dyn RingMemory, slots: &[Slot]) -> usize {
+        let n = (self.free() as usize).min(slots.len());
+        let words = mem.slots();
+        for (k, slot) in slots[..n].iter().enumerate() {
+            let p = self.tail.wrapping_add(k as u32);
+            let base = slot_base(self.capacity, p);
+            let w = &words[base..base + SLOT_WORDS];
+            for (dst, src) in w[slot_word::OP..slot_word::RES0].iter().zip(slot.encode()) {
+                dst.store(src, Ordering::Relaxed);
+            }
+            for r in &w[slot_word::RES0..] {
+                r.store(0, Ordering::Relaxed);
+            }
+            w[slot_word::SEQ].store(p, Ordering::Relaxed);
+            w[slot_word::STATUS].store(status::PUBLISHED, Ordering::Relaxed);
+        }
+        if n > 0 {
+            self.tail = self.tail.wrapping_add(n as u32);
+            mem.control()[control::TAIL].store(self.tail, Ordering::Release);
+        }
+        n
+    }
+
+    /// Reaps completed slots in order, handing each to `sink`, and frees their slots for
+    /// the next lap. Stops at the first slot that is not finished. Returns how many.
+    pub fn reap(&mut self, mem: &dyn RingMemory, mut sink: impl FnMut(Completion)) -> usize {
+        let words = mem.slots();
+        let mut n = 0;
+        while self.reap != self.tail {
+            let p = self.reap;
+            let base = slot_base(self.capacity, p);
+            let w = &words[base..base + SLOT_WORDS];
+            let st = w[slot_word::STATUS].load(Ordering::Acquire);
+            let outcome = match st & 0xff {
+                status::DONE => Outcome::Done(std::array::from_fn(|i| {
+                    w[slot_word::RES0 + i].load(Ordering::Relaxed)
+                })),
+                status::FAULT => Outcome::Fault(Fault {
+                    code: FaultCode::from_u8((st >> 8) as u8).unwrap_or(FaultCode::Lost),
+                    detail: w[slot_word::RES0].load(Ordering::Relaxed),
+                    at: w[slot_word::RES0 + 1].load(Ordering::Relaxed),
+                }),
+                _ => break,
+            };
+            sink(Completion {
+                position: p,
+                outcome,
+            });
+            w[slot_word::STATUS].store(status::EMPTY, Ordering::Relaxed);
+            w[slot_word::SEQ].store(p.wrapping_add(self.capacity), Ordering::Relaxed);
+            self.reap = p.wrapping_add(1);
+            n += 1;
+        }
+        n
+    }
+
+    /// Positions published but not finished, in order, with their status (for shutdown and
+    /// watchdog reports).
+    pub fn unfinished(&self, mem: &dyn RingMemory) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        let mut p = self.reap;
+        while p != self.tail {
+            let st = mem.slots()[slot_base(self.capacity, p) + slot_word::STATUS]
+                .load(Ordering::Acquire)
+                & 0xff;
+            if st != status::DONE && st != status::FAULT {
+                out.push((p, st));
+            }
+            p = p.wrapping_add(1);
+        }
+        out
+    }
+
+    /// Forces every unfinished slot to FAULT(`Lost`) and reaps everything. Only valid once
+    /// no worker can touch the ring any more (after the backend has stopped).
+    pub fn fail_unfinished(&mut self, mem: &dyn RingMemory, sink: impl FnMut(Completion)) -> usize {
+        for (p, st) in self.unfinished(mem) {
+            let w = &mem.slots()[slot_base(self.capacity, p)..][..SLOT_WORDS];
+            w[slot_word::RES0].store(st, Ordering::Relaxed);
+            w[slot_word::RES0 + 1].store(0, Ordering::Relaxed);
+            w[slot_word::STATUS].store(
+                status::FAULT | (FaultCode::Lost as u32) << 8,
+                Ordering::Release,
+            );
+        }
+        self.reap(mem, sink)
+    }
+}
+
+/// A worker's claim: `count` consecutive positions starting at `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// First position.
+    pub start: u32,
+    /// How many.
+    pub count: u32,
+}
+
+/// Claims up to `max` published positions with one CAS on the head. `None` if nothing is
+/// published. Retries on contention.
+pub fn claim(mem: &dyn RingMemory, max: u32) -> Option<Claim> {
+    let c = mem.control();
+    let mut head = c[control::HEAD].load(Ordering::Relaxed);
+    loop {
+        let tail = c[control::TAIL].load(Ordering::Acquire);
+        let avail = tail.wrapping_sub(head);
+        if avail == 0 {
+            return None;
+        }
+        let count = avail.min(max);
+        match c[control::HEAD].compare_exchange_weak(
+            head,
+            head.wrapping_add(count),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return Some(Claim { start: head, count }),
+            Err(h) => head = h,
+        }
+    }
+}
+
+/// Whether anything is published and unclaimed.
+pub fn has_work(mem: &dyn RingMemory) -> bool {
+    let c = mem.control();
+    c[control::TAIL].load(Ordering::Acquire) != c[control::HEAD].load(Ordering::Acquire)
+}
+
+/// A claimed slot's instruction words, read by the worker that claimed it.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimedSlot {
+    /// Its position.
+    pub position: u32,
+    /// The decoded instruction.
+    pub slot: Slot,
+    /// The reserved half of the tenant word (must be zero).
+    pub tenant_reserved: u32,
+    /// Whether its sequence word matched its position (false = a stale lap; it is faulted).
+    pub seq_ok: bool,
+}
+
+/// Marks a claimed position CLAIMED and reads its words.
+pub fn read_claimed(mem: &dyn RingMemory, position: u32) -> ClaimedSlot {
+    let capacity = mem.control()[control::CAPACITY].load(Ordering::Relaxed);
+    let w = &mem.slots()[slot_base(capacity, position)..][..SLOT_WORDS];
+    let seq_ok = w[slot_word::SEQ].load(Ordering::Relaxed) == position;
+    w[slot_word::STATUS].store(status::CLAIMED, Ordering::Relaxed);
+    let mut raw = [0u32; 10];
+    for (dst, src) in raw.iter_mut().zip(&w[slot_word::OP..slot_word::RES0]) {
+        *dst = src.load(Ordering::Relaxed);
+    }
+    let (slot, tenant_reserved) = Slot::decode(&raw);
+    ClaimedSlot {
+        position,
+        slot,
+        tenant_reserved,
+        seq_ok,
+    }
+}
+
+/// Writes a claimed slot's results and its final status (release), making it reapable.
+pub fn complete(mem: &dyn RingMemory, position: u32, outcome: Result<[u32; 4], Fault>) {
+    let capacity = mem.control()[control::CAPACITY].load(Ordering::Relaxed);
+    let w = &mem.slots()[slot_base(capacity, position)..][..SLOT_WORDS];
+    let (st, res) = match outcome {
+        Ok(r) => (status::DONE, r),
+        Err(f) => (
+            status::FAULT | u32::from(f.code as u8) << 8,
+            [f.detail, f.at, 0, 0],
+        ),
+    };
+    for (dst, v) in w[slot_word::RES0..].iter().zip(res) {
+        dst.store(v, Ordering::Relaxed);
+    }
+    w[slot_word::STATUS].store(st, Ordering::Release);
+}
+
+/// Per-batch counters a worker accumulates locally and flushes once per claim, so that
+/// counting never makes workers contend on the control block per slot.
+#[derive(Clone, Debug)]
+pub struct BatchCounters {
+    done: u32,
+    faults: u32,
+    ops: [u32; COUNTED_OPCODES + 1],
+}
+
+impl Default for BatchCounters {
+    fn default() -> Self {
+        BatchCounters {
+            done: 0,
+            faults: 0,
+            ops: [0; COUNTED_OPCODES + 1],
+        }
+    }
+}
+
+impl BatchCounters {
+    /// Counts one finished slot.
+    pub fn record(&mut self, op: u16, faulted: bool) {
+        self.done += 1;
+        self.faults += u32::from(faulted);
+        self.ops[usize::from(op).min(COUNTED_OPCODES)] += 1;
+    }
+
+    /// Adds the counts to the control block and clears them.
+    pub fn flush(&mut self, mem: &dyn RingMemory) {
+        let c = mem.control();
+        for (i, n) in self.ops.iter_mut().enumerate().filter(|(_, n)| **n != 0) {
+            c[control::OP_COUNTERS + i].fetch_add(*n, Ordering::Relaxed);
+            *n = 0;
+        }
+        if self.faults != 0 {
+            c[control::FAULT_COUNT].fetch_add(self.faults, Ordering::Relaxed);
+        }
+        c[control::DONE_COUNT].fetch_add(self.done, Ordering::Release);
+        c[control::HEARTBEAT].fetch_add(1, Ordering::Relaxed);
+        self.done = 0;
+        self.faults = 0;
+    }
+}
+
+/// A record read back from the debug log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugRecord {
+    /// Ring position of the slot that logged it.
+    pub position: u32,
+    /// Its tenant word.
+    pub tenant: u32,
+    /// Its opcode word.
+    pub op_word: u32,
+    /// The four logged words.
+    pub words: [u32; 4],
+}
+
+/// Appends a debug record (a bounded multi-producer queue: reserve an index by CAS, write,
+/// then publish with the record's sequence word). Returns false and counts a drop when full.
+pub fn debug_append(mem: &dyn RingMemory, position: u32, slot: &Slot, words: [u32; 4]) -> bool {
+    let c = mem.control();
+    let cap = c[control::DEBUG_CAPACITY].load(Ordering::Relaxed);
+    let mut w = c[control::DEBUG_WRITE].load(Ordering::Relaxed);
+    loop {
+        let r = c[control::DEBUG_READ].load(Ordering::Acquire);
+        if w.wrapping_sub(r) >= cap {
+            c[control::DEBUG_DROPPED].fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        match c[control::DEBUG_WRITE].compare_exchange_weak(
+            w,
+            w.wrapping_add(1),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => break,
+            Err(cur) => w = cur,
+        }
+    }
+    let rec = &mem.debug_log()[(w & (cap - 1)) as usize * debug_record::RECORD_WORDS..]
+        [..debug_record::RECORD_WORDS];
+    rec[debug_record::POSITION].store(position, Ordering::Relaxed);
+    rec[debug_record::TENANT].store(slot.tenant_word(), Ordering::Relaxed);
+    rec[debug_record::OP].store(slot.op_word(), Ordering::Relaxed);
+    for (i, v) in words.into_iter().enumerate() {
+        rec[debug_record::WORDS + i].store(v, Ordering::Relaxed);
+    }
+    rec[debug_record::SEQ].store(w.wrapping_add(1), Ordering::Release);
+    true
+}
+
+/// Reads every complete debug record in order and frees their places (host side; one
+/// reader at a time).
+pub fn debug_drain(mem: &dyn RingMemory) -> Vec<DebugRecord> {
+    let c = mem.control();
+    let cap = c[control::DEBUG_CAPACITY].load(Ordering::Relaxed);
+    let mut r = c[control::DEBUG_READ].load(Ordering::Relaxed);
+    let mut out = Vec::new();
+    loop {
+        let rec = &mem.debug_log()[(r & (cap - 1)) as usize * debug_record::RECORD_WORDS..]
+            [..debug_record::RECORD_WORDS];
+        if rec[debug_record::SEQ].load(Ordering::Acquire) != r.wrapping_add(1) {
+            break;
+        }
+        out.push(DebugRecord {
+            position: rec[debug_record::POSITION].load(Ordering::Relaxed),
+            tenant: rec[debug_record::TENANT].load(Ordering::Relaxed),
+            op_word: rec[debug_record::OP].load(Ordering::Relaxed),
+            words: std::array::from_fn(|i| rec[debug_record::WORDS + i].load(Ordering::Relaxed)),
+        });
+        r = r.wrapping_add(1);
+    }
+    c[control::DEBUG_READ].store(r, Ordering::Release);
+    out
+}

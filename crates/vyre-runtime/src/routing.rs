@@ -1,0 +1,231 @@
+//! Routing: which backend runs a workload. Every decision is named and logged with its
+//! reason (`vyre info` prints it).
+
+use crate::backend::{BackendKind, BackendProvider, Capabilities};
+use std::fmt;
+use vyre_isa::SlotOp;
+
+/// Backend names vyre knows, whether or not this build contains them.
+pub const KNOWN_BACKENDS: &[&str] = &["cpu", "cuda", "wgpu"];
+
+/// What the user asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The best available backend that supports the workload (GPU before CPU).
+    Auto,
+    /// Exactly this backend.
+    Named(String),
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = RoutingError;
+    fn from_str(s: &str) -> Result<BackendChoice, RoutingError> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            s if KNOWN_BACKENDS.contains(&s) => Ok(BackendChoice::Named(s.to_string())),
+            s => Err(RoutingError::Unknown {
+                name: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// What routing concluded about one backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The backend.
+    pub name: String,
+    /// Whether it could run the workload.
+    pub usable: bool,
+    /// Why or why not.
+    pub why: String,
+}
+
+/// The routing decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The chosen backend.
+    pub backend: String,
+    /// The rule that chose it (`auto: first usable GPU`, `requested`, ...).
+    pub strategy: &'static str,
+    /// Why it was chosen.
+    pub reason: String,
+    /// Every backend considered, in order.
+    pub considered: Vec<Verdict>,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "backend {} ({}): {}",
+            self.backend, self.strategy, self.reason
+        )
+    }
+}
+
+/// Routing failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RoutingError {
+    /// Not a backend name at all.
+    #[error("unknown backend `{name}`; choose one of auto, {}", KNOWN_BACKENDS.join(", "))]
+    Unknown {
+        /// What was asked for.
+        name: String,
+    },
+    /// The requested backend cannot be used.
+    #[error("backend `{name}` is not available: {why}; available: {available}")]
+    NotAvailable {
+        /// What was asked for.
+        name: String,
+        /// Why not.
+        why: String,
+        /// The backends that are.
+        available: String,
+    },
+    /// Nothing can run the workload.
+    #[error(
+        "no backend supports every opcode the workload uses ({ops}); considered: {considered}"
+    )]
+    NoBackend {
+        /// The opcodes needed.
+        ops: String,
+        /// What each backend said.
+        considered: String,
+    },
+}
+
+fn verdict(p: &dyn BackendProvider, required: &[SlotOp]) -> (Verdict, Option<Capabilities>) {
+    match p.probe() {
+        Err(e) => (
+            Verdict {
+                name: p.name().into(),
+                usable: false,
+                why: e.to_string(),
+            },
+            None,
+        ),
+        Ok(caps) => {
+            let missing: Vec<_> = required
+                .iter()
+                .filter(|op| !caps.ops.contains(op))
+                .map(|op| op.mnemonic())
+                .collect();
+            if missing.is_empty() {
+                (
+                    Verdict {
+                        name: p.name().into(),
+                        usable: true,
+                        why: format!(
+                            "available ({}), supports every required opcode",
+                            caps.device
+                        ),
+                    },
+                    Some(caps),
+                )
+            } else {
+                (
+                    Verdict {
+                        name: p.name().into(),
+                        usable: false,
+                        why: format!("does not support {}", missing.join(", ")),
+                    },
+                    Some(caps),
+                )
+            }
+        }
+    }
+}
+
+/// Picks a backend for a workload that uses `required` opcodes.
+pub fn route(
+    choice: &BackendChoice,
+    providers: &[&dyn BackendProvider],
+    required: &[SlotOp],
+) -> Result<Decision, RoutingError> {
+    let mut considered: Vec<Verdict> = Vec::new();
+    for name in KNOWN_BACKENDS {
+        if !providers.iter().any(|p| p.name() == *name) {
+            considered.push(Verdict {
+                name: (*name).into(),
+                usable: false,
+                why: "not compiled into this build".into(),
+            });
+        }
+    }
+    let mut ordered: Vec<&dyn BackendProvider> = providers.to_vec();
+    ordered.sort_by_key(|p| p.kind()); // GPU before CPU; stable otherwise
+    let verdicts: Vec<(Verdict, BackendKind)> = ordered
+        .iter()
+        .map(|p| (verdict(*p, required).0, p.kind()))
+        .collect();
+    let available = || {
+        let names: Vec<_> = verdicts
+            .iter()
+            .filter(|(v, _)| v.usable)
+            .map(|(v, _)| v.name.clone())
+            .collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    let decision = match choice {
+        BackendChoice::Named(name) => {
+            let Some((v, _)) = verdicts.iter().find(|(v, _)| &v.name == name) else {
+                return Err(RoutingError::NotAvailable {
+                    name: name.clone(),
+                    why: "not compiled into this build".into(),
+                    available: available(),
+                });
+            };
+            if !v.usable {
+                return Err(RoutingError::NotAvailable {
+                    name: name.clone(),
+                    why: v.why.clone(),
+                    available: available(),
+                });
+            }
+            Decision {
+                backend: name.clone(),
+                strategy: "requested",
+                reason: v.why.clone(),
+                considered: Vec::new(),
+            }
+        }
+        BackendChoice::Auto => {
+            let Some((v, kind)) = verdicts.iter().find(|(v, _)| v.usable) else {
+                let ops: Vec<_> = required.iter().map(|o| o.mnemonic()).collect();
+                let all: Vec<_> = verdicts
+                    .iter()
+                    .map(|(v, _)| format!("{}: {}", v.name, v.why))
+                    .chain(considered.iter().map(|v| format!("{}: {}", v.name, v.why)))
+                    .collect();
+                return Err(RoutingError::NoBackend {
+                    ops: ops.join(", "),
+                    considered: all.join("; "),
+                });
+            };
+            let strategy = if *kind == BackendKind::Gpu {
+                "auto: first usable GPU"
+            } else {
+                "auto: CPU fallback (no usable GPU)"
+            };
+            Decision {
+                backend: v.name.clone(),
+                strategy,
+                reason: v.why.clone(),
+                considered: Vec::new(),
+            }
+        }
+    };
+    let mut all: Vec<Verdict> = verdicts.into_iter().map(|(v, _)| v).collect();
+    all.extend(considered);
+    let decision = Decision {
+        considered: all,
+        ..decision
+    };
+    tracing::info!(backend = %decision.backend, strategy = decision.strategy, reason = %decision.reason, "routing decision");
+    Ok(decision)
+}

@@ -1,1 +1,59 @@
-fn main() {}
+//! `vyre`: the command-line tool.
+
+mod backends;
+mod bench_ring;
+mod info;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// vyre: a persistent bytecode interpreter fed by a host ring.
+#[derive(Debug, Parser)]
+#[command(name = "vyre", version, about)]
+struct Cli {
+    /// Log level filter (error, warn, info, debug, trace); also RUST_LOG.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Backends found, their capabilities, and the routing decision with its reason.
+    Info(info::Args),
+    /// Assemble a .vasm file, validate it, run its slots on the megakernel, print results.
+    Run(run::Args),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Slot round trip and throughput against a thread pool fed over channels.
+    Ring(bench_ring::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Info(a) => info::main(a),
+        Command::Run(a) => run::main(a),
+        Command::Bench(BenchCommand::Ring(a)) => bench_ring::main(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -25,8 +25,7 @@ fn conformance_suite_on_cpu_single_worker_and_many_workers() {
     // depend on how many workers claim slots.
     let dir = vyre_conformance::default_dir();
     for workers in [1usize, 4] {
-        let make =
-            move || Arc::new(CpuBackend::new().with_max_workers(workers)) as Arc<dyn Backend>;
+        let make = move || Arc::new(CpuBackend::new().with_workers(workers)) as Arc<dyn Backend>;
         let oracle = || Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
         let report =
             vyre_conformance::run_suite(&dir, "cpu", &make, Some(&oracle)).expect("cases load");

@@ -36,6 +36,8 @@ pub struct Capabilities {
     pub model: ExecutionModel,
     /// Core slot opcodes it executes.
     pub ops: Vec<SlotOp>,
+    /// Workers it runs when not told otherwise.
+    pub default_workers: usize,
     /// Most workers (threads, resident blocks) it can run.
     pub max_workers: usize,
     /// Largest buffer, in bytes.

@@ -152,7 +152,7 @@ impl Megakernel {
         let caps = backend.capabilities();
         let workers = config
             .workers
-            .unwrap_or(caps.max_workers)
+            .unwrap_or(caps.default_workers)
             .clamp(1, caps.max_workers.max(1));
         let ring = backend.ring_memory(config.capacity, config.debug_capacity)?;
         ring::initialize(
@@ -357,9 +357,32 @@ impl Megakernel {
         }
     }
 
-    /// Waits for every ticket in a range; completions in ticket order.
+    /// Waits for every ticket in a range; completions in ticket order. Takes whatever has
+    /// finished under one lock per poll rather than one per ticket.
     pub fn wait_range(&self, tickets: Range<Ticket>) -> Result<Vec<Completion>, Error> {
-        tickets.map(|t| self.wait(t)).collect()
+        let mut out = Vec::with_capacity((tickets.end - tickets.start) as usize);
+        let mut next = tickets.start;
+        while next < tickets.end {
+            {
+                let mut host = self.host();
+                host.reap(self.ring.as_ref());
+                let before = next;
+                while next < tickets.end {
+                    match host.take(next) {
+                        Some(c) => out.push(c),
+                        None => break,
+                    }
+                    next += 1;
+                }
+                if next > before {
+                    continue;
+                }
+            }
+            // Nothing new: the slow path handles errors, lost work and timeouts.
+            out.push(self.wait(next)?);
+            next += 1;
+        }
+        Ok(out)
     }
 
     /// Publishes a batch of any size and waits for all of it, pipelining when it is larger

@@ -595,3 +595,33 @@ fn longest_program_round_trips() {
     assert_eq!(bytes.len(), MAX_PROGRAM_INSNS * 8);
     assert!(Program::decode(&bytes).expect("decodes") == prog);
 }
+
+/// The byte generator of `decode_arbitrary_bytes` reaches every outcome the decoder has
+/// (except TooLong, which needs half a megabyte and has its own test in bad_input.rs).
+#[test]
+fn hostile_bytes_reach_every_decoder_outcome() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = hostile_bytes();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..1500 {
+        let bytes = strategy.new_tree(&mut runner).expect("tree").current();
+        seen.insert(match Program::decode(&bytes) {
+            Ok(_) => "Ok",
+            Err(e) => variant(&e),
+        });
+    }
+    for want in [
+        "Ok",
+        "Empty",
+        "Truncated",
+        "UnknownOpcode",
+        "BadRegister",
+        "NonZeroUnused",
+        "BadTarget",
+        "FallsOffEnd",
+    ] {
+        assert!(seen.contains(want), "{want} never generated: {seen:?}");
+    }
+}

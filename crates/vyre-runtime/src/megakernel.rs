@@ -270,7 +270,10 @@ impl Megakernel {
         let mut rest = slots;
         let mut backoff = Backoff::default();
         while !rest.is_empty() {
-            if self.stopped.load(Ordering::Acquire) {
+            // After shutdown (or a SHUTDOWN slot) no worker will claim anything new.
+            if self.stopped.load(Ordering::Acquire)
+                || self.ring.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0
+            {
                 return Err(Error::new(ErrorKind::Stopped));
             }
             let n = host.ring.publish(self.ring.as_ref(), rest);

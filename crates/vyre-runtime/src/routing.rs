@@ -229,3 +229,142 @@ pub fn route(
     tracing::info!(backend = %decision.backend, strategy = decision.strategy, reason = %decision.reason, "routing decision");
     Ok(decision)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, BackendError, ExecutionModel};
+    use std::sync::Arc;
+
+    struct Fake {
+        name: &'static str,
+        kind: BackendKind,
+        ops: Option<Vec<SlotOp>>,
+    }
+
+    impl BackendProvider for Fake {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn kind(&self) -> BackendKind {
+            self.kind
+        }
+        fn probe(&self) -> Result<Capabilities, BackendError> {
+            match &self.ops {
+                None => Err(BackendError::Unavailable {
+                    backend: self.name,
+                    reason: "no driver".into(),
+                    hint: "install one".into(),
+                }),
+                Some(ops) => Ok(Capabilities {
+                    device: "fake".into(),
+                    kind: self.kind,
+                    model: ExecutionModel::Persistent,
+                    ops: ops.clone(),
+                    default_workers: 1,
+                    max_workers: 1,
+                    max_buffer_bytes: 1,
+                    max_buffers: 1,
+                    max_programs: 1,
+                }),
+            }
+        }
+        fn create(&self) -> Result<Arc<dyn Backend>, BackendError> {
+            unreachable!("routing never creates")
+        }
+    }
+
+    fn cpu() -> Fake {
+        Fake {
+            name: "cpu",
+            kind: BackendKind::Cpu,
+            ops: Some(SlotOp::ALL.to_vec()),
+        }
+    }
+
+    #[test]
+    fn auto_prefers_a_gpu_that_supports_every_op() {
+        let gpu = Fake {
+            name: "cuda",
+            kind: BackendKind::Gpu,
+            ops: Some(SlotOp::ALL.to_vec()),
+        };
+        let (c, g) = (cpu(), gpu);
+        let d = route(&BackendChoice::Auto, &[&c, &g], &[SlotOp::Hash64]).unwrap();
+        assert_eq!(
+            (d.backend.as_str(), d.strategy),
+            ("cuda", "auto: first usable GPU")
+        );
+        assert!(d
+            .considered
+            .iter()
+            .any(|v| v.name == "wgpu" && v.why == "not compiled into this build"));
+    }
+
+    #[test]
+    fn auto_falls_back_to_cpu_when_the_gpu_lacks_an_op_and_says_why() {
+        let gpu = Fake {
+            name: "wgpu",
+            kind: BackendKind::Gpu,
+            ops: Some(vec![SlotOp::Nop]),
+        };
+        let (c, g) = (cpu(), gpu);
+        let d = route(
+            &BackendChoice::Auto,
+            &[&g, &c],
+            &[SlotOp::Nop, SlotOp::Exec],
+        )
+        .unwrap();
+        assert_eq!(d.backend, "cpu");
+        assert_eq!(d.strategy, "auto: CPU fallback (no usable GPU)");
+        let w = d.considered.iter().find(|v| v.name == "wgpu").unwrap();
+        assert!(
+            !w.usable && w.why.contains("does not support EXEC"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn asking_for_an_unavailable_backend_lists_what_is_available() {
+        let gpu = Fake {
+            name: "cuda",
+            kind: BackendKind::Gpu,
+            ops: None,
+        };
+        let (c, g) = (cpu(), gpu);
+        let e = route(&BackendChoice::Named("cuda".into()), &[&c, &g], &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("backend `cuda` is not available")
+                && msg.contains("no driver")
+                && msg.contains("available: cpu"),
+            "{msg}"
+        );
+        let e = route(&BackendChoice::Named("wgpu".into()), &[&c], &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not compiled into this build; available: cpu"),
+            "{e}"
+        );
+        assert!("metal"
+            .parse::<BackendChoice>()
+            .unwrap_err()
+            .to_string()
+            .contains("choose one of auto, cpu, cuda, wgpu"));
+    }
+
+    #[test]
+    fn no_backend_for_the_workload_is_an_error_naming_the_ops() {
+        let c = Fake {
+            name: "cpu",
+            kind: BackendKind::Cpu,
+            ops: Some(vec![SlotOp::Nop]),
+        };
+        let e = route(&BackendChoice::Auto, &[&c], &[SlotOp::Exec]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no backend supports every opcode the workload uses (EXEC)"),
+            "{e}"
+        );
+    }
+}

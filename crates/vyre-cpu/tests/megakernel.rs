@@ -1,0 +1,269 @@
+//! Behaviour of the Megakernel host API on the cpu backend: bad input is rejected or
+//! faulted without losing other work; shutdown accounts for every slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+use vyre_cpu::CpuBackend;
+use vyre_isa::{FaultCode, Slot, SlotOp};
+use vyre_runtime::{Config, ErrorKind, Megakernel, Outcome, PublishRejection};
+
+fn launch(config: Config) -> Megakernel {
+    Megakernel::launch(Arc::new(CpuBackend::new()), config).expect("launch")
+}
+
+#[test]
+fn tenant_and_priority_out_of_range_are_rejected_at_publish_and_nothing_is_published() {
+    let mk = launch(Config {
+        tenants: 2,
+        ..Config::default()
+    });
+    let good = Slot::new(SlotOp::Nop, &[]);
+    let batch = [good, good.with_tenant(1), good.with_tenant(2), good];
+    let err = mk.publish_batch(&batch).unwrap_err();
+    match err.kind() {
+        ErrorKind::Publish {
+            index: 2,
+            reason:
+                PublishRejection::Tenant {
+                    tenant: 2,
+                    tenants: 2,
+                },
+        } => {}
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("tenant 2 is out of range"),
+        "{err}"
+    );
+    let err = mk.publish(good.with_priority(8)).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::Publish {
+                index: 0,
+                reason: PublishRejection::Priority {
+                    priority: 8,
+                    max: 7
+                }
+            }
+        ),
+        "{err:?}"
+    );
+    // Nothing of the rejected batches reached the ring: the next ticket is 0 and runs.
+    let t = mk.publish(good.with_tenant(1).with_priority(7)).unwrap();
+    assert_eq!(t, 0);
+    assert_eq!(mk.wait(t).unwrap().outcome, Outcome::Done([0; 4]));
+    assert_eq!(mk.done_count(), 1);
+}
+
+#[test]
+fn malformed_bytecode_is_rejected_with_its_position() {
+    let mk = launch(Config::default());
+    let mut bytes = vec![0u8; 24]; // three HALTs
+    bytes[16] = 0xee;
+    let err = mk.load_program(&bytes).unwrap_err();
+    match err.kind() {
+        ErrorKind::Program(e) => assert_eq!(e.position(), 16),
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert!(err.to_string().contains("at byte 16"), "{err}");
+}
+
+#[test]
+fn a_faulting_slot_does_not_stop_the_workers() {
+    let mk = launch(Config {
+        workers: Some(1),
+        ..Config::default()
+    });
+    let buf = mk.create_buffer(16).unwrap();
+    let slots = [
+        Slot::new(SlotOp::LoadU32, &[buf + 100, 0]), // no such handle
+        Slot::new(SlotOp::StoreU32, &[buf, 16, 1]),  // one past the end
+        Slot {
+            op: 0x3f,
+            ..Slot::default()
+        }, // unknown opcode
+        Slot::new(SlotOp::StoreU32, &[buf, 12, 7]),
+        Slot::new(SlotOp::LoadU32, &[buf, 12]),
+    ];
+    let done = mk.run_batch(&slots).unwrap();
+    let codes: Vec<_> = done.iter().map(|c| c.outcome).collect();
+    assert_eq!(
+        codes[0],
+        Outcome::Fault(vyre_isa::Fault::new(FaultCode::BadHandle, buf + 100))
+    );
+    assert_eq!(
+        codes[1],
+        Outcome::Fault(vyre_isa::Fault::new(FaultCode::OutOfBounds, 16))
+    );
+    assert_eq!(
+        codes[2],
+        Outcome::Fault(vyre_isa::Fault::new(FaultCode::UnknownOpcode, 0x3f))
+    );
+    assert_eq!(codes[4], Outcome::Done([7, 0, 0, 0]));
+    let stats = mk.stats();
+    assert_eq!((stats.done, stats.faults), (5, 3));
+    assert_eq!(stats.op_counts[SlotOp::LoadU32 as usize], 2);
+    assert_eq!(stats.op_counts[vyre_isa::slot::COUNTED_OPCODES], 0);
+}
+
+#[test]
+fn shutdown_opcode_stops_workers_and_later_slots_are_reported_lost_not_dropped() {
+    let mk = launch(Config {
+        workers: Some(1),
+        claim_batch: 1,
+        ..Config::default()
+    });
+    let mut slots = vec![Slot::new(SlotOp::Nop, &[]); 3];
+    slots.push(Slot::new(SlotOp::Shutdown, &[]));
+    slots.extend(std::iter::repeat_n(Slot::new(SlotOp::Nop, &[]), 50));
+    let tickets = mk.publish_batch(&slots).unwrap();
+    let done = mk.wait_range(tickets).unwrap();
+    assert_eq!(
+        done.len(),
+        slots.len(),
+        "every published slot has an outcome"
+    );
+    assert!(done[..4]
+        .iter()
+        .all(|c| matches!(c.outcome, Outcome::Done(_))));
+    let lost = done
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Fault(f) if f.code == FaultCode::Lost))
+        .count();
+    let ran = done
+        .iter()
+        .filter(|c| matches!(c.outcome, Outcome::Done(_)))
+        .count();
+    assert_eq!(lost + ran, slots.len());
+    assert!(
+        lost >= 49,
+        "one worker claiming one slot at a time stops right after SHUTDOWN; lost {lost}"
+    );
+    assert!(mk.health().stopped);
+    assert!(matches!(
+        mk.publish(Slot::new(SlotOp::Nop, &[])).unwrap_err().kind(),
+        ErrorKind::Stopped
+    ));
+    mk.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_drains_published_work_first() {
+    let mk = launch(Config::default());
+    let buf = mk.create_buffer(4).unwrap();
+    let slots = vec![Slot::new(SlotOp::AtomicAdd, &[buf, 0, 1]); 10_000];
+    mk.publish_batch(&slots[..3000]).unwrap();
+    let report = mk.shutdown().unwrap();
+    assert!(report.lost.is_empty(), "{report:?}");
+    assert_eq!(report.drained, 3000);
+    assert_eq!(mk.read_buffer(buf, 0, 4).unwrap(), 3000u32.to_le_bytes());
+    assert!(matches!(
+        mk.publish(slots[0]).unwrap_err().kind(),
+        ErrorKind::Stopped
+    ));
+}
+
+#[test]
+fn concurrent_host_publishers_lose_nothing() {
+    let mk = Arc::new(launch(Config {
+        capacity: 64,
+        workers: Some(2),
+        ..Config::default()
+    }));
+    let buf = mk.create_buffer(4).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let mk = mk.clone();
+            std::thread::spawn(move || {
+                let slots = vec![Slot::new(SlotOp::AtomicAdd, &[buf, 0, 1]); 2500];
+                let done = mk.run_batch(&slots).unwrap();
+                assert!(done.iter().all(|c| matches!(c.outcome, Outcome::Done(_))));
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(mk.read_buffer(buf, 0, 4).unwrap(), 10_000u32.to_le_bytes());
+    assert_eq!(mk.done_count(), 10_000);
+}
+
+#[test]
+fn wait_timeout_reports_and_the_slot_still_completes() {
+    let mk = launch(Config {
+        step_budget: 1 << 40,
+        workers: Some(1),
+        ..Config::default()
+    });
+    // A loop of 2^21 iterations: long enough to outlast a 1 ms wait.
+    let m = vyre_isa::assemble(
+        ".program p\n movi r1, 0x200000\ntop:\n addi r1, r1, -1\n bnez r1, top\n halt\n.end\n",
+    )
+    .unwrap();
+    let id = mk.load_program(&m.programs[0].bytecode).unwrap();
+    let t = mk.publish(Slot::new(SlotOp::Exec, &[id])).unwrap();
+    let err = mk
+        .wait_timeout(t, Some(Duration::from_millis(1)))
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Timeout { ticket: 0, .. }),
+        "{err:?}"
+    );
+    let c = mk.wait(t).unwrap();
+    assert_eq!(c.results()[2], 1 + 2 * 0x200000 + 1);
+}
+
+#[test]
+fn workers_and_heartbeat_are_visible_in_health() {
+    let mk = Megakernel::launch(
+        Arc::new(CpuBackend::new().with_workers(3)),
+        Config::default(),
+    )
+    .unwrap();
+    mk.run_batch(&vec![Slot::new(SlotOp::Nop, &[]); 1000])
+        .unwrap();
+    let h = mk.health();
+    assert_eq!(h.workers_running, 3);
+    assert!(h.heartbeat > 0 && !h.stopped && h.failure.is_none());
+    mk.shutdown().unwrap();
+    let h = mk.health();
+    assert_eq!(h.workers_running, 0);
+    assert!(h.stopped);
+}
+
+#[test]
+fn debug_log_overflow_is_counted() {
+    let mk = launch(Config {
+        debug_capacity: 4,
+        ..Config::default()
+    });
+    let slots: Vec<_> = (0..10)
+        .map(|i| Slot::new(SlotOp::DebugLog, &[i, 0, 0, 0]))
+        .collect();
+    let done = mk.run_batch(&slots).unwrap();
+    let written = done.iter().filter(|c| c.results()[0] == 1).count();
+    assert_eq!(written, 4);
+    assert_eq!(mk.stats().debug_dropped, 6);
+    let recs = mk.drain_debug_log();
+    assert_eq!(recs.len(), 4);
+    // Drained records free their places.
+    let t = mk
+        .publish(Slot::new(SlotOp::DebugLog, &[99, 0, 0, 0]))
+        .unwrap();
+    assert_eq!(mk.wait(t).unwrap().results()[0], 1);
+    assert_eq!(mk.drain_debug_log()[0].words[0], 99);
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let err = Megakernel::launch(
+        Arc::new(CpuBackend::new()),
+        Config {
+            capacity: 1000,
+            ..Config::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("power of two"), "{err}");
+}

@@ -136,6 +136,22 @@ impl Backend for CpuBackend {
                 })?;
             workers.push(handle);
         }
+        drop(workers);
+        // Return only once every worker is inside its claim loop, so that health and the
+        // first round trip see a running backend.
+        let started = std::time::Instant::now();
+        while (ring.control()[control::WORKERS_RUNNING].load(Ordering::Acquire) as usize)
+            < config.workers
+        {
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(BackendError::Launch(format!(
+                    "only {} of {} cpu workers started within 10 s",
+                    ring.control()[control::WORKERS_RUNNING].load(Ordering::Acquire),
+                    config.workers
+                )));
+            }
+            std::thread::yield_now();
+        }
         Ok(())
     }
     fn doorbell(&self) {

@@ -204,12 +204,17 @@ fn parse_hex(s: &str, line: usize) -> Result<Vec<u8>, AsmError> {
         .collect()
 }
 
+/// The text of a string token (the tokenizer marks strings with one leading `"`).
+fn string_token(s: &str) -> &str {
+    s.strip_prefix('"').unwrap_or(s)
+}
+
 /// Initial contents: `hex "..."`, `ascii "..."` or `u32 N N ...`.
 fn parse_init(toks: &[String], line: usize) -> Result<Vec<u8>, AsmError> {
     match toks {
         [] => Ok(Vec::new()),
-        [kind, s] if kind == "hex" => parse_hex(s.trim_start_matches('"'), line),
-        [kind, s] if kind == "ascii" => Ok(s.trim_start_matches('"').as_bytes().to_vec()),
+        [kind, s] if kind == "hex" => parse_hex(string_token(s), line),
+        [kind, s] if kind == "ascii" => Ok(string_token(s).as_bytes().to_vec()),
         [kind, words @ ..] if kind == "u32" => {
             let mut out = Vec::new();
             for w in words {
@@ -317,55 +322,60 @@ fn finish_program(
     Ok(prog.encode())
 }
 
+/// A `.program` block being assembled.
+struct OpenProgram {
+    name: String,
+    line: usize,
+    insns: Vec<PendingInsn>,
+    labels: HashMap<String, usize>,
+}
+
 /// Assembles a `.vasm` source.
 pub fn assemble(src: &str) -> Result<Module, AsmError> {
     let mut m = Module::default();
     let mut buffer_names: HashMap<String, usize> = HashMap::new();
     let mut program_names: HashMap<String, usize> = HashMap::new();
-    // The program being assembled: name, start line, instructions, labels.
-    let mut open: Option<(String, usize, Vec<PendingInsn>, HashMap<String, usize>)> = None;
+    let mut open: Option<OpenProgram> = None;
     for (i, raw) in src.lines().enumerate() {
         let n = i + 1;
         let toks = tokenize(raw, n)?;
         if toks.is_empty() {
             continue;
         }
-        if let Some((name, start, insns, labels)) = open.as_mut() {
+        if let Some(prog) = open.as_mut() {
             if toks[0] == ".end" {
-                let (name, start, insns, labels) = (
-                    name.clone(),
-                    *start,
-                    std::mem::take(insns),
-                    std::mem::take(labels),
-                );
-                let bytecode = finish_program(insns, &labels, &name, start)?;
-                program_names.insert(name.clone(), m.programs.len());
+                let prog = open.take().expect("open");
+                let bytecode = finish_program(prog.insns, &prog.labels, &prog.name, prog.line)?;
+                program_names.insert(prog.name.clone(), m.programs.len());
                 m.programs.push(ProgramDecl {
-                    name,
+                    name: prog.name,
                     bytecode,
-                    line: start,
+                    line: prog.line,
                 });
-                open = None;
             } else if let Some(label) = toks[0].strip_suffix(':') {
-                if labels.insert(label.to_string(), insns.len()).is_some() {
+                if prog
+                    .labels
+                    .insert(label.to_string(), prog.insns.len())
+                    .is_some()
+                {
                     return err(
                         n,
-                        format!("label `{label}` defined twice in program `{name}`"),
+                        format!("label `{label}` defined twice in program `{}`", prog.name),
                     );
                 }
                 if toks.len() > 1 {
-                    insns.push(assemble_insn(&toks[1..], n)?);
+                    prog.insns.push(assemble_insn(&toks[1..], n)?);
                 }
             } else if toks[0].starts_with('.') {
                 return err(
                     n,
                     format!(
-                        "`{}` inside program `{name}`: close it with `.end` first",
-                        toks[0]
+                        "`{}` inside program `{}`: close it with `.end` first",
+                        toks[0], prog.name
                     ),
                 );
             } else {
-                insns.push(assemble_insn(&toks, n)?);
+                prog.insns.push(assemble_insn(&toks, n)?);
             }
             continue;
         }
@@ -394,7 +404,7 @@ pub fn assemble(src: &str) -> Result<Module, AsmError> {
                 if program_names.contains_key(name) {
                     return err(n, format!("`{name}` is declared twice"));
                 }
-                open = Some((name.clone(), n, Vec::new(), HashMap::new()));
+                open = Some(OpenProgram { name: name.clone(), line: n, insns: Vec::new(), labels: HashMap::new() });
             }
             ".bytecode" => {
                 let (Some(name), Some(kind), Some(s)) = (toks.get(1), toks.get(2), toks.get(3)) else {
@@ -404,7 +414,7 @@ pub fn assemble(src: &str) -> Result<Module, AsmError> {
                     return err(n, "usage: .bytecode NAME hex \"..\"");
                 }
                 declare(&mut program_names, name, m.programs.len())?;
-                m.programs.push(ProgramDecl { name: name.clone(), bytecode: parse_hex(s.trim_start_matches('"'), n)?, line: n });
+                m.programs.push(ProgramDecl { name: name.clone(), bytecode: parse_hex(string_token(s), n)?, line: n });
             }
             ".slot" => m.slots.push(assemble_slot(&toks[1..], n, &buffer_names, &program_names)?),
             ".rawslot" => {
@@ -424,10 +434,10 @@ pub fn assemble(src: &str) -> Result<Module, AsmError> {
             other => return err(n, format!("unknown directive `{other}` (expected .buffer, .program, .bytecode, .slot or .rawslot)")),
         }
     }
-    if let Some((name, start, ..)) = open {
+    if let Some(prog) = open {
         return err(
-            start,
-            format!("program `{name}` is never closed: add `.end`"),
+            prog.line,
+            format!("program `{}` is never closed: add `.end`", prog.name),
         );
     }
     Ok(m)
@@ -479,7 +489,9 @@ fn assemble_slot(
                         ),
                     );
                 };
-                seen[i] = true;
+                if std::mem::replace(&mut seen[i], true) {
+                    return err(n, format!("operand `{key}` is given twice"));
+                }
                 let named = |names: &HashMap<String, usize>, v: &str| {
                     names.get(v.trim_start_matches('@')).copied()
                 };

@@ -270,9 +270,19 @@ fn exec_packed<M: Memory>(mem: &M, slot: &Slot) -> Result<Results, Fault> {
 }
 
 /// Effective address of a load or store: handle register, offset register plus immediate.
-fn address(regs: &[u64; REGISTERS], rh: u8, ro: u8, imm: i32) -> Result<(u32, u64), Fault> {
+/// Checks follow the slot ops' order: the handle first (`bad_handle`), then an effective
+/// offset outside 0..2^32 (`out_of_bounds`; computed exactly, never wrapped); alignment and
+/// the buffer's bounds are checked by the caller.
+fn address<M: Memory>(
+    mem: &M,
+    regs: &[u64; REGISTERS],
+    rh: u8,
+    ro: u8,
+    imm: i32,
+) -> Result<(u32, u64), Fault> {
     let h = regs[usize::from(rh)];
     let handle = u32::try_from(h).map_err(|_| Fault::new(FaultCode::BadHandle, h as u32))?;
+    buffer_size(mem, handle)?;
     let off = i128::from(regs[usize::from(ro)]) + i128::from(imm);
     match u32::try_from(off) {
         Ok(off) => Ok((handle, u64::from(off))),
@@ -333,24 +343,28 @@ pub fn run_program<M: Memory>(
             Opcode::Ltu => regs[a] = u64::from(regs[b] < regs[c]),
             Opcode::Lts => regs[a] = u64::from((regs[b] as i64) < (regs[c] as i64)),
             Opcode::Ld8 => {
-                let (h, off) = address(&regs, insn.regs[1], insn.regs[2], imm).map_err(fault_at)?;
+                let (h, off) =
+                    address(mem, &regs, insn.regs[1], insn.regs[2], imm).map_err(fault_at)?;
                 check_range(mem, h, off, 1).map_err(fault_at)?;
                 let mut byte = [0u8];
                 mem.read(h, off, &mut byte);
                 regs[a] = byte[0].into();
             }
             Opcode::Ld32 => {
-                let (h, off) = address(&regs, insn.regs[1], insn.regs[2], imm).map_err(fault_at)?;
+                let (h, off) =
+                    address(mem, &regs, insn.regs[1], insn.regs[2], imm).map_err(fault_at)?;
                 check_word(mem, h, off).map_err(fault_at)?;
                 regs[a] = mem.load_u32(h, off).into();
             }
             Opcode::St8 => {
-                let (h, off) = address(&regs, insn.regs[1], insn.regs[2], imm).map_err(fault_at)?;
+                let (h, off) =
+                    address(mem, &regs, insn.regs[1], insn.regs[2], imm).map_err(fault_at)?;
                 check_range(mem, h, off, 1).map_err(fault_at)?;
                 mem.write(h, off, &[regs[a] as u8]);
             }
             Opcode::St32 => {
-                let (h, off) = address(&regs, insn.regs[1], insn.regs[2], imm).map_err(fault_at)?;
+                let (h, off) =
+                    address(mem, &regs, insn.regs[1], insn.regs[2], imm).map_err(fault_at)?;
                 check_word(mem, h, off).map_err(fault_at)?;
                 mem.store_u32(h, off, regs[a] as u32);
             }

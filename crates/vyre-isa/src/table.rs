@@ -15,6 +15,12 @@
 //! Argument words that an op does not list must be zero; a slot that violates this faults
 //! with `MALFORMED_SLOT`, so the words can gain meaning later without ambiguity.
 //!
+//! Loads and stores (`ld8`, `ld32`, `st8`, `st32`) address buffer `rh` at offset `ro + imm`,
+//! computed exactly (the 64-bit register plus the sign-extended immediate, never wrapped).
+//! Checks run in this order: the handle (`bad_handle`), an offset outside 0..2^32
+//! (`out_of_bounds`), alignment for word accesses (`misaligned`), the buffer's bounds
+//! (`out_of_bounds`). Slot ops check handle, alignment, bounds in the same order.
+//!
 //! Operand kinds of instructions: `Reg` (r0..r15, packed into the a, b, c bytes in the
 //! order listed), `Imm` (the signed 32-bit immediate), `Target` (an instruction index,
 //! stored in the immediate). Register bytes and immediates an instruction does not use must

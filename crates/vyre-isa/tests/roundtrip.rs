@@ -561,17 +561,14 @@ fn buffer_ascii_initialisers() {
     assert!(m.buffers[0].init.is_empty());
 }
 
-/// SUSPECTED BUG (src/asm.rs, `parse_init`): the tokenizer keeps the opening quote as a
-/// marker and `parse_init` strips it with `trim_start_matches('"')`, which also strips an
-/// escaped quote that starts the string's contents. `ascii "\"hi\""` should give the four
-/// bytes `"hi"`; it gives the three bytes `hi"`.
+/// Regression: an escaped quote that starts a string's contents is kept.
 #[test]
-fn suspected_bug_ascii_string_starting_with_escaped_quote() {
+fn ascii_string_starting_with_escaped_quote() {
     let m = assemble(r#".buffer q 8 ascii "\"hi\"""#).expect("assembles");
     assert_eq!(
         String::from_utf8_lossy(&m.buffers[0].init),
         "\"hi\"",
-        "SUSPECTED BUG in vyre-isa src/asm.rs parse_init: leading escaped quote dropped"
+        "leading escaped quote kept"
     );
 }
 

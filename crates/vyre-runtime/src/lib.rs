@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod error;
 pub mod megakernel;
+pub mod pipeline_cache;
 pub mod protocol;
 pub mod ring;
 pub mod routing;
@@ -19,6 +20,7 @@ pub use backend::{
 };
 pub use error::{Error, ErrorKind, PublishRejection};
 pub use megakernel::{Config, Megakernel, ShutdownReport, Stats, Ticket};
+pub use pipeline_cache::{BlobMeta, CacheKey, PipelineCache};
 pub use ring::{Completion, DebugRecord, Outcome, RingMemory};
 pub use routing::{route, BackendChoice, Decision, RoutingError};
 pub use vyre_isa as isa;

@@ -42,13 +42,10 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
-    /// A cpu backend whose default worker count is the number of available cores less one
-    /// (at least one): the host thread that publishes and reaps needs a core too, and
-    /// `vyre bench ring` measured 2 workers + host on 2 cores at half the throughput of
-    /// 1 worker + host (see bench/results/). More workers can be asked for explicitly.
+    /// A cpu backend whose default worker count is the number of available cores.
     pub fn new() -> CpuBackend {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let default_workers = cores.saturating_sub(1).max(1);
+        let default_workers = cores;
         CpuBackend {
             caps: Capabilities {
                 device: format!("cpu: {cores} core(s), {default_workers} worker(s) by default"),

@@ -111,10 +111,17 @@ pub fn run(shared: Arc<Shared>, ring: Arc<dyn RingMemory>, step_budget: u64, cla
     let mut counters = BatchCounters::default();
     let shutdown = || mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0;
     let mut idle_since: Option<Instant> = None;
+    let mut idle_polls = 0u32;
     while !shutdown() {
         let Some(claim) = ring::claim(mem, claim_batch) else {
             let since = *idle_since.get_or_insert_with(Instant::now);
-            let idle = since.elapsed();
+            idle_polls = idle_polls.wrapping_add(1);
+            // Read the clock once per 64 polls: it is not free.
+            let idle = if idle_polls % 64 == 0 {
+                since.elapsed()
+            } else {
+                Duration::ZERO
+            };
             if idle < SPIN_FOR {
                 std::hint::spin_loop();
             } else if idle < YIELD_FOR {
@@ -126,6 +133,7 @@ pub fn run(shared: Arc<Shared>, ring: Arc<dyn RingMemory>, step_budget: u64, cla
             continue;
         };
         idle_since = None;
+        idle_polls = 0;
         let result = catch_unwind(AssertUnwindSafe(|| {
             for k in 0..claim.count {
                 let p = claim.start.wrapping_add(k);

@@ -104,18 +104,38 @@ impl Host {
     }
 }
 
-/// Exponential back-off for host-side waiting: spin, then yield, then sleep up to 1 ms.
+/// Host-side waiting: spin for the first 20 µs (a busy ring answers within that), yield
+/// until 200 µs, then sleep in steps growing to 1 ms so that a long wait costs no CPU.
+/// The clock is read once per 32 spins.
 #[derive(Debug, Default)]
-struct Backoff(u32);
+struct Backoff {
+    since: Option<Instant>,
+    spins: u32,
+}
 
 impl Backoff {
     fn snooze(&mut self) {
-        self.0 += 1;
-        match self.0 {
-            0..=64 => std::hint::spin_loop(),
-            65..=128 => std::thread::yield_now(),
-            n => std::thread::sleep(Duration::from_micros(u64::from((n - 128).min(50)) * 20)),
+        self.spins += 1;
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self.spins < 32 {
+            std::hint::spin_loop();
+            return;
         }
+        let waited = since.elapsed();
+        if waited < Duration::from_micros(20) {
+            self.spins = 0;
+            std::hint::spin_loop();
+        } else if waited < Duration::from_micros(200) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep((waited / 4).min(Duration::from_millis(1)));
+        }
+    }
+
+    /// Whether the wait has gone on long enough to be worth a health check.
+    fn slow(&self) -> bool {
+        self.since
+            .is_some_and(|s| self.spins >= 32 && s.elapsed() >= Duration::from_micros(20))
     }
 }
 
@@ -341,7 +361,7 @@ impl Megakernel {
                         "ticket {ticket} was already taken"
                     ))));
                 }
-                if self.backend.health().stopped {
+                if backoff.slow() && self.backend.health().stopped {
                     // Nothing will run any more: report what is left as lost, never drop it.
                     let Host { ring, done, .. } = &mut *host;
                     ring.fail_unfinished(self.ring.as_ref(), |c| done.push_back(Some(c)));

@@ -6,7 +6,10 @@ use vyre_runtime::{route, Backend, BackendChoice, BackendProvider, Decision};
 
 /// Every backend provider in this build.
 pub fn providers() -> Vec<Box<dyn BackendProvider>> {
-    vec![Box::new(vyre_cpu::CpuProvider)]
+    let mut p: Vec<Box<dyn BackendProvider>> = vec![Box::new(vyre_cpu::CpuProvider)];
+    #[cfg(feature = "cuda")]
+    p.push(Box::new(vyre_cuda::CudaProvider));
+    p
 }
 
 /// Routes `choice` for a workload using `ops` and creates the chosen backend.

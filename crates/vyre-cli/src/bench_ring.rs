@@ -136,12 +136,12 @@ impl Pool {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Runs `f(batch)` repeatedly for about `seconds`; returns items per second.
-fn throughput(seconds: f64, batch: usize, mut f: impl FnMut() -> usize) -> f64 {
+pub(crate) fn throughput(seconds: f64, batch: usize, mut f: impl FnMut() -> usize) -> f64 {
     // Warm up.
     for _ in 0..3 {
         assert_eq!(f(), batch, "every slot must complete DONE");
@@ -155,7 +155,7 @@ fn throughput(seconds: f64, batch: usize, mut f: impl FnMut() -> usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -172,7 +172,7 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores available, Linux {kernel}")
 }
 
-fn fmt_rate(r: f64) -> String {
+pub(crate) fn fmt_rate(r: f64) -> String {
     if r >= 1e6 {
         format!("{:.2} M/s", r / 1e6)
     } else {
@@ -182,6 +182,12 @@ fn fmt_rate(r: f64) -> String {
 
 pub fn main(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (backend, decision) = crate::backends::create(&args.backend, &[SlotOp::Nop])?;
+    #[cfg(feature = "cuda")]
+    if backend.name() == "cuda" {
+        drop(backend);
+        eprintln!("{decision}");
+        return crate::bench_cuda::main(&args.out, args.seconds, args.round_trips);
+    }
     let workers = args
         .workers
         .unwrap_or_else(|| backend.capabilities().default_workers);

@@ -39,6 +39,18 @@ pub fn main(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             },
         }
     }
+    #[cfg(feature = "cuda")]
+    if providers
+        .iter()
+        .any(|p| p.name() == "cuda" && p.probe().is_ok())
+    {
+        println!();
+        println!("cuda megakernel start-up:");
+        match vyre_cuda::bench::startup_report() {
+            Ok(lines) => lines.iter().for_each(|l| println!("  {l}")),
+            Err(e) => println!("  failed: {e}"),
+        }
+    }
     println!();
     let choice: BackendChoice = args.backend.parse()?;
     let refs: Vec<&dyn BackendProvider> = providers.iter().map(|p| p.as_ref()).collect();

@@ -1,6 +1,8 @@
 //! `vyre`: the command-line tool.
 
 mod backends;
+#[cfg(feature = "cuda")]
+mod bench_cuda;
 mod bench_ring;
 mod info;
 mod run;

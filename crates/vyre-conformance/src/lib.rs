@@ -12,7 +12,11 @@ mod run;
 pub use case::{load_cases, load_gaps, Case, CaseError, Gaps};
 pub use run::{check, compare, run_case, run_suite, Observed, SlotObservation, SuiteReport};
 
-/// The repository's `conformance/` folder.
+/// The repository's `conformance/` folder: `$VYRE_CONFORMANCE_DIR` if set (for test binaries
+/// carried to another machine), else the folder beside this crate.
 pub fn default_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance")
+    match std::env::var_os("VYRE_CONFORMANCE_DIR") {
+        Some(d) if !d.is_empty() => d.into(),
+        _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance"),
+    }
 }

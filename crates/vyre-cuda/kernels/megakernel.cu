@@ -19,19 +19,7 @@ typedef unsigned long long u64;
 typedef long long i64;
 typedef unsigned char u8;
 
-// Device-state word offsets (device memory; see ds_* in src/lib.rs).
-#define DS_HEAD 0
-#define DS_TAIL 1
-#define DS_SHUTDOWN 2
-#define DS_DONE 3
-#define DS_FAULTS 4
-#define DS_EPOCH 5
-#define DS_WORKERS 6
-#define DS_DEBUG_WRITE 7
-#define DS_DEBUG_DROPPED 8
-#define DS_HEARTBEAT 9
-#define DS_OP_COUNTERS 16
-#define DS_WORDS (DS_OP_COUNTERS + VYRE_COUNTED_OPCODES + 1)
+// Device-state word offsets (DS_*) are generated from src/lib.rs's `ds` module.
 
 struct BufEntry { u64 ptr; u64 size; };
 struct ProgEntry { u64 ptr; u64 len; };

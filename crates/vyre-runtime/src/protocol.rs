@@ -141,6 +141,10 @@ fn constants() -> Vec<(String, u64)> {
         ),
         ("CB_WORDS".into(), control::WORDS as u64),
         ("DBG_RECORD_WORDS".into(), debug_record::RECORD_WORDS as u64),
+        (
+            "COUNTED_OPCODES".into(),
+            vyre_isa::slot::COUNTED_OPCODES as u64,
+        ),
     ];
     for op in SlotOp::ALL {
         c.push((format!("OP_{}", op.mnemonic()), *op as u64));

@@ -97,14 +97,22 @@ pub enum RoutingError {
 
 fn verdict(p: &dyn BackendProvider, required: &[SlotOp]) -> (Verdict, Option<Capabilities>) {
     match p.probe() {
-        Err(e) => (
-            Verdict {
-                name: p.name().into(),
-                usable: false,
-                why: e.to_string(),
-            },
-            None,
-        ),
+        Err(e) => {
+            let why = match e {
+                crate::BackendError::Unavailable { reason, hint, .. } => {
+                    format!("{reason}; {hint}")
+                }
+                e => e.to_string(),
+            };
+            (
+                Verdict {
+                    name: p.name().into(),
+                    usable: false,
+                    why,
+                },
+                None,
+            )
+        }
         Ok(caps) => {
             let missing: Vec<_> = required
                 .iter()

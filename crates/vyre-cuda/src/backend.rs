@@ -1,0 +1,660 @@
+//! `CudaBackend`: device discovery, buffers and programs by handle, the ring in mapped pinned
+//! memory, launching and stopping the persistent kernel, health.
+
+use crate::compile::{self, CompiledKernel};
+use crate::driver::{self, DeviceAlloc, MappedHost};
+use crate::ds;
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig as CuLaunch, PushKernelArg,
+};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+use vyre_isa::{Program, SlotOp};
+use vyre_runtime::pipeline_cache::PipelineCache;
+use vyre_runtime::protocol::{control, debug_record, SLOT_WORDS};
+use vyre_runtime::ring::RingMemory;
+use vyre_runtime::{
+    Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
+    LaunchConfig,
+};
+
+const MAX_BUFFERS: u32 = 1 << 14;
+const MAX_PROGRAMS: u32 = 1 << 12;
+/// Largest buffer: offsets are 32-bit.
+const MAX_BUFFER_BYTES: u64 = 1 << 32;
+const BLOCK_THREADS: u32 = 128;
+const WARPS_PER_BLOCK: u32 = BLOCK_THREADS / 32;
+const TABLE_ENTRY_BYTES: usize = 16;
+
+/// Where a buffer lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferPlacement {
+    /// Device memory (HBM); host reads and writes are copies.
+    Device,
+    /// Pinned host memory mapped into the device (zero copy; every device access crosses PCIe).
+    HostMapped,
+}
+
+/// What was found on GPU 0.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// The device's name.
+    pub name: String,
+    /// Compute capability.
+    pub cc: (i32, i32),
+    /// Multiprocessors.
+    pub sms: u32,
+    /// Driver CUDA version (13000 = 13.0).
+    pub driver: i32,
+    /// NVRTC version.
+    pub nvrtc: String,
+}
+
+impl DeviceInfo {
+    fn arch(&self) -> String {
+        format!("sm_{}{}", self.cc.0, self.cc.1)
+    }
+    fn key(&self) -> String {
+        format!("{} {} driver {}", self.name, self.arch(), self.driver)
+    }
+}
+
+fn unavailable(reason: impl Into<String>, hint: &str) -> BackendError {
+    BackendError::Unavailable {
+        backend: "cuda",
+        reason: reason.into(),
+        hint: hint.into(),
+    }
+}
+
+fn launch_err(what: &str, e: impl std::fmt::Debug) -> BackendError {
+    BackendError::Launch(format!("cuda: {what}: {e:?}"))
+}
+
+/// Opens GPU 0, checking for the libraries first (cudarc panics without them).
+pub(crate) fn open_device() -> Result<(Arc<CudaContext>, DeviceInfo), BackendError> {
+    // SAFETY: checking for the library has no preconditions.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(unavailable(
+            "no CUDA driver (libcuda.so not found)",
+            "install the NVIDIA driver, or use --backend cpu",
+        ));
+    }
+    let nvrtc = compile::nvrtc_version().map_err(|e| {
+        unavailable(
+            e.to_string(),
+            "install the CUDA toolkit's NVRTC (libnvrtc.so), or use --backend cpu",
+        )
+    })?;
+    let ctx = CudaContext::new(0).map_err(|e| {
+        unavailable(
+            format!("cannot open GPU 0 ({e:?})"),
+            "check nvidia-smi, or use --backend cpu",
+        )
+    })?;
+    let info = DeviceInfo {
+        name: ctx.name().unwrap_or_else(|_| "unknown NVIDIA GPU".into()),
+        cc: ctx
+            .compute_capability()
+            .map_err(|e| launch_err("compute capability", e))?,
+        sms: ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| launch_err("SM count", e))? as u32,
+        driver: driver::driver_version().map_err(|e| launch_err("driver version", e))?,
+        nvrtc,
+    };
+    Ok((ctx, info))
+}
+
+/// The ring in mapped pinned memory.
+#[derive(Debug)]
+pub(crate) struct MappedRing {
+    control: MappedHost,
+    slots: MappedHost,
+    debug: MappedHost,
+    capacity: u32,
+    debug_capacity: u32,
+}
+
+impl RingMemory for MappedRing {
+    fn control(&self) -> &[AtomicU32] {
+        &self.control.words()[..control::WORDS]
+    }
+    fn slots(&self) -> &[AtomicU32] {
+        &self.slots.words()[..self.capacity as usize * SLOT_WORDS]
+    }
+    fn debug_log(&self) -> &[AtomicU32] {
+        &self.debug.words()[..self.debug_capacity as usize * debug_record::RECORD_WORDS]
+    }
+}
+
+/// Kernel parameters; the layout matches `struct Params` in `kernels/megakernel.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Params {
+    cb: u64,
+    slots: u64,
+    dbg: u64,
+    ds: u64,
+    bufs: u64,
+    progs: u64,
+    step_budget: u64,
+    max_bufs: u32,
+    max_progs: u32,
+    capacity: u32,
+    dbg_capacity: u32,
+    claim_batch: u32,
+    pad: u32,
+}
+
+// SAFETY: plain old data of integers with the C layout the kernel declares.
+unsafe impl DeviceRepr for Params {}
+
+#[derive(Debug)]
+enum Storage {
+    Device(DeviceAlloc),
+    Mapped(MappedHost),
+}
+
+#[derive(Debug)]
+struct Buffer {
+    storage: Storage,
+    size: u64,
+}
+
+#[derive(Debug)]
+struct Running {
+    ring: Arc<MappedRing>,
+}
+
+/// The cuda backend.
+#[derive(Debug)]
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    copies: Arc<CudaStream>,
+    kernel_stream: Arc<CudaStream>,
+    function: CudaFunction,
+    kernel: CompiledKernel,
+    info: DeviceInfo,
+    caps: Capabilities,
+    max_blocks: u32,
+    state: DeviceAlloc,
+    buffer_table: DeviceAlloc,
+    program_table: DeviceAlloc,
+    buffers: Mutex<Vec<Buffer>>,
+    programs: Mutex<Vec<DeviceAlloc>>,
+    placement: BufferPlacement,
+    ring: Mutex<Option<Arc<MappedRing>>>,
+    running: OnceLock<Running>,
+    failure: Mutex<Option<String>>,
+}
+
+// SAFETY: cudarc's context, streams and function are usable from any thread once the
+// context is bound (every entry point binds it); the rest is behind mutexes or immutable.
+unsafe impl Send for CudaBackend {}
+// SAFETY: see Send.
+unsafe impl Sync for CudaBackend {}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CudaBackend {
+    /// Opens GPU 0, gets the megakernel from the pipeline cache (compiling it on a miss) and
+    /// prepares the tables. Buffers go to device memory.
+    pub fn new() -> Result<CudaBackend, BackendError> {
+        CudaBackend::with_cache(&PipelineCache::open_default())
+    }
+
+    /// As [`CudaBackend::new`], with a given pipeline cache.
+    pub fn with_cache(cache: &PipelineCache) -> Result<CudaBackend, BackendError> {
+        let (ctx, info) = open_device()?;
+        let kernel = compile::megakernel(cache, &info.arch(), &info.key())
+            .map_err(|e| launch_err("compiling the megakernel", e.to_string()))?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(kernel.cubin.to_vec()))
+            .map_err(|e| launch_err("loading the megakernel", e))?;
+        let function = module
+            .load_function("vyre_megakernel")
+            .map_err(|e| launch_err("finding vyre_megakernel", e))?;
+        let per_sm = function
+            .occupancy_max_active_blocks_per_multiprocessor(BLOCK_THREADS, 0, None)
+            .map_err(|e| launch_err("occupancy query", e))?;
+        if per_sm == 0 {
+            return Err(launch_err(
+                "occupancy",
+                "the megakernel cannot run a single block of 128 threads per SM",
+            ));
+        }
+        let max_blocks = per_sm * info.sms;
+        let copies = ctx
+            .new_stream()
+            .map_err(|e| launch_err("creating the copy stream", e))?;
+        let kernel_stream = ctx
+            .new_stream()
+            .map_err(|e| launch_err("creating the kernel stream", e))?;
+        let alloc = |bytes: usize| {
+            DeviceAlloc::zeroed(&ctx, &copies, bytes)
+                .map_err(|e| launch_err("allocating device memory", e))
+        };
+        let state = alloc(ds::WORDS * 4)?;
+        let buffer_table = alloc(MAX_BUFFERS as usize * TABLE_ENTRY_BYTES)?;
+        let program_table = alloc(MAX_PROGRAMS as usize * TABLE_ENTRY_BYTES)?;
+        let workers = (max_blocks * WARPS_PER_BLOCK - 1) as usize;
+        let caps = Capabilities {
+            device: format!(
+                "{} ({}, {} SMs, CUDA driver {}.{}, NVRTC {}); megakernel {}",
+                info.name,
+                info.arch(),
+                info.sms,
+                info.driver / 1000,
+                info.driver % 1000 / 10,
+                info.nvrtc,
+                kernel.how
+            ),
+            kind: BackendKind::Gpu,
+            model: ExecutionModel::Persistent,
+            ops: SlotOp::ALL.to_vec(),
+            default_workers: workers,
+            max_workers: workers,
+            max_buffer_bytes: MAX_BUFFER_BYTES,
+            max_buffers: MAX_BUFFERS,
+            max_programs: MAX_PROGRAMS,
+        };
+        tracing::info!(device = %caps.device, max_blocks, per_sm, "cuda backend ready");
+        Ok(CudaBackend {
+            ctx,
+            copies,
+            kernel_stream,
+            function,
+            kernel,
+            info,
+            caps,
+            max_blocks,
+            state,
+            buffer_table,
+            program_table,
+            buffers: Mutex::new(Vec::new()),
+            programs: Mutex::new(Vec::new()),
+            placement: BufferPlacement::Device,
+            ring: Mutex::new(None),
+            running: OnceLock::new(),
+            failure: Mutex::new(None),
+        })
+    }
+
+    /// Where `create_buffer` puts buffers from now on.
+    pub fn with_placement(mut self, placement: BufferPlacement) -> CudaBackend {
+        self.placement = placement;
+        self
+    }
+
+    /// The device.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// How the megakernel was obtained and how long it took.
+    pub fn kernel(&self) -> &CompiledKernel {
+        &self.kernel
+    }
+
+    /// The most blocks that can be co-resident (the grid never exceeds this).
+    pub fn max_blocks(&self) -> u32 {
+        self.max_blocks
+    }
+
+    /// Registers a zero-filled buffer with an explicit placement.
+    pub fn create_buffer_in(
+        &self,
+        size: u64,
+        placement: BufferPlacement,
+    ) -> Result<u32, BackendError> {
+        if size > MAX_BUFFER_BYTES {
+            return Err(BackendError::Limit {
+                what: "buffer size in bytes",
+                requested: size,
+                limit: MAX_BUFFER_BYTES,
+            });
+        }
+        let mut buffers = lock(&self.buffers);
+        if buffers.len() >= MAX_BUFFERS as usize {
+            return Err(BackendError::Limit {
+                what: "registered buffers",
+                requested: buffers.len() as u64 + 1,
+                limit: MAX_BUFFERS.into(),
+            });
+        }
+        let (storage, ptr) = match placement {
+            BufferPlacement::Device => {
+                let d = DeviceAlloc::zeroed(&self.ctx, &self.copies, size as usize)
+                    .map_err(|e| launch_err("allocating a device buffer", e))?;
+                let p = d.ptr();
+                (Storage::Device(d), p)
+            }
+            BufferPlacement::HostMapped => {
+                let m = MappedHost::zeroed(&self.ctx, size as usize)
+                    .map_err(|e| launch_err("allocating a mapped buffer", e))?;
+                let p = m.dev_ptr();
+                (Storage::Mapped(m), p)
+            }
+        };
+        let handle = buffers.len() as u32 + 1;
+        let mut entry = [0u8; TABLE_ENTRY_BYTES];
+        entry[..8].copy_from_slice(&ptr.to_le_bytes());
+        entry[8..].copy_from_slice(&size.to_le_bytes());
+        self.buffer_table
+            .write(
+                &self.copies,
+                (handle as usize - 1) * TABLE_ENTRY_BYTES,
+                &entry,
+            )
+            .map_err(|e| launch_err("writing the buffer table", e))?;
+        buffers.push(Buffer { storage, size });
+        Ok(handle)
+    }
+
+    fn with_buffer<R>(
+        &self,
+        handle: u32,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&Buffer) -> Result<R, BackendError>,
+    ) -> Result<R, BackendError> {
+        let buffers = lock(&self.buffers);
+        let b = handle
+            .checked_sub(1)
+            .and_then(|i| buffers.get(i as usize))
+            .ok_or(BackendError::BadHandle { handle })?;
+        match offset.checked_add(len) {
+            Some(end) if end <= b.size => f(b),
+            _ => Err(BackendError::OutOfBounds {
+                handle,
+                offset,
+                len,
+                size: b.size,
+            }),
+        }
+    }
+
+    fn word(&self, i: usize) -> Option<u32> {
+        self.running
+            .get()
+            .map(|r| r.ring.control()[i].load(Ordering::Acquire))
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn ring_memory(
+        &self,
+        capacity: u32,
+        debug_capacity: u32,
+    ) -> Result<Arc<dyn RingMemory>, BackendError> {
+        let alloc = |bytes: usize| {
+            MappedHost::zeroed(&self.ctx, bytes)
+                .map_err(|e| launch_err("allocating mapped ring memory", e))
+        };
+        let ring = Arc::new(MappedRing {
+            control: alloc(control::WORDS * 4)?,
+            slots: alloc(capacity as usize * SLOT_WORDS * 4)?,
+            debug: alloc(debug_capacity as usize * debug_record::RECORD_WORDS * 4)?,
+            capacity,
+            debug_capacity,
+        });
+        *lock(&self.ring) = Some(ring.clone());
+        Ok(ring)
+    }
+
+    fn create_buffer(&self, size: u64) -> Result<u32, BackendError> {
+        self.create_buffer_in(size, self.placement)
+    }
+
+    fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.with_buffer(handle, offset, data.len() as u64, |b| match &b.storage {
+            Storage::Device(d) => d
+                .write(&self.copies, offset as usize, data)
+                .map_err(|e| launch_err("copying to the device", e)),
+            Storage::Mapped(m) => {
+                m.write(offset as usize, data);
+                Ok(())
+            }
+        })
+    }
+
+    fn read_buffer(&self, handle: u32, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        self.with_buffer(handle, offset, len, |b| {
+            let mut out = vec![0u8; len as usize];
+            match &b.storage {
+                Storage::Device(d) => d
+                    .read(&self.copies, offset as usize, &mut out)
+                    .map_err(|e| launch_err("copying from the device", e))?,
+                Storage::Mapped(m) => m.read(offset as usize, &mut out),
+            }
+            Ok(out)
+        })
+    }
+
+    fn load_program(&self, program: Program) -> Result<u32, BackendError> {
+        let bytes = program.encode();
+        let mut programs = lock(&self.programs);
+        if programs.len() >= MAX_PROGRAMS as usize {
+            return Err(BackendError::Limit {
+                what: "loaded programs",
+                requested: programs.len() as u64 + 1,
+                limit: MAX_PROGRAMS.into(),
+            });
+        }
+        let d = DeviceAlloc::zeroed(&self.ctx, &self.copies, bytes.len())
+            .map_err(|e| launch_err("allocating a program", e))?;
+        d.write(&self.copies, 0, &bytes)
+            .map_err(|e| launch_err("copying a program", e))?;
+        let id = programs.len() as u32 + 1;
+        let mut entry = [0u8; TABLE_ENTRY_BYTES];
+        entry[..8].copy_from_slice(&d.ptr().to_le_bytes());
+        entry[8..].copy_from_slice(&((bytes.len() / 8) as u64).to_le_bytes());
+        self.program_table
+            .write(&self.copies, (id as usize - 1) * TABLE_ENTRY_BYTES, &entry)
+            .map_err(|e| launch_err("writing the program table", e))?;
+        programs.push(d);
+        Ok(id)
+    }
+
+    fn launch(&self, ring: Arc<dyn RingMemory>, config: &LaunchConfig) -> Result<(), BackendError> {
+        let ours = lock(&self.ring).clone().ok_or_else(|| {
+            BackendError::Launch(
+                "cuda: launch needs ring memory from this backend's ring_memory()".into(),
+            )
+        })?;
+        if !std::ptr::eq(ours.control().as_ptr(), ring.control().as_ptr()) {
+            return Err(BackendError::Launch(
+                "cuda: this ring was not allocated by this backend's ring_memory()".into(),
+            ));
+        }
+        let cb = ours.control();
+        if cb[control::MAGIC].load(Ordering::Acquire) != vyre_runtime::protocol::MAGIC
+            || cb[control::VERSION].load(Ordering::Acquire)
+                != vyre_runtime::protocol::PROTOCOL_VERSION
+        {
+            return Err(BackendError::Launch(
+                "cuda: ring control block is not initialised for protocol v1".into(),
+            ));
+        }
+        if self.running.get().is_some() {
+            return Err(BackendError::Launch(
+                "cuda: this backend is already launched; create a new one".into(),
+            ));
+        }
+        // Device state: head and tail mirror start where the host's do; counters at zero.
+        let mut state = vec![0u8; ds::WORDS * 4];
+        let start = cb[control::TAIL].load(Ordering::Acquire).to_le_bytes();
+        state[ds::HEAD * 4..ds::HEAD * 4 + 4].copy_from_slice(&start);
+        state[ds::TAIL * 4..ds::TAIL * 4 + 4].copy_from_slice(&start);
+        self.state
+            .write(&self.copies, 0, &state)
+            .map_err(|e| launch_err("initialising device state", e))?;
+        // Grid: the control warp plus `workers` worker warps, never more than co-resident.
+        let blocks =
+            ((config.workers as u32 + 1).div_ceil(WARPS_PER_BLOCK)).clamp(1, self.max_blocks);
+        let workers = blocks * WARPS_PER_BLOCK - 1;
+        let params = Params {
+            cb: ours.control.dev_ptr(),
+            slots: ours.slots.dev_ptr(),
+            dbg: ours.debug.dev_ptr(),
+            ds: self.state.ptr(),
+            bufs: self.buffer_table.ptr(),
+            progs: self.program_table.ptr(),
+            step_budget: config.step_budget,
+            max_bufs: MAX_BUFFERS,
+            max_progs: MAX_PROGRAMS,
+            capacity: ours.capacity,
+            dbg_capacity: ours.debug_capacity,
+            claim_batch: config.claim_batch.min(32),
+            pad: 0,
+        };
+        let cfg = CuLaunch {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (BLOCK_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.kernel_stream.launch_builder(&self.function);
+        b.arg(&params);
+        // SAFETY: the parameters match the kernel's signature; every pointer in them stays
+        // valid until the kernel has stopped (the backend outlives it and frees nothing while
+        // it runs); a cooperative launch refuses a grid that cannot be co-resident.
+        unsafe { b.launch_cooperative(cfg) }
+            .map_err(|e| launch_err("cooperative launch of the megakernel", e))?;
+        let _ = self.running.set(Running { ring: ours.clone() });
+        // Return once every worker warp is in its claim loop (the control warp mirrors the count).
+        let started = Instant::now();
+        loop {
+            if cb[control::WORKERS_RUNNING].load(Ordering::Acquire) == workers {
+                tracing::info!(blocks, workers, "cuda megakernel running");
+                return Ok(());
+            }
+            if let Err(e) = driver::stream_done(&self.kernel_stream) {
+                return Err(launch_err("the megakernel failed at start", e));
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                return Err(BackendError::Launch(format!(
+                    "cuda: only {} of {workers} worker warps started within 10 s",
+                    cb[control::WORKERS_RUNNING].load(Ordering::Acquire)
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    fn doorbell(&self) {
+        // The control warp polls the tail; nothing to ring.
+    }
+
+    fn stop(&self) -> Result<(), BackendError> {
+        let Some(r) = self.running.get() else {
+            return Ok(());
+        };
+        r.ring.control()[control::SHUTDOWN].store(1, Ordering::Release);
+        let started = Instant::now();
+        loop {
+            match driver::stream_done(&self.kernel_stream) {
+                Ok(true) => return Ok(()),
+                Ok(false) if started.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_micros(100))
+                }
+                Ok(false) => {
+                    let msg = "the megakernel did not stop within 10 s of SHUTDOWN; the device may be hung".to_string();
+                    *lock(&self.failure) = Some(msg.clone());
+                    return Err(BackendError::Launch(format!("cuda: {msg}")));
+                }
+                Err(e) => {
+                    *lock(&self.failure) = Some(format!("{e:?}"));
+                    return Err(launch_err("the megakernel failed", e));
+                }
+            }
+        }
+    }
+
+    fn health(&self) -> Health {
+        if self.running.get().is_none() {
+            return Health {
+                workers_running: 0,
+                heartbeat: 0,
+                stopped: false,
+                failure: None,
+            };
+        }
+        let done = driver::stream_done(&self.kernel_stream);
+        if let Err(e) = &done {
+            lock(&self.failure).get_or_insert_with(|| format!("the megakernel failed: {e:?}"));
+        }
+        Health {
+            workers_running: self.word(control::WORKERS_RUNNING).unwrap_or(0) as usize,
+            heartbeat: self.word(control::HEARTBEAT).unwrap_or(0),
+            stopped: !matches!(done, Ok(false)),
+            failure: lock(&self.failure).clone(),
+        }
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if self.running.get().is_some() && self.stop().is_err() {
+            // Freeing memory under a kernel that still runs would be worse than leaking it.
+            tracing::error!("cuda megakernel still running at drop; leaking its memory");
+            let bufs = std::mem::take(&mut *lock(&self.buffers));
+            let progs = std::mem::take(&mut *lock(&self.programs));
+            std::mem::forget(bufs);
+            std::mem::forget(progs);
+            if let Some(r) = self.running.take() {
+                std::mem::forget(r);
+            }
+            std::mem::forget(lock(&self.ring).take());
+        }
+    }
+}
+
+/// Creates cuda backends for routing.
+#[derive(Debug, Default)]
+pub struct CudaProvider;
+
+impl BackendProvider for CudaProvider {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn kind(&self) -> BackendKind {
+        BackendKind::Gpu
+    }
+    fn probe(&self) -> Result<Capabilities, BackendError> {
+        let (_, info) = open_device()?;
+        Ok(Capabilities {
+            device: format!(
+                "{} ({}, {} SMs, CUDA driver {}.{}, NVRTC {})",
+                info.name,
+                info.arch(),
+                info.sms,
+                info.driver / 1000,
+                info.driver % 1000 / 10,
+                info.nvrtc
+            ),
+            kind: BackendKind::Gpu,
+            model: ExecutionModel::Persistent,
+            ops: SlotOp::ALL.to_vec(),
+            default_workers: 1,
+            max_workers: usize::MAX,
+            max_buffer_bytes: MAX_BUFFER_BYTES,
+            max_buffers: MAX_BUFFERS,
+            max_programs: MAX_PROGRAMS,
+        })
+    }
+    fn create(&self) -> Result<Arc<dyn Backend>, BackendError> {
+        Ok(Arc::new(CudaBackend::new()?))
+    }
+}

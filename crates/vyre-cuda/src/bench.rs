@@ -1,0 +1,152 @@
+//! Round-trip baselines measured on the same GPU in the same process as the megakernel:
+//! one kernel launch + 4-byte readback + sync per op, CUDA-graph replay + sync per op, and a
+//! raw mapped-memory ping-pong (the floor for any host<->GPU handshake). Run them while no
+//! megakernel holds the GPU.
+
+use crate::driver::{DeviceAlloc, MappedHost};
+use cudarc::driver::{sys, LaunchConfig, PushKernelArg};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use vyre_runtime::BackendError;
+
+/// Per-op latencies of each baseline, in order of measurement.
+#[derive(Debug, Default)]
+pub struct Baselines {
+    /// Kernel launch + 4-byte device-to-host copy + stream sync.
+    pub launch_readback: Vec<Duration>,
+    /// Graph replay (one kernel node) + stream sync.
+    pub graph_replay: Vec<Duration>,
+    /// Host writes a mapped word; a spinning GPU thread answers in another.
+    pub pingpong: Vec<Duration>,
+}
+
+fn err(what: &str, e: impl std::fmt::Debug) -> BackendError {
+    BackendError::Launch(format!("cuda bench: {what}: {e:?}"))
+}
+
+/// Measures `iters` ops of each baseline after `iters / 10` warm-up ops.
+pub fn baselines(iters: usize) -> Result<Baselines, BackendError> {
+    let (ctx, info) = crate::backend::open_device()?;
+    let arch = format!("sm_{}{}", info.cc.0, info.cc.1);
+    let cubin = crate::compile::compile_cubin(include_str!("../kernels/baselines.cu"), &arch)
+        .map_err(|e| err("compile", e.to_string()))?;
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+        .map_err(|e| err("load", e))?;
+    let nop = module
+        .load_function("vyre_bench_nop")
+        .map_err(|e| err("nop", e))?;
+    let pingpong = module
+        .load_function("vyre_bench_pingpong")
+        .map_err(|e| err("pingpong", e))?;
+    let stream = ctx.new_stream().map_err(|e| err("stream", e))?;
+    let out = DeviceAlloc::zeroed(&ctx, &stream, 4).map_err(|e| err("alloc", e))?;
+    let one = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let warm = (iters / 10).max(10);
+    let mut b = Baselines::default();
+
+    // Launch + readback.
+    let out_ptr = out.ptr();
+    let mut word = [0u8; 4];
+    for i in 0..warm + iters {
+        let t = Instant::now();
+        let mut l = stream.launch_builder(&nop);
+        l.arg(&out_ptr);
+        // SAFETY: the kernel takes one pointer to a live 4-byte device allocation.
+        unsafe { l.launch(one) }.map_err(|e| err("launch", e))?;
+        out.read(&stream, 0, &mut word)
+            .map_err(|e| err("readback", e))?;
+        if i >= warm {
+            b.launch_readback.push(t.elapsed());
+        }
+    }
+    if u32::from_le_bytes(word) as usize != warm + iters {
+        return Err(err(
+            "launch baseline",
+            format!(
+                "counter {} after {} launches",
+                u32::from_le_bytes(word),
+                warm + iters
+            ),
+        ));
+    }
+
+    // Graph replay.
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(|e| err("capture", e))?;
+    let mut l = stream.launch_builder(&nop);
+    l.arg(&out_ptr);
+    // SAFETY: as above; captured, not run.
+    unsafe { l.launch(one) }.map_err(|e| err("captured launch", e))?;
+    let graph = stream
+        .end_capture(sys::CUgraphInstantiate_flags(0))
+        .map_err(|e| err("end capture", e))?
+        .ok_or_else(|| err("end capture", "empty graph"))?;
+    for i in 0..warm + iters {
+        let t = Instant::now();
+        graph.launch().map_err(|e| err("graph launch", e))?;
+        stream.synchronize().map_err(|e| err("sync", e))?;
+        if i >= warm {
+            b.graph_replay.push(t.elapsed());
+        }
+    }
+
+    // Ping-pong through mapped memory.
+    let flag = MappedHost::zeroed(&ctx, 16).map_err(|e| err("mapped flag", e))?;
+    let ack = MappedHost::zeroed(&ctx, 16).map_err(|e| err("mapped ack", e))?;
+    let n = (warm + iters) as u32;
+    let (flag_ptr, ack_ptr) = (flag.dev_ptr(), ack.dev_ptr());
+    let mut l = stream.launch_builder(&pingpong);
+    l.arg(&flag_ptr).arg(&ack_ptr).arg(&n);
+    // SAFETY: two pointers to live mapped words and a count; the kernel ends after n rounds,
+    // and we wait for it before the memory is freed.
+    unsafe { l.launch(one) }.map_err(|e| err("pingpong launch", e))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 1..=n {
+        let t = Instant::now();
+        flag.words()[0].store(i, Ordering::Release);
+        while ack.words()[0].load(Ordering::Acquire) != i {
+            if Instant::now() > deadline {
+                return Err(err("pingpong", format!("no answer to round {i}")));
+            }
+            std::hint::spin_loop();
+        }
+        if i as usize > warm {
+            b.pingpong.push(t.elapsed());
+        }
+    }
+    stream.synchronize().map_err(|e| err("pingpong sync", e))?;
+    Ok(b)
+}
+
+/// Cold start (NVRTC compile, no cache) and two starts through the pipeline cache, for
+/// `vyre info`: lines of text.
+pub fn startup_report() -> Result<Vec<String>, BackendError> {
+    let (_, info) = crate::backend::open_device()?;
+    let arch = format!("sm_{}{}", info.cc.0, info.cc.1);
+    let cold =
+        crate::compile::time_cold_compile(&arch).map_err(|e| err("compile", e.to_string()))?;
+    let cache = vyre_runtime::pipeline_cache::PipelineCache::open_default();
+    let mut lines = vec![format!(
+        "cold start: NVRTC compile of the megakernel for {arch}: {:.1} ms",
+        cold.as_secs_f64() * 1e3
+    )];
+    for which in [
+        "first start through the pipeline cache",
+        "second start through the pipeline cache",
+    ] {
+        let b = crate::CudaBackend::with_cache(&cache)?;
+        lines.push(format!(
+            "{which}: {} (backend ready in {:.1} ms total)",
+            b.kernel().how,
+            b.kernel().elapsed.as_secs_f64() * 1e3
+        ));
+    }
+    lines.push(format!("pipeline cache: {}", cache.storage()));
+    Ok(lines)
+}

@@ -1,0 +1,203 @@
+//! The unsafe edge: raw CUDA driver allocations and copies. Everything the persistent kernel
+//! touches is allocated here, outside cudarc's tracked slices: a tracked slice records an
+//! event per launch, and an event recorded after a kernel that never ends would make every
+//! later copy of that slice wait forever.
+
+use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+/// Device memory from `cuMemAlloc`, freed on drop.
+#[derive(Debug)]
+pub(crate) struct DeviceAlloc {
+    ptr: sys::CUdeviceptr,
+    bytes: usize,
+    ctx: Arc<CudaContext>,
+}
+
+impl DeviceAlloc {
+    /// `bytes` of device memory (at least 1), zeroed through `stream`.
+    pub(crate) fn zeroed(
+        ctx: &Arc<CudaContext>,
+        stream: &CudaStream,
+        bytes: usize,
+    ) -> Result<DeviceAlloc, DriverError> {
+        ctx.bind_to_thread()?;
+        // SAFETY: a plain allocation of a positive size; freed exactly once in Drop.
+        let ptr = unsafe { result::malloc_sync(bytes.max(1))? };
+        let alloc = DeviceAlloc {
+            ptr,
+            bytes,
+            ctx: ctx.clone(),
+        };
+        // SAFETY: the range is inside the allocation just made; the stream belongs to ctx.
+        unsafe {
+            result::memset_d8_async(ptr, 0, bytes.max(1), stream.cu_stream())?;
+            result::stream::synchronize(stream.cu_stream())?;
+        }
+        Ok(alloc)
+    }
+
+    /// The device address.
+    pub(crate) fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Copies `src` to `offset` and waits for the copy.
+    pub(crate) fn write(
+        &self,
+        stream: &CudaStream,
+        offset: usize,
+        src: &[u8],
+    ) -> Result<(), DriverError> {
+        assert!(
+            offset + src.len() <= self.bytes,
+            "device write out of range"
+        );
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the destination range is inside the allocation (asserted); `src` outlives the
+        // copy because we synchronise the stream before returning.
+        unsafe {
+            result::memcpy_htod_async(self.ptr + offset as u64, src, stream.cu_stream())?;
+            result::stream::synchronize(stream.cu_stream())
+        }
+    }
+
+    /// Copies `dst.len()` bytes from `offset` and waits for the copy.
+    pub(crate) fn read(
+        &self,
+        stream: &CudaStream,
+        offset: usize,
+        dst: &mut [u8],
+    ) -> Result<(), DriverError> {
+        assert!(offset + dst.len() <= self.bytes, "device read out of range");
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the source range is inside the allocation (asserted); `dst` is exclusively
+        // borrowed until the stream is synchronised.
+        unsafe {
+            result::memcpy_dtoh_async(dst, self.ptr + offset as u64, stream.cu_stream())?;
+            result::stream::synchronize(stream.cu_stream())
+        }
+    }
+}
+
+impl Drop for DeviceAlloc {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by malloc_sync in `zeroed`, freed only here. The backend drops
+        // allocations only after the kernel has stopped.
+        let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
+
+/// Page-locked host memory mapped into the device's address space (`cuMemHostAlloc` with
+/// DEVICEMAP | PORTABLE; not write-combined, because the host reads it back).
+#[derive(Debug)]
+pub(crate) struct MappedHost {
+    host: *mut u8,
+    dev: sys::CUdeviceptr,
+    bytes: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the memory is plain pinned host memory owned by this value; every concurrent
+// access from the host goes through `words()` (atomics) or through explicit copies that
+// callers order with the ring protocol.
+unsafe impl Send for MappedHost {}
+// SAFETY: see Send; shared access is through atomics.
+unsafe impl Sync for MappedHost {}
+
+impl MappedHost {
+    /// `bytes` (rounded up to a multiple of 16) of zeroed mapped memory.
+    pub(crate) fn zeroed(ctx: &Arc<CudaContext>, bytes: usize) -> Result<MappedHost, DriverError> {
+        let bytes = bytes.max(16).next_multiple_of(16);
+        ctx.bind_to_thread()?;
+        // SAFETY: a plain allocation; freed exactly once in Drop.
+        let host = unsafe {
+            result::malloc_host(
+                bytes,
+                sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE,
+            )?
+        } as *mut u8;
+        // SAFETY: `host` points to `bytes` writable bytes just allocated.
+        unsafe { std::ptr::write_bytes(host, 0, bytes) };
+        let mut dev: sys::CUdeviceptr = 0;
+        // SAFETY: `host` came from cuMemHostAlloc with DEVICEMAP, so it has a device address.
+        let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host.cast(), 0).result() };
+        let m = MappedHost {
+            host,
+            dev,
+            bytes,
+            ctx: ctx.clone(),
+        };
+        r?;
+        Ok(m)
+    }
+
+    /// The device address.
+    pub(crate) fn dev_ptr(&self) -> u64 {
+        self.dev
+    }
+
+    /// The memory as atomic words.
+    pub(crate) fn words(&self) -> &[AtomicU32] {
+        // SAFETY: cuMemHostAlloc returns page-aligned memory of `bytes` (a multiple of 16)
+        // that lives as long as `self`; AtomicU32 has the size and alignment of u32 and any
+        // bit pattern is valid; all host accesses through this slice are atomic.
+        unsafe { std::slice::from_raw_parts(self.host as *const AtomicU32, self.bytes / 4) }
+    }
+
+    /// Copies bytes in (the device may read them concurrently; callers publish after this).
+    pub(crate) fn write(&self, offset: usize, src: &[u8]) {
+        assert!(
+            offset + src.len() <= self.bytes,
+            "mapped write out of range"
+        );
+        // SAFETY: the range is inside the allocation (asserted) and `src` cannot overlap it
+        // (it is a Rust borrow of other memory).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.host.add(offset), src.len()) };
+    }
+
+    /// Copies bytes out.
+    pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
+        assert!(offset + dst.len() <= self.bytes, "mapped read out of range");
+        // SAFETY: the range is inside the allocation (asserted); `dst` is exclusively borrowed.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.host.add(offset), dst.as_mut_ptr(), dst.len())
+        };
+    }
+}
+
+impl Drop for MappedHost {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by malloc_host in `zeroed`, freed only here, after the kernel
+        // that used it has stopped.
+        let _ = unsafe { result::free_host(self.host.cast()) };
+    }
+}
+
+/// Whether the kernel's stream has finished (`Ok(true)`), is still running (`Ok(false)`), or
+/// failed.
+pub(crate) fn stream_done(stream: &CudaStream) -> Result<bool, DriverError> {
+    // SAFETY: querying a live stream handle has no preconditions.
+    match unsafe { sys::cuStreamQuery(stream.cu_stream()) } {
+        sys::CUresult::CUDA_SUCCESS => Ok(true),
+        sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+        e => Err(DriverError(e)),
+    }
+}
+
+/// The driver's CUDA version (e.g. 13000).
+pub(crate) fn driver_version() -> Result<i32, DriverError> {
+    let mut v = 0;
+    // SAFETY: writes one int.
+    unsafe { sys::cuDriverGetVersion(&mut v).result()? };
+    Ok(v)
+}

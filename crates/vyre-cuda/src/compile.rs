@@ -77,6 +77,7 @@ pub fn compile_cubin(src: &str, arch: &str) -> Result<Vec<u8>, CompileError> {
             // SAFETY: `prog` is live; the log is NUL-terminated.
             let log = unsafe { result::get_program_log(prog) }
                 .map(|l| {
+                    // SAFETY: NVRTC's log buffer is NUL-terminated and lives in `l`.
                     unsafe { CStr::from_ptr(l.as_ptr()) }
                         .to_string_lossy()
                         .into_owned()

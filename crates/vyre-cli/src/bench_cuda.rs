@@ -30,6 +30,7 @@ pub fn main(
     out_file: &Option<std::path::PathBuf>,
     seconds: f64,
     round_trips: usize,
+    round_trip_only: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut out = String::new();
     let base = vyre_cuda::bench::baselines(round_trips)?;
@@ -99,6 +100,11 @@ pub fn main(
         us(g50),
         us(p50)
     );
+    if round_trip_only {
+        mk.shutdown()?;
+        print!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
 
     // Throughput: NOP and HASH64 over 4 KiB, vyre cuda vs the cpu backend on all cores.
     let data: Vec<u8> = (0..4096u32)

@@ -30,6 +30,9 @@ pub struct Args {
     /// Also write the table (markdown) to this file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Measure the round trip only (for quick parameter sweeps).
+    #[arg(long)]
+    round_trip_only: bool,
 }
 
 /// No buffers: NOP-class ops touch none.
@@ -186,7 +189,12 @@ pub fn main(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if backend.name() == "cuda" {
         drop(backend);
         eprintln!("{decision}");
-        return crate::bench_cuda::main(&args.out, args.seconds, args.round_trips);
+        return crate::bench_cuda::main(
+            &args.out,
+            args.seconds,
+            args.round_trips,
+            args.round_trip_only,
+        );
     }
     let workers = args
         .workers

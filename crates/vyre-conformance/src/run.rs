@@ -331,6 +331,11 @@ pub fn run_suite(
             continue;
         }
         let mut bad = Vec::new();
+        let progress = std::env::var_os("VYRE_CONFORMANCE_PROGRESS").is_some();
+        let started = std::time::Instant::now();
+        if progress {
+            eprint!("{name}: {} ... ", case.name);
+        }
         match run_case(case, make()) {
             Err(e) => bad.push(e),
             Ok(obs) => {
@@ -342,6 +347,13 @@ pub fn run_suite(
                     }
                 }
             }
+        }
+        if progress {
+            eprintln!(
+                "{} ({:.0} ms)",
+                if bad.is_empty() { "ok" } else { "FAILED" },
+                started.elapsed().as_secs_f64() * 1e3
+            );
         }
         if bad.is_empty() {
             report.passed.push(case.name.clone());

@@ -37,7 +37,9 @@ struct Params {
     u32 capacity;
     u32 dbg_capacity;
     u32 claim_batch;
-    u32 pad;
+    u32 ctl_sleep_ns;       // control warp's sleep between host-tail polls while traffic flows
+    u32 worker_sleep_shift; // idle workers sleep up to 64 << this many ns
+    u32 mirror_cycles;      // clock cycles between mirrors of the device counters to the host
 };
 
 struct Fault { u32 code; u32 detail; u32 at; };
@@ -411,13 +413,13 @@ __device__ void control_warp(const Params& p, u32 lane) {
     u32 idle = 0;
     unsigned long long last_mirror = 0;
     for (;;) {
-        u32 tail = 0, stop = 0;
-        if (lane == 0) {
-            tail = vload(&p.cb[VYRE_CB_TAIL]);
-            stop = vload(&p.cb[VYRE_CB_SHUTDOWN]) | vload(&ds[DS_SHUTDOWN]);
-        }
-        tail = __shfl_sync(0xffffffffu, tail, 0);
-        stop = __shfl_sync(0xffffffffu, stop, 0);
+        // Three lanes poll three words at once (two of them PCIe round trips).
+        u32 v = 0;
+        if (lane == 0) v = vload(&p.cb[VYRE_CB_TAIL]);
+        else if (lane == 1) v = vload(&p.cb[VYRE_CB_SHUTDOWN]);
+        else if (lane == 2) v = vload(&ds[DS_SHUTDOWN]);
+        u32 tail = __shfl_sync(0xffffffffu, v, 0);
+        u32 stop = __shfl_sync(0xffffffffu, v, 1) | __shfl_sync(0xffffffffu, v, 2);
         if (tail != last_tail) {
             // Slot words were written by the host before it stored the tail; make sure no
             // worker reads them before it reads the new tail mirror.
@@ -427,7 +429,7 @@ __device__ void control_warp(const Params& p, u32 lane) {
             idle = 0;
         }
         unsigned long long now = clock64();
-        if (now - last_mirror > 20000 || stop) { // ~10 us at 2 GHz
+        if (now - last_mirror > p.mirror_cycles || stop) {
             if (lane == 0) atomicAdd(&ds[DS_HEARTBEAT], 1u);
             __threadfence();
             mirror(p, lane);
@@ -449,8 +451,8 @@ __device__ void control_warp(const Params& p, u32 lane) {
         }
         // Back off: tight while traffic flows, up to 1 us after a long idle stretch. Every
         // poll of the host tail is a PCIe round trip.
-        idle = idle < 1000 ? idle + 1 : idle;
-        if (idle > 8) __nanosleep(idle < 64 ? 100 : 1000);
+        idle = idle < 100000 ? idle + 1 : idle;
+        if (idle > 8 && p.ctl_sleep_ns) __nanosleep(idle < 10000 ? p.ctl_sleep_ns : 1000);
     }
 }
 
@@ -477,8 +479,11 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         start = __shfl_sync(0xffffffffu, start, 0);
         count = __shfl_sync(0xffffffffu, count, 0);
         if (count == 0) {
-            idle = idle < 64 ? idle + 1 : idle;
-            if (idle > 4) __nanosleep(idle < 16 ? 64 : 500);
+            // Exponential back-off, 128 ns to 4 us: with hundreds of warps polling, one of
+            // them looks within nanoseconds anyway, and fewer polls leave the head's L2 line
+            // to the warps that claim.
+            idle = idle < p.worker_sleep_shift ? idle + 1 : idle;
+            if (idle > 1) __nanosleep(64u << idle);
             continue;
         }
         idle = 0;
@@ -488,12 +493,15 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         if (lane < count) {
             u32 pos = start + lane;
             u32* s = p.slots + (size_t)(pos & (p.capacity - 1)) * VYRE_SLOT_WORDS;
+            // Four independent 16-byte loads, all in flight at once: each is a PCIe round
+            // trip (~1 us), and sixteen ordered 4-byte volatile loads cost sixteen of them.
             u32 w[16];
-            const volatile uint4* s4 = (const volatile uint4*)s;
-            for (int i = 0; i < 4; i++) {
-                uint4 v; v.x = s4[i].x; v.y = s4[i].y; v.z = s4[i].z; v.w = s4[i].w;
-                w[4 * i] = v.x; w[4 * i + 1] = v.y; w[4 * i + 2] = v.z; w[4 * i + 3] = v.w;
-            }
+            const uint4* s4 = (const uint4*)s;
+            uint4 v0 = __ldcv(s4), v1 = __ldcv(s4 + 1), v2 = __ldcv(s4 + 2), v3 = __ldcv(s4 + 3);
+            w[0] = v0.x; w[1] = v0.y; w[2] = v0.z; w[3] = v0.w;
+            w[4] = v1.x; w[5] = v1.y; w[6] = v1.z; w[7] = v1.w;
+            w[8] = v2.x; w[9] = v2.y; w[10] = v2.z; w[11] = v2.w;
+            w[12] = v3.x; w[13] = v3.y; w[14] = v3.z; w[15] = v3.w;
             u32 st = w[VYRE_SLOT_STATUS] & 0xff;
             if (st == VYRE_ST_DONE || st == VYRE_ST_FAULT) {
                 // Finished before a restart rewound the head: never run twice.
@@ -508,9 +516,8 @@ __device__ void worker_warp(const Params& p, u32 lane) {
                 u32 status;
                 if (ok) { status = VYRE_ST_DONE; }
                 else { status = VYRE_ST_FAULT | (f.code << 8); r[0] = f.detail; r[1] = f.at; r[2] = 0; r[3] = 0; faulted = true; }
-                volatile uint4* res = (volatile uint4*)(s + VYRE_SLOT_RES0);
                 uint4 rv; rv.x = r[0]; rv.y = r[1]; rv.z = r[2]; rv.w = r[3];
-                res->x = rv.x; res->y = rv.y; res->z = rv.z; res->w = rv.w;
+                __stcg((uint4*)(s + VYRE_SLOT_RES0), rv); // one 16-byte write
                 __threadfence_system();
                 vstore(&s[VYRE_SLOT_STATUS], status);
                 op = w[VYRE_SLOT_OP] & 0xffff;

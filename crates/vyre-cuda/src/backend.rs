@@ -24,6 +24,39 @@ const MAX_PROGRAMS: u32 = 1 << 12;
 /// Largest buffer: offsets are 32-bit.
 const MAX_BUFFER_BYTES: u64 = 1 << 32;
 const BLOCK_THREADS: u32 = 128;
+/// Knobs of the persistent kernel's polling, with measured defaults; each can be overridden
+/// by an environment variable for experiments (`VYRE_CUDA_BLOCKS_PER_SM`,
+/// `VYRE_CUDA_CTL_SLEEP_NS`, `VYRE_CUDA_WORKER_SLEEP_SHIFT`, `VYRE_CUDA_MIRROR_CYCLES`).
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Blocks per SM, fewer than occupancy allows: with full occupancy (10 blocks of 128 on
+    /// an H100, 5,279 worker warps) idle warps polling and CAS-ing the same two device words
+    /// made a NOP round trip 43 us and capped NOP throughput at 9 M/s (bench/results).
+    pub blocks_per_sm: u32,
+    /// Control warp's sleep between polls of the host tail (0 = spin).
+    pub ctl_sleep_ns: u32,
+    /// Idle workers sleep at most 64 << this many nanoseconds.
+    pub worker_sleep_shift: u32,
+    /// Clock cycles between mirrors of device counters to the host control block.
+    pub mirror_cycles: u32,
+}
+
+impl Tuning {
+    fn from_env() -> Tuning {
+        let var = |name: &str, default: u32| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Tuning {
+            blocks_per_sm: var("VYRE_CUDA_BLOCKS_PER_SM", 2).max(1),
+            ctl_sleep_ns: var("VYRE_CUDA_CTL_SLEEP_NS", 100),
+            worker_sleep_shift: var("VYRE_CUDA_WORKER_SLEEP_SHIFT", 6).clamp(1, 10),
+            mirror_cycles: var("VYRE_CUDA_MIRROR_CYCLES", 20_000),
+        }
+    }
+}
 const WARPS_PER_BLOCK: u32 = BLOCK_THREADS / 32;
 const TABLE_ENTRY_BYTES: usize = 16;
 
@@ -145,7 +178,9 @@ struct Params {
     capacity: u32,
     dbg_capacity: u32,
     claim_batch: u32,
-    pad: u32,
+    ctl_sleep_ns: u32,
+    worker_sleep_shift: u32,
+    mirror_cycles: u32,
 }
 
 // SAFETY: plain old data of integers with the C layout the kernel declares.
@@ -185,6 +220,7 @@ pub struct CudaBackend {
     buffers: Mutex<Vec<Buffer>>,
     programs: Mutex<Vec<DeviceAlloc>>,
     placement: BufferPlacement,
+    tuning: Tuning,
     ring: Mutex<Option<Arc<MappedRing>>>,
     running: OnceLock<Running>,
     failure: Mutex<Option<String>>,
@@ -227,7 +263,8 @@ impl CudaBackend {
                 "the megakernel cannot run a single block of 128 threads per SM",
             ));
         }
-        let max_blocks = per_sm * info.sms;
+        let tuning = Tuning::from_env();
+        let max_blocks = per_sm.min(tuning.blocks_per_sm) * info.sms;
         let copies = ctx
             .new_stream()
             .map_err(|e| launch_err("creating the copy stream", e))?;
@@ -262,7 +299,7 @@ impl CudaBackend {
             max_buffers: MAX_BUFFERS,
             max_programs: MAX_PROGRAMS,
         };
-        tracing::info!(device = %caps.device, max_blocks, per_sm, "cuda backend ready");
+        tracing::info!(device = %caps.device, max_blocks, per_sm, ?tuning, "cuda backend ready");
         Ok(CudaBackend {
             ctx,
             copies,
@@ -278,6 +315,7 @@ impl CudaBackend {
             buffers: Mutex::new(Vec::new()),
             programs: Mutex::new(Vec::new()),
             placement: BufferPlacement::Device,
+            tuning,
             ring: Mutex::new(None),
             running: OnceLock::new(),
             failure: Mutex::new(None),
@@ -518,7 +556,9 @@ impl Backend for CudaBackend {
             capacity: ours.capacity,
             dbg_capacity: ours.debug_capacity,
             claim_batch: config.claim_batch.min(32),
-            pad: 0,
+            ctl_sleep_ns: self.tuning.ctl_sleep_ns,
+            worker_sleep_shift: self.tuning.worker_sleep_shift,
+            mirror_cycles: self.tuning.mirror_cycles,
         };
         let cfg = CuLaunch {
             grid_dim: (blocks, 1, 1),

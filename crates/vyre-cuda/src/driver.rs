@@ -7,6 +7,9 @@ use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
+/// Bytes of zeros copied per call when zeroing device memory.
+const ZERO_CHUNK: usize = 4 << 20;
+
 /// Device memory from `cuMemAlloc`, freed on drop.
 #[derive(Debug)]
 pub(crate) struct DeviceAlloc {
@@ -17,6 +20,11 @@ pub(crate) struct DeviceAlloc {
 
 impl DeviceAlloc {
     /// `bytes` of device memory (at least 1), zeroed through `stream`.
+    ///
+    /// Zeroed by copying zeros from the host, not with `cuMemset`: a memset of more than a few
+    /// KiB runs as a kernel, and while the persistent megakernel holds every SM no other kernel
+    /// can be scheduled, so the memset (and the host waiting for it) would never finish. Copies
+    /// run on the copy engines and proceed while the megakernel runs.
     pub(crate) fn zeroed(
         ctx: &Arc<CudaContext>,
         stream: &CudaStream,
@@ -27,13 +35,15 @@ impl DeviceAlloc {
         let ptr = unsafe { result::malloc_sync(bytes.max(1))? };
         let alloc = DeviceAlloc {
             ptr,
-            bytes,
+            bytes: bytes.max(1),
             ctx: ctx.clone(),
         };
-        // SAFETY: the range is inside the allocation just made; the stream belongs to ctx.
-        unsafe {
-            result::memset_d8_async(ptr, 0, bytes.max(1), stream.cu_stream())?;
-            result::stream::synchronize(stream.cu_stream())?;
+        let zeros = vec![0u8; alloc.bytes.min(ZERO_CHUNK)];
+        let mut done = 0;
+        while done < alloc.bytes {
+            let n = (alloc.bytes - done).min(ZERO_CHUNK);
+            alloc.write(stream, done, &zeros[..n])?;
+            done += n;
         }
         Ok(alloc)
     }

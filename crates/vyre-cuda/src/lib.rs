@@ -10,7 +10,7 @@ pub mod bench;
 pub mod compile;
 mod driver;
 
-pub use backend::{BufferPlacement, CudaBackend, CudaProvider, DeviceInfo};
+pub use backend::{BufferPlacement, CudaBackend, CudaProvider, DeviceInfo, Tuning};
 
 /// Device-state words: the worker-written control words kept in device memory (claims and
 /// counters would be serialised PCIe round trips on host memory) and mirrored into the host

@@ -109,7 +109,12 @@ pub fn run(shared: Arc<Shared>, ring: Arc<dyn RingMemory>, step_budget: u64, cla
         step_budget,
     };
     let mut counters = BatchCounters::default();
-    let shutdown = || mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0;
+    let c = mem.control();
+    let shutdown = || {
+        c[control::SHUTDOWN].load(Ordering::Acquire) != 0
+            || c[control::ABORT].load(Ordering::Acquire) != 0
+    };
+    let aborted = || c[control::ABORT].load(Ordering::Acquire) != 0;
     let mut idle_since: Option<Instant> = None;
     let mut idle_polls = 0u32;
     while !shutdown() {
@@ -134,10 +139,24 @@ pub fn run(shared: Arc<Shared>, ring: Arc<dyn RingMemory>, step_budget: u64, cla
         };
         idle_since = None;
         idle_polls = 0;
+        if c[control::FAULT_INJECT].load(Ordering::Acquire) != 0 {
+            // A simulated hang: mark the claim taken, then hold it, beat no more, and leave
+            // only on ABORT.
+            for k in 0..claim.count {
+                ring::read_claimed(mem, claim.start.wrapping_add(k));
+            }
+            while !aborted() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return;
+        }
         let result = catch_unwind(AssertUnwindSafe(|| {
             for k in 0..claim.count {
                 let p = claim.start.wrapping_add(k);
                 let c = ring::read_claimed(mem, p);
+                if c.finished {
+                    continue;
+                }
                 let outcome = if c.seq_ok {
                     exec_slot(&env, &c.slot, c.tenant_reserved, p)
                 } else {

@@ -413,13 +413,28 @@ __device__ void control_warp(const Params& p, u32 lane) {
     u32 idle = 0;
     unsigned long long last_mirror = 0;
     for (;;) {
-        // Three lanes poll three words at once (two of them PCIe round trips).
+        // Lanes poll their words at once (the host's are PCIe round trips each).
         u32 v = 0;
         if (lane == 0) v = vload(&p.cb[VYRE_CB_TAIL]);
         else if (lane == 1) v = vload(&p.cb[VYRE_CB_SHUTDOWN]);
         else if (lane == 2) v = vload(&ds[DS_SHUTDOWN]);
+        else if (lane == 3) v = vload(&p.cb[VYRE_CB_FAULT_INJECT]);
+        else if (lane == 4) v = vload(&p.cb[VYRE_CB_ABORT]);
         u32 tail = __shfl_sync(0xffffffffu, v, 0);
         u32 stop = __shfl_sync(0xffffffffu, v, 1) | __shfl_sync(0xffffffffu, v, 2);
+        u32 hang = __shfl_sync(0xffffffffu, v, 3);
+        u32 abort_ = __shfl_sync(0xffffffffu, v, 4);
+        if (hang && !abort_) {
+            // Simulated hang (FAULT_INJECT): tell the workers, then beat and mirror no more
+            // until the host aborts.
+            if (lane == 0) { atomicExch(&ds[DS_HANG], 1u); __threadfence(); }
+            __nanosleep(10000);
+            continue;
+        }
+        if (abort_) {
+            if (lane == 0) { atomicExch(&ds[DS_ABORT], 1u); __threadfence(); }
+            stop = 1;
+        }
         if (tail != last_tail) {
             // Slot words were written by the host before it stored the tail; make sure no
             // worker reads them before it reads the new tail mirror.
@@ -463,7 +478,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
     for (;;) {
         u32 start = 0, count = 0, stop = 0;
         if (lane == 0) {
-            stop = vload(&ds[DS_SHUTDOWN]);
+            stop = vload(&ds[DS_SHUTDOWN]) | vload(&ds[DS_ABORT]);
             if (!stop) {
                 u32 head = vload(&ds[DS_HEAD]);
                 u32 tail = vload(&ds[DS_TAIL]);
@@ -488,6 +503,15 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         }
         idle = 0;
         __threadfence(); // acquire: the tail mirror before the slot words
+        if (vload(&ds[DS_HANG])) {
+            // Simulated hang: mark the claim taken, hold it, leave only on ABORT.
+            if (lane < count) {
+                u32* s = p.slots + (size_t)((start + lane) & (p.capacity - 1)) * VYRE_SLOT_WORDS;
+                vstore(&s[VYRE_SLOT_STATUS], VYRE_ST_CLAIMED);
+            }
+            while (!vload(&ds[DS_ABORT])) __nanosleep(10000);
+            break;
+        }
         bool faulted = false;
         u32 op = 0xffffffffu;
         if (lane < count) {

@@ -26,6 +26,8 @@ pub(crate) mod ds {
     pub const DEBUG_WRITE: usize = 7;
     pub const DEBUG_DROPPED: usize = 8;
     pub const HEARTBEAT: usize = 9;
+    pub const HANG: usize = 10;
+    pub const ABORT: usize = 11;
     pub const OP_COUNTERS: usize = 16;
     pub const WORDS: usize = OP_COUNTERS + vyre_isa::slot::COUNTED_OPCODES + 1;
 
@@ -42,6 +44,8 @@ pub(crate) mod ds {
             ("DEBUG_WRITE", DEBUG_WRITE),
             ("DEBUG_DROPPED", DEBUG_DROPPED),
             ("HEARTBEAT", HEARTBEAT),
+            ("HANG", HANG),
+            ("ABORT", ABORT),
             ("OP_COUNTERS", OP_COUNTERS),
             ("WORDS", WORDS),
         ]

@@ -131,6 +131,54 @@ fn main() -> ExitCode {
         &mut passed,
         &mut failed,
     );
+    // Watchdog: an injected hang is declared within the bound, the claimed and unclaimed
+    // slots are reported, and a restart on a fresh CUDA backend runs every one exactly once.
+    let config = Config {
+        watchdog: Some(std::time::Duration::from_millis(500)),
+        ..Config::default()
+    };
+    let mk = Megakernel::launch(cuda(BufferPlacement::Device), config).expect("launch");
+    let buf = mk.create_buffer(4).unwrap();
+    let add = Slot::new(SlotOp::AtomicAdd, &[buf, 0, 1]);
+    mk.run_batch(&[add; 10]).unwrap();
+    mk.inject_hang();
+    let tickets = mk.publish_batch(&[add; 1000]).unwrap();
+    let hang = mk
+        .wait_range(tickets.clone())
+        .err()
+        .and_then(|e| match e.kind() {
+            vyre_runtime::ErrorKind::Hung(r) => Some(r.clone()),
+            _ => None,
+        });
+    let restarted = mk.restart(cuda(BufferPlacement::Device));
+    let done = mk.wait_range(tickets).map(|d| {
+        d.iter()
+            .filter(|c| matches!(c.outcome, Outcome::Done(_)))
+            .count()
+    });
+    let count = mk.read_buffer(buf, 0, 4).unwrap();
+    let ok = matches!(&hang, Some(r) if r.claimed.len() + r.unclaimed.len() == 1000)
+        && matches!(&restarted, Ok(r) if r.requeued.len() == 1000)
+        && matches!(done, Ok(1000))
+        && count == 1010u32.to_le_bytes();
+    check(
+        "watchdog_detects_injected_hang_and_restart_requeues",
+        ok,
+        format!(
+            "hang {:?}\nrestart {restarted:?}\ndone {done:?}\ncount {count:?}",
+            hang.map(|r| (r.claimed.len(), r.unclaimed.len(), r.silent_for))
+        ),
+        &mut passed,
+        &mut failed,
+    );
+    if let Ok(r) = &restarted {
+        println!(
+            "  hang: {} claimed (possibly partial) of {} requeued",
+            r.possibly_partial.len(),
+            r.requeued.len()
+        );
+    }
+    drop(mk);
     println!("{passed} passed, {failed} failed, {skipped} skipped");
     if failed == 0 {
         ExitCode::SUCCESS

@@ -34,6 +34,8 @@ pub enum ErrorKind {
     Stopped,
     /// A configuration value is out of range.
     Config(String),
+    /// The watchdog declared the device hung; nothing more runs until a restart.
+    Hung(crate::megakernel::HangReport),
 }
 
 /// Why a slot was refused at publish.
@@ -90,6 +92,14 @@ impl fmt::Display for Error {
             ErrorKind::Timeout { ticket, waited } => write!(f, "slot ticket {ticket} not finished after {waited:?}; check `vyre info` health or raise the timeout"),
             ErrorKind::Stopped => write!(f, "the megakernel has stopped and accepts no more work"),
             ErrorKind::Config(m) => write!(f, "invalid configuration: {m}"),
+            ErrorKind::Hung(r) => write!(
+                f,
+                "the device is hung: heartbeat stuck at {} for {:?} with {} claimed and {} unclaimed slots unfinished; call Megakernel::restart with a fresh backend to requeue them",
+                r.heartbeat,
+                r.silent_for,
+                r.claimed.len(),
+                r.unclaimed.len()
+            ),
         }
     }
 }

@@ -13,13 +13,16 @@ pub mod protocol;
 pub mod ring;
 pub mod routing;
 mod sync;
+mod watchdog;
 
 pub use backend::{
     Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
     LaunchConfig,
 };
 pub use error::{Error, ErrorKind, PublishRejection};
-pub use megakernel::{Config, Megakernel, ShutdownReport, Stats, Ticket};
+pub use megakernel::{
+    Config, HangReport, Megakernel, RestartReport, ShutdownReport, Stats, Ticket,
+};
 pub use pipeline_cache::{BlobMeta, CacheKey, PipelineCache};
 pub use ring::{Completion, DebugRecord, Outcome, RingMemory};
 pub use routing::{route, BackendChoice, Decision, RoutingError};

@@ -32,6 +32,9 @@ pub struct Config {
     pub start_position: u32,
     /// How long shutdown waits for published work to finish before reporting it lost.
     pub drain_timeout: Duration,
+    /// Declare the device hung when published work is outstanding and the heartbeat has not
+    /// moved for this long (`None`: no watchdog).
+    pub watchdog: Option<Duration>,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             claim_batch: 32,
             start_position: 0,
             drain_timeout: Duration::from_secs(10),
+            watchdog: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -78,19 +82,31 @@ pub struct ShutdownReport {
 /// A published slot's ticket; tickets count up from 0 per megakernel.
 pub type Ticket = u64;
 
+/// Everything behind the host lock: the ring's host side, the backend and its ring memory
+/// (both replaced by a restart), completions not yet taken, and what a restart must rebuild.
 #[derive(Debug)]
-struct Host {
-    ring: HostRing,
+pub(crate) struct Host {
+    pub(crate) ring: HostRing,
+    pub(crate) mem: Arc<dyn RingMemory>,
+    pub(crate) backend: Arc<dyn Backend>,
     next_ticket: Ticket,
     /// Completions of tickets `base..base + done.len()`, `None` once taken.
     done: VecDeque<Option<Completion>>,
     base: Ticket,
+    /// Sizes of the registered buffers, by handle - 1.
+    pub(crate) buffers: Vec<u64>,
+    /// The loaded programs, by id - 1.
+    pub(crate) programs: Vec<Program>,
+    /// Set by the watchdog; cleared by a restart.
+    pub(crate) hung: Option<HangReport>,
 }
 
 impl Host {
-    fn reap(&mut self, mem: &dyn RingMemory) -> usize {
-        let done = &mut self.done;
-        self.ring.reap(mem, |c| done.push_back(Some(c)))
+    fn reap(&mut self) -> usize {
+        let Host {
+            ring, mem, done, ..
+        } = self;
+        ring.reap(mem.as_ref(), |c| done.push_back(Some(c)))
     }
 
     fn take(&mut self, ticket: Ticket) -> Option<Completion> {
@@ -101,6 +117,19 @@ impl Host {
             self.base += 1;
         }
         c
+    }
+
+    /// Reports every unfinished slot as lost (only once no worker can touch the ring).
+    fn fail_unfinished(&mut self) -> Vec<u32> {
+        let Host {
+            ring, mem, done, ..
+        } = self;
+        let mut lost = Vec::new();
+        ring.fail_unfinished(mem.as_ref(), |c| {
+            lost.push(c.position);
+            done.push_back(Some(c));
+        });
+        lost
     }
 }
 
@@ -139,14 +168,40 @@ impl Backoff {
     }
 }
 
-/// A running megakernel on one backend.
-#[derive(Debug)]
-pub struct Megakernel {
-    backend: Arc<dyn Backend>,
-    ring: Arc<dyn RingMemory>,
-    host: Mutex<Host>,
-    config: Config,
+pub(crate) struct Inner {
+    pub(crate) host: Mutex<Host>,
+    /// Held for a whole batch, so that a batch's tickets are contiguous even though the host
+    /// lock is released while the ring is full (letting waiters and the watchdog in).
+    publisher: Mutex<()>,
+    pub(crate) config: Config,
     stopped: AtomicBool,
+}
+
+impl Inner {
+    pub(crate) fn host(&self) -> MutexGuard<'_, Host> {
+        // A panic while holding the lock leaves the ring words consistent (every update is a
+        // single store), so a poisoned lock is still usable.
+        self.host.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running megakernel on one backend.
+pub struct Megakernel {
+    inner: Arc<Inner>,
+    watchdog: Option<crate::watchdog::Watchdog>,
+}
+
+impl std::fmt::Debug for Megakernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Megakernel")
+            .field("backend", &self.backend().name())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+fn hung_error(report: &HangReport) -> Error {
+    Error::new(ErrorKind::Hung(report.clone()))
 }
 
 impl Megakernel {
@@ -169,96 +224,111 @@ impl Megakernel {
                 "tenants and claim_batch must be at least 1".into(),
             )));
         }
-        let caps = backend.capabilities();
-        let workers = config
-            .workers
-            .unwrap_or(caps.default_workers)
-            .clamp(1, caps.max_workers.max(1));
-        let ring = backend.ring_memory(config.capacity, config.debug_capacity)?;
+        let mem = backend.ring_memory(config.capacity, config.debug_capacity)?;
         ring::initialize(
-            ring.as_ref(),
+            mem.as_ref(),
             config.capacity,
             config.debug_capacity,
             config.start_position,
         );
-        let launch = LaunchConfig {
-            workers,
-            step_budget: config.step_budget,
-            claim_batch: config.claim_batch,
-        };
-        backend.launch(ring.clone(), &launch)?;
+        let launch = launch_config(backend.as_ref(), &config);
+        backend.launch(mem.clone(), &launch)?;
         tracing::info!(
             backend = backend.name(),
-            workers,
+            workers = launch.workers,
             capacity = config.capacity,
             "megakernel launched"
         );
-        Ok(Megakernel {
-            host: Mutex::new(Host {
-                ring: HostRing::new(config.capacity, config.start_position),
-                next_ticket: 0,
-                done: VecDeque::new(),
-                base: 0,
-            }),
+        let host = Host {
+            ring: HostRing::new(config.capacity, config.start_position),
+            mem,
             backend,
-            ring,
+            next_ticket: 0,
+            done: VecDeque::new(),
+            base: 0,
+            buffers: Vec::new(),
+            programs: Vec::new(),
+            hung: None,
+        };
+        let inner = Arc::new(Inner {
+            host: Mutex::new(host),
+            publisher: Mutex::new(()),
             config,
             stopped: AtomicBool::new(false),
-        })
+        });
+        let watchdog = inner
+            .config
+            .watchdog
+            .map(|bound| crate::watchdog::Watchdog::start(&inner, bound));
+        Ok(Megakernel { inner, watchdog })
     }
 
-    /// The backend.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
+    /// The backend (the current one, after a restart).
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.inner.host().backend.clone()
     }
 
     /// The configuration.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.inner.config
     }
 
     fn host(&self) -> MutexGuard<'_, Host> {
-        // A panic while holding the lock leaves the ring words consistent (every update is a
-        // single store), so a poisoned lock is still usable.
-        self.host.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.host()
     }
 
     /// Registers a zero-filled buffer.
     pub fn create_buffer(&self, size: u64) -> Result<u32, Error> {
-        Ok(self.backend.create_buffer(size)?)
+        let mut host = self.host();
+        let h = host.backend.create_buffer(size)?;
+        if h as usize != host.buffers.len() + 1 {
+            return Err(Error::new(ErrorKind::Config(format!(
+                "backend {} returned handle {h}, expected {}",
+                host.backend.name(),
+                host.buffers.len() + 1
+            ))));
+        }
+        host.buffers.push(size);
+        Ok(h)
     }
 
     /// Registers a buffer holding `data`.
     pub fn create_buffer_with(&self, size: u64, data: &[u8]) -> Result<u32, Error> {
-        let h = self.backend.create_buffer(size)?;
-        self.backend.write_buffer(h, 0, data)?;
+        let h = self.create_buffer(size)?;
+        self.write_buffer(h, 0, data)?;
         Ok(h)
     }
 
     /// Copies bytes into a buffer.
     pub fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), Error> {
-        Ok(self.backend.write_buffer(handle, offset, data)?)
+        let backend = self.backend();
+        Ok(backend.write_buffer(handle, offset, data)?)
     }
 
     /// Copies bytes out of a buffer.
     pub fn read_buffer(&self, handle: u32, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-        Ok(self.backend.read_buffer(handle, offset, len)?)
+        let backend = self.backend();
+        Ok(backend.read_buffer(handle, offset, len)?)
     }
 
     /// Validates bytecode and loads it into the program table; returns its id for EXEC.
     pub fn load_program(&self, bytecode: &[u8]) -> Result<u32, Error> {
         let program = Program::decode(bytecode).map_err(|e| Error::new(ErrorKind::Program(e)))?;
-        Ok(self.backend.load_program(program)?)
+        let mut host = self.host();
+        let id = host.backend.load_program(program.clone())?;
+        host.programs.push(program);
+        Ok(id)
     }
 
     fn check_batch(&self, slots: &[Slot]) -> Result<(), Error> {
+        let tenants = self.inner.config.tenants;
         for (index, s) in slots.iter().enumerate() {
-            if s.tenant >= self.config.tenants {
+            if s.tenant >= tenants {
                 return Err(Error::new(ErrorKind::Publish {
                     index,
                     reason: PublishRejection::Tenant {
                         tenant: s.tenant,
-                        tenants: self.config.tenants,
+                        tenants,
                     },
                 }));
             }
@@ -281,53 +351,53 @@ impl Megakernel {
     }
 
     /// Publishes a batch: every slot is checked first (a bad one rejects the whole batch),
-    /// then slots are written and made visible with one tail store per ring-full. Blocks,
+    /// then slots are written and made visible with one tail store per 64 slots. Blocks,
     /// reaping, while the ring is full.
     pub fn publish_batch(&self, slots: &[Slot]) -> Result<Range<Ticket>, Error> {
         self.check_batch(slots)?;
+        let _publisher = self
+            .inner
+            .publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut host = self.host();
         let first = host.next_ticket;
         let mut rest = slots;
         let mut backoff = Backoff::default();
         while !rest.is_empty() {
+            if let Some(r) = &host.hung {
+                return Err(hung_error(r));
+            }
             // After shutdown (or a SHUTDOWN slot) no worker will claim anything new.
-            if self.stopped.load(Ordering::Acquire)
-                || self.ring.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0
+            if self.inner.stopped.load(Ordering::Acquire)
+                || host.mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0
             {
                 return Err(Error::new(ErrorKind::Stopped));
             }
-            let n = host.ring.publish(self.ring.as_ref(), rest);
+            let n = {
+                let Host { ring, mem, .. } = &mut *host;
+                ring.publish(mem.as_ref(), rest)
+            };
             if n > 0 {
-                self.backend.doorbell();
+                host.backend.doorbell();
                 host.next_ticket += n as u64;
                 rest = &rest[n..];
                 backoff = Backoff::default();
-            } else if host.reap(self.ring.as_ref()) == 0 {
-                self.check_alive()?;
+            } else if host.reap() == 0 {
+                check_alive(host.backend.as_ref())?;
+                // Let other threads (and the watchdog) in while the ring is full.
+                drop(host);
                 backoff.snooze();
+                host = self.host();
             }
         }
         Ok(first..host.next_ticket)
     }
 
-    fn check_alive(&self) -> Result<(), Error> {
-        let h = self.backend.health();
-        if h.stopped {
-            return Err(Error::new(ErrorKind::Backend(
-                crate::backend::BackendError::Launch(format!(
-                    "the {} backend stopped{}",
-                    self.backend.name(),
-                    h.failure.map(|f| format!(": {f}")).unwrap_or_default()
-                )),
-            )));
-        }
-        Ok(())
-    }
-
     /// Returns the completion of `ticket` if it has finished, without blocking.
     pub fn poll(&self, ticket: Ticket) -> Option<Completion> {
         let mut host = self.host();
-        host.reap(self.ring.as_ref());
+        host.reap();
         host.take(ticket)
     }
 
@@ -352,7 +422,7 @@ impl Megakernel {
                         "ticket {ticket} was never published"
                     ))));
                 }
-                host.reap(self.ring.as_ref());
+                host.reap();
                 if let Some(c) = host.take(ticket) {
                     return Ok(c);
                 }
@@ -361,10 +431,12 @@ impl Megakernel {
                         "ticket {ticket} was already taken"
                     ))));
                 }
-                if backoff.slow() && self.backend.health().stopped {
+                if let Some(r) = &host.hung {
+                    return Err(hung_error(r));
+                }
+                if backoff.slow() && host.backend.health().stopped {
                     // Nothing will run any more: report what is left as lost, never drop it.
-                    let Host { ring, done, .. } = &mut *host;
-                    ring.fail_unfinished(self.ring.as_ref(), |c| done.push_back(Some(c)));
+                    host.fail_unfinished();
                     continue;
                 }
             }
@@ -388,7 +460,7 @@ impl Megakernel {
         while next < tickets.end {
             {
                 let mut host = self.host();
-                host.reap(self.ring.as_ref());
+                host.reap();
                 let before = next;
                 while next < tickets.end {
                     match host.take(next) {
@@ -413,7 +485,7 @@ impl Megakernel {
     pub fn run_batch(&self, slots: &[Slot]) -> Result<Vec<Completion>, Error> {
         self.check_batch(slots)?;
         let mut out = Vec::with_capacity(slots.len());
-        let chunk = (self.config.capacity as usize / 2).max(1);
+        let chunk = (self.inner.config.capacity as usize / 2).max(1);
         let mut pending: VecDeque<Range<Ticket>> = VecDeque::new();
         for part in slots.chunks(chunk) {
             pending.push_back(self.publish_batch(part)?);
@@ -429,12 +501,13 @@ impl Megakernel {
 
     /// The done count (wrapping).
     pub fn done_count(&self) -> u32 {
-        self.ring.control()[control::DONE_COUNT].load(Ordering::Acquire)
+        self.host().mem.control()[control::DONE_COUNT].load(Ordering::Acquire)
     }
 
     /// A snapshot of the control block's counters.
     pub fn stats(&self) -> Stats {
-        let c = self.ring.control();
+        let host = self.host();
+        let c = host.mem.control();
         let w = |i: usize| c[i].load(Ordering::Acquire);
         Stats {
             done: w(control::DONE_COUNT),
@@ -450,46 +523,71 @@ impl Megakernel {
 
     /// Reads and frees every complete debug record.
     pub fn drain_debug_log(&self) -> Vec<DebugRecord> {
-        let _host = self.host();
-        ring::debug_drain(self.ring.as_ref())
+        let host = self.host();
+        ring::debug_drain(host.mem.as_ref())
     }
 
     /// The backend's liveness.
     pub fn health(&self) -> Health {
-        self.backend.health()
+        self.backend().health()
+    }
+
+    /// What the watchdog found, if it declared the device hung.
+    pub fn hang_report(&self) -> Option<HangReport> {
+        self.host().hung.clone()
+    }
+
+    /// Test hook: makes the workers behave as a hung device does (they stop beating and
+    /// hold what they claimed) until a restart aborts them. Sets the control block's
+    /// FAULT_INJECT word.
+    pub fn inject_hang(&self) {
+        self.host().mem.control()[control::FAULT_INJECT].store(1, Ordering::Release);
+    }
+
+    /// Moves the megakernel onto a fresh backend after a hang: aborts the old workers,
+    /// copies every buffer and program across (handles and ids unchanged), transplants the
+    /// ring at the same positions so tickets stay valid, requeues every unfinished slot and
+    /// launches. Slots that were CLAIMED when the device hung may have run partly; the
+    /// report lists them.
+    pub fn restart(&self, backend: Arc<dyn Backend>) -> Result<RestartReport, Error> {
+        crate::watchdog::restart(&self.inner, backend)
     }
 
     /// Drains published work (up to the drain timeout), stops the workers, and reports
     /// every slot that never finished. Completions not yet taken stay retrievable until the
     /// megakernel is dropped.
     pub fn shutdown(&self) -> Result<ShutdownReport, Error> {
-        if self.stopped.swap(true, Ordering::AcqRel) {
+        if self.inner.stopped.swap(true, Ordering::AcqRel) {
             return Ok(ShutdownReport::default());
+        }
+        if let Some(w) = &self.watchdog {
+            w.stop();
         }
         let start = Instant::now();
         let mut report = ShutdownReport::default();
         let mut backoff = Backoff::default();
         loop {
             let mut host = self.host();
-            report.drained += host.reap(self.ring.as_ref());
-            if host.ring.outstanding() == 0
-                || start.elapsed() > self.config.drain_timeout
-                || self.backend.health().stopped
+            report.drained += host.reap();
+            let done = host.ring.outstanding() == 0 || host.hung.is_some();
+            if done
+                || start.elapsed() > self.inner.config.drain_timeout
+                || host.backend.health().stopped
             {
                 break;
             }
             drop(host);
             backoff.snooze();
         }
-        self.ring.control()[control::SHUTDOWN].store(1, Ordering::Release);
-        self.backend.doorbell();
-        let stopped = self.backend.stop();
         let mut host = self.host();
-        let Host { ring, done, .. } = &mut *host;
-        ring.fail_unfinished(self.ring.as_ref(), |c| {
-            report.lost.push(c.position);
-            done.push_back(Some(c));
-        });
+        let control_words = host.mem.control();
+        control_words[control::SHUTDOWN].store(1, Ordering::Release);
+        if host.hung.is_some() {
+            control_words[control::ABORT].store(1, Ordering::Release);
+        }
+        host.backend.doorbell();
+        let stopped = host.backend.stop();
+        report.lost = host.fail_unfinished();
         if !report.lost.is_empty() {
             tracing::warn!(
                 lost = report.lost.len(),
@@ -501,10 +599,64 @@ impl Megakernel {
     }
 }
 
+/// The launch settings a backend gets for a configuration.
+pub(crate) fn launch_config(backend: &dyn Backend, config: &Config) -> LaunchConfig {
+    let caps = backend.capabilities();
+    let workers = config
+        .workers
+        .unwrap_or(caps.default_workers)
+        .clamp(1, caps.max_workers.max(1));
+    LaunchConfig {
+        workers,
+        step_budget: config.step_budget,
+        claim_batch: config.claim_batch,
+    }
+}
+
+fn check_alive(backend: &dyn Backend) -> Result<(), Error> {
+    let h = backend.health();
+    if h.stopped {
+        return Err(Error::new(ErrorKind::Backend(
+            crate::backend::BackendError::Launch(format!(
+                "the {} backend stopped{}",
+                backend.name(),
+                h.failure.map(|f| format!(": {f}")).unwrap_or_default()
+            )),
+        )));
+    }
+    Ok(())
+}
+
 impl Drop for Megakernel {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             tracing::warn!(error = %e, "megakernel shutdown on drop failed");
         }
     }
+}
+
+/// What the watchdog saw when it declared the device hung.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HangReport {
+    /// How long the heartbeat had not moved.
+    pub silent_for: Duration,
+    /// The heartbeat value it was stuck at.
+    pub heartbeat: u32,
+    /// Positions claimed by a worker and not finished.
+    pub claimed: Vec<u32>,
+    /// Positions published and not yet claimed.
+    pub unclaimed: Vec<u32>,
+}
+
+/// What a restart did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestartReport {
+    /// Positions put back into the ring to run again.
+    pub requeued: Vec<u32>,
+    /// Of those, the ones a worker had claimed: they may have run partly before the hang.
+    pub possibly_partial: Vec<u32>,
+    /// Buffers copied to the new backend.
+    pub buffers: usize,
+    /// Programs reloaded.
+    pub programs: usize,
 }

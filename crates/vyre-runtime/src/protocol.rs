@@ -42,6 +42,11 @@ pub mod control {
     pub const DEBUG_CAPACITY: usize = 3;
     /// Non-zero: workers stop once nothing they claimed is left.
     pub const SHUTDOWN: usize = 4;
+    /// Non-zero (host-written, for tests): workers stop beating and stop finishing what they
+    /// claim, as a hung device would; they leave only on ABORT.
+    pub const FAULT_INJECT: usize = 5;
+    /// Non-zero (host-written): workers exit at once, finishing nothing more.
+    pub const ABORT: usize = 6;
     /// Next position the host will publish (host-written; line 1).
     pub const TAIL: usize = 16;
     /// Next position a worker will claim (workers CAS it; line 2).
@@ -124,6 +129,8 @@ fn constants() -> Vec<(String, u64)> {
         ("CB_CAPACITY".into(), control::CAPACITY as u64),
         ("CB_DEBUG_CAPACITY".into(), control::DEBUG_CAPACITY as u64),
         ("CB_SHUTDOWN".into(), control::SHUTDOWN as u64),
+        ("CB_FAULT_INJECT".into(), control::FAULT_INJECT as u64),
+        ("CB_ABORT".into(), control::ABORT as u64),
         ("CB_TAIL".into(), control::TAIL as u64),
         ("CB_HEAD".into(), control::HEAD as u64),
         ("CB_DONE_COUNT".into(), control::DONE_COUNT as u64),

@@ -262,6 +262,45 @@ impl HostRing {
     }
 }
 
+impl HostRing {
+    /// Moves the ring onto fresh memory after a restart: `new` is initialised at the reap
+    /// position, every published slot `[reap, tail)` is copied with its words, unfinished
+    /// ones are set back to PUBLISHED, and the tail is stored. Positions (and so tickets) stay
+    /// the same. Returns the positions requeued, with the status each had (CLAIMED ones may
+    /// have run partly).
+    pub fn transplant(
+        &self,
+        old: &dyn RingMemory,
+        new: &dyn RingMemory,
+        debug_capacity: u32,
+    ) -> Vec<(u32, u32)> {
+        initialize(new, self.capacity, debug_capacity, self.reap);
+        let mut requeued = Vec::new();
+        let mut p = self.reap;
+        while p != self.tail {
+            let base = slot_base(self.capacity, p);
+            let (from, to) = (
+                &old.slots()[base..base + SLOT_WORDS],
+                &new.slots()[base..base + SLOT_WORDS],
+            );
+            for (d, s) in to.iter().zip(from) {
+                d.store(s.load(Ordering::Acquire), Ordering::Relaxed);
+            }
+            let st = to[slot_word::STATUS].load(Ordering::Relaxed) & 0xff;
+            if st != status::DONE && st != status::FAULT {
+                requeued.push((p, st));
+                to[slot_word::STATUS].store(status::PUBLISHED, Ordering::Relaxed);
+                for r in &to[slot_word::RES0..] {
+                    r.store(0, Ordering::Relaxed);
+                }
+            }
+            p = p.wrapping_add(1);
+        }
+        new.control()[control::TAIL].store(self.tail, Ordering::Release);
+        requeued
+    }
+}
+
 /// A worker's claim: `count` consecutive positions starting at `start`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Claim {
@@ -306,6 +345,9 @@ pub fn has_work(mem: &dyn RingMemory) -> bool {
 pub struct ClaimedSlot {
     /// Its position.
     pub position: u32,
+    /// Already DONE or FAULT (the host rewound the head over it after a restart): the worker
+    /// must skip it: not execute, complete or count it.
+    pub finished: bool,
     /// The decoded instruction.
     pub slot: Slot,
     /// The reserved half of the tenant word (must be zero).
@@ -319,7 +361,11 @@ pub fn read_claimed(mem: &dyn RingMemory, position: u32) -> ClaimedSlot {
     let capacity = mem.control()[control::CAPACITY].load(Ordering::Relaxed);
     let w = &mem.slots()[slot_base(capacity, position)..][..SLOT_WORDS];
     let seq_ok = w[slot_word::SEQ].load(Ordering::Relaxed) == position;
-    w[slot_word::STATUS].store(status::CLAIMED, Ordering::Relaxed);
+    let st = w[slot_word::STATUS].load(Ordering::Acquire) & 0xff;
+    let finished = st == status::DONE || st == status::FAULT;
+    if !finished {
+        w[slot_word::STATUS].store(status::CLAIMED, Ordering::Relaxed);
+    }
     let mut raw = [0u32; 10];
     for (dst, src) in raw.iter_mut().zip(&w[slot_word::OP..slot_word::RES0]) {
         *dst = src.load(Ordering::Relaxed);
@@ -327,6 +373,7 @@ pub fn read_claimed(mem: &dyn RingMemory, position: u32) -> ClaimedSlot {
     let (slot, tenant_reserved) = Slot::decode(&raw);
     ClaimedSlot {
         position,
+        finished,
         slot,
         tenant_reserved,
         seq_ok,
@@ -464,4 +511,44 @@ pub fn debug_drain(mem: &dyn RingMemory) -> Vec<DebugRecord> {
     }
     c[control::DEBUG_READ].store(r, Ordering::Release);
     out
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use vyre_isa::SlotOp;
+
+    #[test]
+    fn transplant_requeues_unfinished_slots_and_workers_skip_finished_ones() {
+        let (old, new) = (HeapRing::new(8, 2), HeapRing::new(8, 2));
+        initialize(&old, 8, 2, 6);
+        let mut host = HostRing::new(8, 6);
+        let slots: Vec<Slot> = (0..4).map(|i| Slot::new(SlotOp::Nop, &[i])).collect();
+        assert_eq!(host.publish(&old, &slots), 4); // positions 6, 7, 8, 9 (slot indices wrap)
+        let c = claim(&old, 3).unwrap();
+        assert_eq!((c.start, c.count), (6, 3));
+        for p in [6u32, 8] {
+            let s = read_claimed(&old, p);
+            complete(&old, p, Ok([s.slot.args[0], 0, 0, 0]));
+        }
+        let _ = read_claimed(&old, 7); // claimed, never finished: the device "hung" here
+        let requeued = host.transplant(&old, &new, 2);
+        assert_eq!(requeued, vec![(7, status::CLAIMED), (9, status::PUBLISHED)]);
+        // A worker on the new ring claims from the reap position and skips finished slots.
+        let c = claim(&new, 8).unwrap();
+        assert_eq!((c.start, c.count), (6, 4));
+        let mut ran = Vec::new();
+        for p in 6..10u32 {
+            let s = read_claimed(&new, p);
+            assert!(s.seq_ok);
+            if !s.finished {
+                ran.push(p);
+                complete(&new, p, Ok([s.slot.args[0] + 100, 0, 0, 0]));
+            }
+        }
+        assert_eq!(ran, vec![7, 9]);
+        let mut got = Vec::new();
+        host.reap(&new, |c| got.push((c.position, c.results()[0])));
+        assert_eq!(got, vec![(6, 0), (7, 101), (8, 2), (9, 103)]);
+    }
 }

@@ -1,0 +1,146 @@
+//! The watchdog and restart: a host thread declares the device hung when published work is
+//! outstanding and the heartbeat stops; a restart moves the megakernel onto a fresh backend
+//! with every unfinished slot requeued at its old position.
+
+use crate::backend::Backend;
+use crate::error::{Error, ErrorKind};
+use crate::megakernel::{launch_config, HangReport, Inner, RestartReport};
+use crate::protocol::{control, status};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The watchdog thread of one megakernel.
+#[derive(Debug)]
+pub(crate) struct Watchdog {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Watchdog {
+    pub(crate) fn start(inner: &Arc<Inner>, bound: Duration) -> Watchdog {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak: Weak<Inner> = Arc::downgrade(inner);
+        let flag = stop.clone();
+        let period = (bound / 8).clamp(Duration::from_millis(1), Duration::from_millis(100));
+        let thread = std::thread::Builder::new()
+            .name("vyre-watchdog".into())
+            .spawn(move || watch(weak, flag, bound, period))
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the watchdog thread; hangs will not be detected"))
+            .ok();
+        Watchdog {
+            stop,
+            thread: Mutex::new(thread),
+        }
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(inner: Weak<Inner>, stop: Arc<AtomicBool>, bound: Duration, period: Duration) {
+    let mut last_beat = None;
+    let mut since = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        std::thread::park_timeout(period);
+        let Some(inner) = inner.upgrade() else { return };
+        let mut host = inner.host();
+        if host.hung.is_some() {
+            continue;
+        }
+        let beat = host.mem.control()[control::HEARTBEAT].load(Ordering::Acquire);
+        let unfinished = host.ring.unfinished(host.mem.as_ref());
+        if unfinished.is_empty() || last_beat != Some(beat) {
+            // Idle, or alive: restart the clock.
+            last_beat = Some(beat);
+            since = Instant::now();
+            continue;
+        }
+        if since.elapsed() < bound {
+            continue;
+        }
+        let (claimed, unclaimed): (Vec<_>, Vec<_>) = unfinished
+            .iter()
+            .partition(|(_, st)| *st == status::CLAIMED);
+        let report = HangReport {
+            silent_for: since.elapsed(),
+            heartbeat: beat,
+            claimed: claimed.iter().map(|(p, _)| *p).collect(),
+            unclaimed: unclaimed.iter().map(|(p, _)| *p).collect(),
+        };
+        tracing::error!(backend = host.backend.name(), silent_for = ?report.silent_for, claimed = report.claimed.len(), unclaimed = report.unclaimed.len(), "device declared hung: heartbeat stopped with work outstanding");
+        host.hung = Some(report);
+    }
+}
+
+fn restart_err(what: String) -> Error {
+    Error::new(ErrorKind::Backend(crate::backend::BackendError::Launch(
+        format!("restart: {what}"),
+    )))
+}
+
+/// See [`crate::Megakernel::restart`].
+pub(crate) fn restart(inner: &Inner, new: Arc<dyn Backend>) -> Result<RestartReport, Error> {
+    let mut host = inner.host();
+    let (old, old_mem) = (host.backend.clone(), host.mem.clone());
+    // 1. Stop the old workers where they stand.
+    old_mem.control()[control::ABORT].store(1, Ordering::Release);
+    old.doorbell();
+    if let Err(e) = old.stop() {
+        tracing::warn!(error = %e, "restart: the old backend did not stop; continuing on the new one");
+    }
+    // 2. Buffers and programs, under the same handles and ids.
+    let mut report = RestartReport::default();
+    for (i, &size) in host.buffers.iter().enumerate() {
+        let h = i as u32 + 1;
+        let data = old.read_buffer(h, 0, size).map_err(|e| restart_err(format!("buffer {h} cannot be read back from the old {} backend ({e}); its contents are lost, so its slots cannot be requeued", old.name())))?;
+        let nh = new.create_buffer(size)?;
+        if nh != h {
+            return Err(restart_err(format!(
+                "the new backend gave handle {nh} for buffer {h}; use a fresh backend"
+            )));
+        }
+        new.write_buffer(h, 0, &data)?;
+        report.buffers += 1;
+    }
+    for (i, p) in host.programs.iter().enumerate() {
+        let id = new.load_program(p.clone())?;
+        if id as usize != i + 1 {
+            return Err(restart_err(format!(
+                "the new backend gave id {id} for program {}; use a fresh backend",
+                i + 1
+            )));
+        }
+        report.programs += 1;
+    }
+    // 3. The ring, at the same positions, unfinished slots published again.
+    let config = &inner.config;
+    let new_mem = new.ring_memory(config.capacity, config.debug_capacity)?;
+    let requeued = host
+        .ring
+        .transplant(old_mem.as_ref(), new_mem.as_ref(), config.debug_capacity);
+    report.requeued = requeued.iter().map(|(p, _)| *p).collect();
+    report.possibly_partial = requeued
+        .iter()
+        .filter(|(_, st)| *st == status::CLAIMED)
+        .map(|(p, _)| *p)
+        .collect();
+    // 4. Launch.
+    new.launch(new_mem.clone(), &launch_config(new.as_ref(), config))?;
+    tracing::warn!(
+        requeued = report.requeued.len(),
+        possibly_partial = report.possibly_partial.len(),
+        backend = new.name(),
+        "megakernel restarted"
+    );
+    host.backend = new;
+    host.mem = new_mem;
+    host.hung = None;
+    Ok(report)
+}

@@ -531,11 +531,14 @@ impl Backend for CudaBackend {
                 "cuda: this backend is already launched; create a new one".into(),
             ));
         }
-        // Device state: head and tail mirror start where the host's do; counters at zero.
+        // Device state: head and tail where the control block's are; counters at zero.
         let mut state = vec![0u8; ds::WORDS * 4];
-        let start = cb[control::TAIL].load(Ordering::Acquire).to_le_bytes();
-        state[ds::HEAD * 4..ds::HEAD * 4 + 4].copy_from_slice(&start);
-        state[ds::TAIL * 4..ds::TAIL * 4 + 4].copy_from_slice(&start);
+        // The head comes from the control block too: after a restart it sits at the reap
+        // position, behind the tail, so that requeued slots are claimed again.
+        let head = cb[control::HEAD].load(Ordering::Acquire).to_le_bytes();
+        let tail = cb[control::TAIL].load(Ordering::Acquire).to_le_bytes();
+        state[ds::HEAD * 4..ds::HEAD * 4 + 4].copy_from_slice(&head);
+        state[ds::TAIL * 4..ds::TAIL * 4 + 4].copy_from_slice(&tail);
         self.state
             .write(&self.copies, 0, &state)
             .map_err(|e| launch_err("initialising device state", e))?;

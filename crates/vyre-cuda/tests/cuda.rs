@@ -33,6 +33,13 @@ fn check(name: &str, ok: bool, detail: String, passed: &mut u32, failed: &mut u3
 }
 
 fn main() -> ExitCode {
+    // A hang must fail this binary, not stall whoever runs it.
+    std::thread::spawn(|| {
+        std::thread::sleep(std::time::Duration::from_secs(600));
+        println!("test binary deadline of 600 s passed: FAILED (a test hung)");
+        println!("0 passed, 1 failed");
+        std::process::exit(1);
+    });
     let (mut passed, mut failed, mut skipped) = (0u32, 0u32, 0u32);
     // The kernel compiles for Hopper wherever NVRTC is installed, GPU or not (CI installs
     // NVRTC from PyPI for this).

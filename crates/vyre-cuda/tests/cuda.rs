@@ -41,6 +41,8 @@ fn main() -> ExitCode {
         std::process::exit(1);
     });
     let (mut passed, mut failed, mut skipped) = (0u32, 0u32, 0u32);
+    // VYRE_CUDA_TESTS=watchdog runs only the watchdog test (for quick reruns on the GPU).
+    let only_watchdog = std::env::var("VYRE_CUDA_TESTS").is_ok_and(|v| v == "watchdog");
     // The kernel compiles for Hopper wherever NVRTC is installed, GPU or not (CI installs
     // NVRTC from PyPI for this).
     match vyre_cuda::compile::nvrtc_version() {
@@ -70,6 +72,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    if !only_watchdog {
+        run_conformance_and_shutdown(&mut passed, &mut failed);
+    }
+    watchdog(&mut passed, &mut failed);
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run_conformance_and_shutdown(passed: &mut u32, failed: &mut u32) {
     let dir = vyre_conformance::default_dir();
     let oracle = || Arc::new(vyre_cpu::CpuBackend::new()) as Arc<dyn Backend>;
     for (label, placement) in [
@@ -87,8 +102,8 @@ fn main() -> ExitCode {
             &format!("conformance_{label}"),
             report.failed.is_empty() && report.passed.len() > 50,
             summary,
-            &mut passed,
-            &mut failed,
+            passed,
+            failed,
         );
     }
 
@@ -104,8 +119,8 @@ fn main() -> ExitCode {
         "shutdown_drains_published_work",
         report.lost.is_empty() && report.drained == 3000 && count == 3000u32.to_le_bytes(),
         format!("{report:?}, count {count:?}"),
-        &mut passed,
-        &mut failed,
+        passed,
+        failed,
     );
 
     let mk = Megakernel::launch(
@@ -135,9 +150,12 @@ fn main() -> ExitCode {
             done.len(),
             mk.health()
         ),
-        &mut passed,
-        &mut failed,
+        passed,
+        failed,
     );
+}
+
+fn watchdog(passed: &mut u32, failed: &mut u32) {
     // Watchdog: an injected hang is declared within the bound, the claimed and unclaimed
     // slots are reported, and a restart on a fresh CUDA backend runs every one exactly once.
     let config = Config {
@@ -175,8 +193,8 @@ fn main() -> ExitCode {
             "hang {:?}\nrestart {restarted:?}\ndone {done:?}\ncount {count:?}",
             hang.map(|r| (r.claimed.len(), r.unclaimed.len(), r.silent_for))
         ),
-        &mut passed,
-        &mut failed,
+        passed,
+        failed,
     );
     if let Ok(r) = &restarted {
         println!(
@@ -186,10 +204,4 @@ fn main() -> ExitCode {
         );
     }
     drop(mk);
-    println!("{passed} passed, {failed} failed, {skipped} skipped");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
 }

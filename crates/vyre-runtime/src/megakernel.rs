@@ -99,6 +99,10 @@ pub(crate) struct Host {
     pub(crate) programs: Vec<Program>,
     /// Set by the watchdog; cleared by a restart.
     pub(crate) hung: Option<HangReport>,
+    /// Backends replaced by a restart, kept until the current one has stopped: freeing GPU
+    /// memory synchronises the device, which would wait forever on a running persistent
+    /// kernel.
+    pub(crate) retired: Vec<Arc<dyn Backend>>,
 }
 
 impl Host {
@@ -249,6 +253,7 @@ impl Megakernel {
             buffers: Vec::new(),
             programs: Vec::new(),
             hung: None,
+            retired: Vec::new(),
         };
         let inner = Arc::new(Inner {
             host: Mutex::new(host),
@@ -588,6 +593,9 @@ impl Megakernel {
         host.backend.doorbell();
         let stopped = host.backend.stop();
         report.lost = host.fail_unfinished();
+        if stopped.is_ok() {
+            host.retired.clear();
+        }
         if !report.lost.is_empty() {
             tracing::warn!(
                 lost = report.lost.len(),

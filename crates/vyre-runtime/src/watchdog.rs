@@ -139,7 +139,8 @@ pub(crate) fn restart(inner: &Inner, new: Arc<dyn Backend>) -> Result<RestartRep
         backend = new.name(),
         "megakernel restarted"
     );
-    host.backend = new;
+    let old = std::mem::replace(&mut host.backend, new);
+    host.retired.push(old);
     host.mem = new_mem;
     host.hung = None;
     Ok(report)

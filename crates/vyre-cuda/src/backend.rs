@@ -105,8 +105,16 @@ fn launch_err(what: &str, e: impl std::fmt::Debug) -> BackendError {
     BackendError::Launch(format!("cuda: {what}: {e:?}"))
 }
 
-/// Opens GPU 0, checking for the libraries first (cudarc panics without them).
+/// Opens GPU 0's primary context, checking for the libraries first (cudarc panics without
+/// them).
 pub(crate) fn open_device() -> Result<(Arc<CudaContext>, DeviceInfo), BackendError> {
+    open_device_in(false)
+}
+
+/// Opens GPU 0 in its primary context or, with `fresh`, in a new context of its own: a
+/// restart after a hang needs one, because loading a module into the hung kernel's context
+/// waits for that kernel.
+pub(crate) fn open_device_in(fresh: bool) -> Result<(Arc<CudaContext>, DeviceInfo), BackendError> {
     // SAFETY: checking for the library has no preconditions.
     if !unsafe { sys::is_culib_present() } {
         return Err(unavailable(
@@ -120,7 +128,12 @@ pub(crate) fn open_device() -> Result<(Arc<CudaContext>, DeviceInfo), BackendErr
             "install the CUDA toolkit's NVRTC (libnvrtc.so), or use --backend cpu",
         )
     })?;
-    let ctx = CudaContext::new(0).map_err(|e| {
+    let ctx = if fresh {
+        CudaContext::new_non_primary(0, 0)
+    } else {
+        CudaContext::new(0)
+    }
+    .map_err(|e| {
         unavailable(
             format!("cannot open GPU 0 ({e:?})"),
             "check nvidia-smi, or use --backend cpu",
@@ -245,7 +258,17 @@ impl CudaBackend {
 
     /// As [`CudaBackend::new`], with a given pipeline cache.
     pub fn with_cache(cache: &PipelineCache) -> Result<CudaBackend, BackendError> {
-        let (ctx, info) = open_device()?;
+        CudaBackend::build(cache, false)
+    }
+
+    /// A backend in a CUDA context of its own, for [`vyre_runtime::Megakernel::restart`]
+    /// after a hang (the hung kernel's context cannot load a module until it ends).
+    pub fn in_fresh_context(cache: &PipelineCache) -> Result<CudaBackend, BackendError> {
+        CudaBackend::build(cache, true)
+    }
+
+    fn build(cache: &PipelineCache, fresh: bool) -> Result<CudaBackend, BackendError> {
+        let (ctx, info) = open_device_in(fresh)?;
         let kernel = compile::megakernel(cache, &info.arch(), &info.key())
             .map_err(|e| launch_err("compiling the megakernel", e.to_string()))?;
         let module = ctx

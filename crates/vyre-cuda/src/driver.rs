@@ -196,6 +196,7 @@ impl Drop for MappedHost {
 /// Whether the kernel's stream has finished (`Ok(true)`), is still running (`Ok(false)`), or
 /// failed.
 pub(crate) fn stream_done(stream: &CudaStream) -> Result<bool, DriverError> {
+    stream.context().bind_to_thread()?;
     // SAFETY: querying a live stream handle has no preconditions.
     match unsafe { sys::cuStreamQuery(stream.cu_stream()) } {
         sys::CUresult::CUDA_SUCCESS => Ok(true),

@@ -168,6 +168,7 @@ fn watchdog(passed: &mut u32, failed: &mut u32) {
     mk.run_batch(&[add; 10]).unwrap();
     mk.inject_hang();
     let tickets = mk.publish_batch(&[add; 1000]).unwrap();
+    println!("  watchdog: hang injected, 1000 slots published");
     let hang = mk
         .wait_range(tickets.clone())
         .err()
@@ -175,7 +176,20 @@ fn watchdog(passed: &mut u32, failed: &mut u32) {
             vyre_runtime::ErrorKind::Hung(r) => Some(r.clone()),
             _ => None,
         });
-    let restarted = mk.restart(cuda(BufferPlacement::Device));
+    println!(
+        "  watchdog: hang reported: {:?}",
+        hang.as_ref()
+            .map(|r| (r.claimed.len(), r.unclaimed.len(), r.silent_for))
+    );
+    let fresh = CudaBackend::in_fresh_context(cache()).expect("a backend in a fresh context");
+    println!("  watchdog: fresh-context backend ready");
+    let restarted = mk.restart(Arc::new(fresh));
+    println!(
+        "  watchdog: restart {:?}",
+        restarted
+            .as_ref()
+            .map(|r| (r.requeued.len(), r.possibly_partial.len()))
+    );
     let done = mk.wait_range(tickets).map(|d| {
         d.iter()
             .filter(|c| matches!(c.outcome, Outcome::Done(_)))

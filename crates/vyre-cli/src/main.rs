@@ -1,5 +1,7 @@
 //! `vyre`: the command-line tool.
 
+#![forbid(unsafe_code)]
+
 mod backends;
 #[cfg(feature = "cuda")]
 mod bench_cuda;

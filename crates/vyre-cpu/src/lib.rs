@@ -103,19 +103,7 @@ impl Backend for CpuBackend {
         self.shared.programs.insert(program)
     }
     fn launch(&self, ring: Arc<dyn RingMemory>, config: &LaunchConfig) -> Result<(), BackendError> {
-        let c = ring.control();
-        let (magic, version) = (
-            c[control::MAGIC].load(Ordering::Acquire),
-            c[control::VERSION].load(Ordering::Acquire),
-        );
-        if magic != vyre_runtime::protocol::MAGIC
-            || version != vyre_runtime::protocol::PROTOCOL_VERSION
-        {
-            return Err(BackendError::Launch(format!(
-                "ring control block has magic {magic:#x} version {version}; this backend speaks protocol v{} (initialise the ring with vyre_runtime::ring::initialize)",
-                vyre_runtime::protocol::PROTOCOL_VERSION
-            )));
-        }
+        vyre_runtime::ring::check_header(ring.as_ref())?;
         if self.ring.set(ring.clone()).is_err() {
             return Err(BackendError::Launch(
                 "this cpu backend is already launched; create a new one".into(),

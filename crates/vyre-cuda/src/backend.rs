@@ -541,14 +541,7 @@ impl Backend for CudaBackend {
             ));
         }
         let cb = ours.control();
-        if cb[control::MAGIC].load(Ordering::Acquire) != vyre_runtime::protocol::MAGIC
-            || cb[control::VERSION].load(Ordering::Acquire)
-                != vyre_runtime::protocol::PROTOCOL_VERSION
-        {
-            return Err(BackendError::Launch(
-                "cuda: ring control block is not initialised for protocol v1".into(),
-            ));
-        }
+        vyre_runtime::ring::check_header(ours.as_ref())?;
         if self.running.get().is_some() {
             return Err(BackendError::Launch(
                 "cuda: this backend is already launched; create a new one".into(),

@@ -89,6 +89,23 @@ pub fn initialize(mem: &dyn RingMemory, capacity: u32, debug_capacity: u32, star
     fence(Ordering::SeqCst);
 }
 
+/// Checks that ring memory carries this protocol's magic and version; every backend calls it
+/// before launching on a ring.
+pub fn check_header(mem: &dyn RingMemory) -> Result<(), crate::BackendError> {
+    let c = mem.control();
+    let (magic, version) = (
+        c[control::MAGIC].load(Ordering::Acquire),
+        c[control::VERSION].load(Ordering::Acquire),
+    );
+    if magic != crate::protocol::MAGIC || version != crate::protocol::PROTOCOL_VERSION {
+        return Err(crate::BackendError::Launch(format!(
+            "ring control block has magic {magic:#x} version {version}; this backend speaks protocol v{} (initialise the ring with vyre_runtime::ring::initialize)",
+            crate::protocol::PROTOCOL_VERSION
+        )));
+    }
+    Ok(())
+}
+
 fn slot_base(capacity: u32, position: u32) -> usize {
     (position & (capacity - 1)) as usize * SLOT_WORDS
 }

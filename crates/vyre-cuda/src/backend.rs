@@ -706,8 +706,10 @@ impl BackendProvider for CudaProvider {
             kind: BackendKind::Gpu,
             model: ExecutionModel::Persistent,
             ops: SlotOp::ALL.to_vec(),
-            default_workers: 1,
-            max_workers: usize::MAX,
+            default_workers: (info.sms * Tuning::from_env().blocks_per_sm * WARPS_PER_BLOCK - 1)
+                as usize,
+            max_workers: (info.sms * Tuning::from_env().blocks_per_sm * WARPS_PER_BLOCK - 1)
+                as usize,
             max_buffer_bytes: MAX_BUFFER_BYTES,
             max_buffers: MAX_BUFFERS,
             max_programs: MAX_PROGRAMS,

@@ -131,22 +131,22 @@ pub fn startup_report() -> Result<Vec<String>, BackendError> {
     let arch = format!("sm_{}{}", info.cc.0, info.cc.1);
     let cold =
         crate::compile::time_cold_compile(&arch).map_err(|e| err("compile", e.to_string()))?;
-    let cache = vyre_runtime::pipeline_cache::PipelineCache::open_default();
+    // Two cache instances over the same directory: the first start builds or finds the blob
+    // on disk, the second (like a new process) finds it on disk.
     let mut lines = vec![format!(
         "cold start: NVRTC compile of the megakernel for {arch}: {:.1} ms",
         cold.as_secs_f64() * 1e3
     )];
+    let mut storage = String::new();
     for which in [
         "first start through the pipeline cache",
-        "second start through the pipeline cache",
+        "second start, new cache instance",
     ] {
+        let cache = vyre_runtime::pipeline_cache::PipelineCache::open_default();
         let b = crate::CudaBackend::with_cache(&cache)?;
-        lines.push(format!(
-            "{which}: {} (backend ready in {:.1} ms total)",
-            b.kernel().how,
-            b.kernel().elapsed.as_secs_f64() * 1e3
-        ));
+        lines.push(format!("{which}: {}", b.kernel().how));
+        storage = cache.storage().to_string();
     }
-    lines.push(format!("pipeline cache: {}", cache.storage()));
+    lines.push(format!("pipeline cache: {storage}"));
     Ok(lines)
 }

@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (see bench/README.md): carried binaries in .bin/, nothing is built.
 # Checks the cuda backend against the cpu oracle, then benchmarks; everything lands in $OUT.
+#
+# Build and stage the binaries first, on the development machine (.bin/ is git-ignored via
+# .git/info/exclude and travels as a carried path):
+#   cargo build --release -p vyre-cli
+#   cargo test --release -p vyre-cuda --no-run     # prints target/release/deps/cuda-<hash>
+#   mkdir -p .bin && cp target/release/vyre .bin/vyre && cp target/release/deps/cuda-<hash> .bin/cuda-test
+#   strip .bin/vyre .bin/cuda-test
+# Usage there: bash bench/gpu-run.sh {smoke|test|bench|all}
 set -uo pipefail
 OUT=${OUT:-/tmp/vyre-out}; mkdir -p "$OUT"
 export VYRE_CONFORMANCE_DIR=$PWD/conformance RUST_LOG=${RUST_LOG:-warn}

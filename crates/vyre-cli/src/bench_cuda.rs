@@ -103,6 +103,10 @@ pub fn main(
     if round_trip_only {
         mk.shutdown()?;
         print!("{out}");
+        if let Some(path) = out_file {
+            std::fs::write(path, &out)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
 

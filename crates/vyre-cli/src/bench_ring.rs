@@ -188,6 +188,9 @@ pub fn main(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     #[cfg(feature = "cuda")]
     if backend.name() == "cuda" {
         drop(backend);
+        if args.workers.is_some() {
+            eprintln!("note: --workers does not apply to cuda: its grid is sized by occupancy (VYRE_CUDA_BLOCKS_PER_SM)");
+        }
         eprintln!("{decision}");
         return crate::bench_cuda::main(
             &args.out,

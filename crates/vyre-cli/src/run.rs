@@ -120,8 +120,10 @@ pub fn main(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             r.position, r.tenant, r.op_word, r.words[0], r.words[1], r.words[2], r.words[3]
         );
     }
-    let stats = mk.stats();
+    // Counters are added per batch (and mirrored periodically on a GPU): read them after
+    // shutdown, when every worker has flushed.
     let report = mk.shutdown()?;
+    let stats = mk.stats();
     eprintln!(
         "{} slots, {} done, {} faulted, epoch {}, {} debug records dropped, {} lost at shutdown",
         slots.len(),

@@ -69,6 +69,15 @@ impl CpuBackend {
         }
     }
 
+    /// A failed launch must not leave threads behind: abort and join the ones started.
+    fn abort_started(&self, ring: &dyn RingMemory) {
+        ring.control()[control::ABORT].store(1, Ordering::Release);
+        self.shared.parking.wake_all();
+        for h in std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner())) {
+            let _ = h.join();
+        }
+    }
+
     /// Sets the default worker count (tests run the suite with 1 and with many).
     pub fn with_workers(mut self, n: usize) -> CpuBackend {
         self.caps.default_workers = n.clamp(1, MAX_WORKERS);
@@ -111,15 +120,21 @@ impl Backend for CpuBackend {
         }
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..config.workers {
-            let (shared, ring) = (self.shared.clone(), ring.clone());
+            let (shared, worker_ring) = (self.shared.clone(), ring.clone());
             let (budget, batch) = (config.step_budget, config.claim_batch);
             let handle = std::thread::Builder::new()
                 .name(format!("vyre-cpu-{i}"))
-                .spawn(move || worker::run(shared, ring, budget, batch))
-                .map_err(|e| {
-                    BackendError::Launch(format!("cannot start worker thread {i}: {e}"))
-                })?;
-            workers.push(handle);
+                .spawn(move || worker::run(shared, worker_ring, budget, batch));
+            match handle {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    drop(workers);
+                    self.abort_started(ring.as_ref());
+                    return Err(BackendError::Launch(format!(
+                        "cannot start worker thread {i}: {e}"
+                    )));
+                }
+            }
         }
         drop(workers);
         // Return only once every worker is inside its claim loop, so that health and the
@@ -129,9 +144,10 @@ impl Backend for CpuBackend {
             < config.workers
         {
             if started.elapsed() > std::time::Duration::from_secs(10) {
+                let running = ring.control()[control::WORKERS_RUNNING].load(Ordering::Acquire);
+                self.abort_started(ring.as_ref());
                 return Err(BackendError::Launch(format!(
-                    "only {} of {} cpu workers started within 10 s",
-                    ring.control()[control::WORKERS_RUNNING].load(Ordering::Acquire),
+                    "only {running} of {} cpu workers started within 10 s",
                     config.workers
                 )));
             }

@@ -83,6 +83,8 @@ impl Env for WorkerEnv<'_> {
     }
     fn request_shutdown(&self) {
         self.ring.control()[control::SHUTDOWN].store(1, Ordering::Release);
+        // Parked workers must see it too, so that health reports the stop.
+        self.shared.parking.wake_all();
     }
     fn step_budget(&self) -> u64 {
         self.step_budget
@@ -150,8 +152,10 @@ pub fn run(shared: Arc<Shared>, ring: Arc<dyn RingMemory>, step_budget: u64, cla
             }
             return;
         }
+        let mut next = 0u32; // the first claimed position not yet completed
         let result = catch_unwind(AssertUnwindSafe(|| {
             for k in 0..claim.count {
+                next = k;
                 let p = claim.start.wrapping_add(k);
                 let c = ring::read_claimed(mem, p);
                 if c.finished {
@@ -165,7 +169,17 @@ pub fn run(shared: Arc<Shared>, ring: Arc<dyn RingMemory>, step_budget: u64, cla
                 counters.record(c.slot.op, outcome.is_err());
                 ring::complete(mem, p, outcome);
             }
+            next = claim.count;
         }));
+        if result.is_err() {
+            // The slot that panicked and the rest of the claim are reported, not abandoned:
+            // reaping is in order, so one abandoned slot would block every later ticket.
+            for k in next..claim.count {
+                let p = claim.start.wrapping_add(k);
+                counters.record(u16::MAX, true); // op unknown: counted under "other"
+                ring::complete(mem, p, Err(Fault::new(FaultCode::Lost, p)));
+            }
+        }
         counters.flush(mem);
         if let Err(panic) = result {
             let what = panic

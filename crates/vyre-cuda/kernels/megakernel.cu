@@ -243,7 +243,8 @@ __device__ bool debug_log(const Params& p, u32 position, u32 op_word, u32 tenant
     u32 cur = atomicAdd(&ds[DS_DEBUG_WRITE], 0);
     for (;;) {
         u32 r = vload(&p.cb[VYRE_CB_DEBUG_READ]);
-        if (cur - r >= cap) { atomicAdd(&ds[DS_DEBUG_DROPPED], 1); return false; }
+        // Signed: a write cursor read before the host drained past it is not "full".
+        if ((int)(cur - r) >= (int)cap) { atomicAdd(&ds[DS_DEBUG_DROPPED], 1); return false; }
         u32 old = atomicCAS(&ds[DS_DEBUG_WRITE], cur, cur + 1);
         if (old == cur) break;
         cur = old;
@@ -483,7 +484,8 @@ __device__ void worker_warp(const Params& p, u32 lane) {
                 u32 head = vload(&ds[DS_HEAD]);
                 u32 tail = vload(&ds[DS_TAIL]);
                 u32 avail = tail - head;
-                if (avail != 0) {
+                // avail > capacity means a head newer than the tail read: never claim past it.
+                if (avail != 0 && avail <= p.capacity) {
                     u32 n = avail < p.claim_batch ? avail : p.claim_batch;
                     if (atomicCAS(&ds[DS_HEAD], head, head + n) == head) { start = head; count = n; }
                 }

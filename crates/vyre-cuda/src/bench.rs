@@ -112,7 +112,15 @@ pub fn baselines(iters: usize) -> Result<Baselines, BackendError> {
         flag.words()[0].store(i, Ordering::Release);
         while ack.words()[0].load(Ordering::Acquire) != i {
             if Instant::now() > deadline {
-                return Err(err("pingpong", format!("no answer to round {i}")));
+                // The kernel still spins on `flag`; freeing its memory would wait for it
+                // forever, so leak the three allocations and report.
+                std::mem::forget(flag);
+                std::mem::forget(ack);
+                std::mem::forget(out);
+                return Err(err(
+                    "pingpong",
+                    format!("no answer to round {i} within 30 s"),
+                ));
             }
             std::hint::spin_loop();
         }

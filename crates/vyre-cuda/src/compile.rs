@@ -122,13 +122,14 @@ pub struct CompiledKernel {
 }
 
 /// The cache key of the megakernel for a device.
-pub fn cache_key(src: &str, arch: &str, nvrtc: &str) -> CacheKey {
+pub fn cache_key(src: &str, arch: &str, nvrtc: &str, device_key: &str) -> CacheKey {
     CacheKey::builder()
         .part("backend", "cuda")
         .part("source", src)
         .part("options", options(arch).join(" "))
         .part("arch", arch)
         .part("nvrtc", nvrtc)
+        .part("device", device_key)
         .finish()
 }
 
@@ -140,7 +141,7 @@ pub fn megakernel(
 ) -> Result<CompiledKernel, CompileError> {
     let src = kernel_source();
     let nvrtc = nvrtc_version()?;
-    let key = cache_key(&src, arch, &nvrtc);
+    let key = cache_key(&src, arch, &nvrtc, device_key);
     let meta = BlobMeta::new("cuda", device_key);
     let start = Instant::now();
     let cached: Cached = cache.get_or_build(&key, &meta, || compile_cubin(&src, arch))?;

@@ -51,11 +51,12 @@ define_faults! {
     /// says. Detail: the index of the offending argument word, or 0.
     MalformedSlot = 7, "malformed_slot";
     /// The slot's tenant may not use this opcode or buffer (enforced from protocol v2).
+    /// Detail: the opcode.
     TenantDenied = 8, "tenant_denied";
     /// The backend does not implement this opcode. Detail: the opcode.
     Unsupported = 9, "unsupported";
     /// The slot was claimed by a worker that stopped or a device that was lost before it
-    /// finished; the host reports it rather than dropping it.
+    /// finished; the host reports it rather than dropping it. Detail: the slot's position.
     Lost = 10, "lost";
 }
 

@@ -182,6 +182,10 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
     pub(crate) fn host(&self) -> MutexGuard<'_, Host> {
         // A panic while holding the lock leaves the ring words consistent (every update is a
         // single store), so a poisoned lock is still usable.

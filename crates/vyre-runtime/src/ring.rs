@@ -85,7 +85,9 @@ pub fn initialize(mem: &dyn RingMemory, capacity: u32, debug_capacity: u32, star
         }
         mem.slots()[base + slot_word::SEQ].store(p, Ordering::Relaxed);
     }
-    c[control::DEBUG_WRITE].store(0, Ordering::Relaxed);
+    for w in mem.debug_log() {
+        w.store(0, Ordering::Relaxed);
+    }
     fence(Ordering::SeqCst);
 }
 
@@ -266,9 +268,9 @@ impl HostRing {
     /// Forces every unfinished slot to FAULT(`Lost`) and reaps everything. Only valid once
     /// no worker can touch the ring any more (after the backend has stopped).
     pub fn fail_unfinished(&mut self, mem: &dyn RingMemory, sink: impl FnMut(Completion)) -> usize {
-        for (p, st) in self.unfinished(mem) {
+        for (p, _) in self.unfinished(mem) {
             let w = &mem.slots()[slot_base(self.capacity, p)..][..SLOT_WORDS];
-            w[slot_word::RES0].store(st, Ordering::Relaxed);
+            w[slot_word::RES0].store(p, Ordering::Relaxed);
             w[slot_word::RES0 + 1].store(0, Ordering::Relaxed);
             w[slot_word::STATUS].store(
                 status::FAULT | (FaultCode::Lost as u32) << 8,
@@ -331,19 +333,29 @@ pub struct Claim {
 /// published. Retries on contention.
 pub fn claim(mem: &dyn RingMemory, max: u32) -> Option<Claim> {
     let c = mem.control();
-    let mut head = c[control::HEAD].load(Ordering::Relaxed);
+    let capacity = c[control::CAPACITY].load(Ordering::Relaxed);
+    // Acquire on the head: it synchronises with the CAS of the worker that advanced it, so the
+    // tail read next is at least the tail that worker saw.
+    let mut head = c[control::HEAD].load(Ordering::Acquire);
     loop {
         let tail = c[control::TAIL].load(Ordering::Acquire);
         let avail = tail.wrapping_sub(head);
         if avail == 0 {
             return None;
         }
+        if avail > capacity {
+            // A head newer than the tail we read (possible only with a stale read): read again
+            // rather than claim past the tail.
+            head = c[control::HEAD].load(Ordering::Acquire);
+            std::hint::spin_loop();
+            continue;
+        }
         let count = avail.min(max);
         match c[control::HEAD].compare_exchange_weak(
             head,
             head.wrapping_add(count),
             Ordering::AcqRel,
-            Ordering::Relaxed,
+            Ordering::Acquire,
         ) {
             Ok(_) => return Some(Claim { start: head, count }),
             Err(h) => head = h,
@@ -479,7 +491,8 @@ pub fn debug_append(mem: &dyn RingMemory, position: u32, slot: &Slot, words: [u3
     let mut w = c[control::DEBUG_WRITE].load(Ordering::Relaxed);
     loop {
         let r = c[control::DEBUG_READ].load(Ordering::Acquire);
-        if w.wrapping_sub(r) >= cap {
+        // Signed: a write cursor read before the host drained past it looks negative, not full.
+        if w.wrapping_sub(r) as i32 >= cap as i32 {
             c[control::DEBUG_DROPPED].fetch_add(1, Ordering::Relaxed);
             return false;
         }

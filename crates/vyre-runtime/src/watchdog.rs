@@ -87,6 +87,9 @@ fn restart_err(what: String) -> Error {
 
 /// See [`crate::Megakernel::restart`].
 pub(crate) fn restart(inner: &Inner, new: Arc<dyn Backend>) -> Result<RestartReport, Error> {
+    if inner.is_stopped() {
+        return Err(Error::new(ErrorKind::Stopped));
+    }
     let mut host = inner.host();
     let (old, old_mem) = (host.backend.clone(), host.mem.clone());
     // 1. Stop the old workers where they stand.
@@ -95,8 +98,23 @@ pub(crate) fn restart(inner: &Inner, new: Arc<dyn Backend>) -> Result<RestartRep
     if let Err(e) = old.stop() {
         tracing::warn!(error = %e, "restart: the old backend did not stop; continuing on the new one");
     }
-    // 2. Buffers and programs, under the same handles and ids.
+    // 2. The ring, at the same positions, unfinished slots published again. Statuses are
+    //    snapshotted before buffers are read back: an old worker that outlived a failed stop
+    //    may still finish a slot, and its effects must then be in the buffers we copy (at worst
+    //    it runs again: at least once), never DONE without them.
     let mut report = RestartReport::default();
+    let config = &inner.config;
+    let new_mem = new.ring_memory(config.capacity, config.debug_capacity)?;
+    let requeued = host
+        .ring
+        .transplant(old_mem.as_ref(), new_mem.as_ref(), config.debug_capacity);
+    report.requeued = requeued.iter().map(|(p, _)| *p).collect();
+    report.possibly_partial = requeued
+        .iter()
+        .filter(|(_, st)| *st == status::CLAIMED)
+        .map(|(p, _)| *p)
+        .collect();
+    // 3. Buffers and programs, under the same handles and ids.
     for (i, &size) in host.buffers.iter().enumerate() {
         let h = i as u32 + 1;
         let data = old.read_buffer(h, 0, size).map_err(|e| restart_err(format!("buffer {h} cannot be read back from the old {} backend ({e}); its contents are lost, so its slots cannot be requeued", old.name())))?;
@@ -119,18 +137,6 @@ pub(crate) fn restart(inner: &Inner, new: Arc<dyn Backend>) -> Result<RestartRep
         }
         report.programs += 1;
     }
-    // 3. The ring, at the same positions, unfinished slots published again.
-    let config = &inner.config;
-    let new_mem = new.ring_memory(config.capacity, config.debug_capacity)?;
-    let requeued = host
-        .ring
-        .transplant(old_mem.as_ref(), new_mem.as_ref(), config.debug_capacity);
-    report.requeued = requeued.iter().map(|(p, _)| *p).collect();
-    report.possibly_partial = requeued
-        .iter()
-        .filter(|(_, st)| *st == status::CLAIMED)
-        .map(|(p, _)| *p)
-        .collect();
     // 4. Launch.
     new.launch(new_mem.clone(), &launch_config(new.as_ref(), config))?;
     tracing::warn!(

@@ -33,7 +33,7 @@ pub fn disassemble_program(name: &str, prog: &Program) -> String {
                 OperandKind::Target => format!("L{}", insn.imm),
             })
             .collect();
-        let _ = writeln!(out, "    {:<6} {}", insn.op.mnemonic(), operands.join(", ")).map(|_| ());
+        let _ = writeln!(out, "    {:<6} {}", insn.op.mnemonic(), operands.join(", "));
     }
     out.push_str(".end\n");
     out

@@ -90,7 +90,7 @@ impl fmt::Display for Error {
                 "slot {index} of the batch rejected: priority {priority} is out of range (0..={max}); nothing of the batch was published"
             ),
             ErrorKind::Timeout { ticket, waited } => write!(f, "slot ticket {ticket} not finished after {waited:?}; check `vyre info` health or raise the timeout"),
-            ErrorKind::Stopped => write!(f, "the megakernel has stopped and accepts no more work"),
+            ErrorKind::Stopped => write!(f, "the megakernel has stopped (shutdown, or a SHUTDOWN slot) and accepts no more work; launch a new one"),
             ErrorKind::Config(m) => write!(f, "invalid configuration: {m}"),
             ErrorKind::Hung(r) => write!(
                 f,

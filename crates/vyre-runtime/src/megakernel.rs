@@ -361,7 +361,10 @@ impl Megakernel {
 
     /// Publishes a batch: every slot is checked first (a bad one rejects the whole batch),
     /// then slots are written and made visible with one tail store per 64 slots. Blocks,
-    /// reaping, while the ring is full.
+    /// reaping, while the ring is full. If the megakernel stops or is declared hung while a
+    /// batch larger than the free space waits, the part already published keeps its tickets
+    /// (they follow the last ticket you hold) and runs or is reported like any other slot;
+    /// the error returns without them.
     pub fn publish_batch(&self, slots: &[Slot]) -> Result<Range<Ticket>, Error> {
         self.check_batch(slots)?;
         let _publisher = self
@@ -654,9 +657,10 @@ pub struct HangReport {
     pub silent_for: Duration,
     /// The heartbeat value it was stuck at.
     pub heartbeat: u32,
-    /// Positions claimed by a worker and not finished.
+    /// Positions a worker had started (STATUS = CLAIMED) and not finished.
     pub claimed: Vec<u32>,
-    /// Positions published and not yet claimed.
+    /// Positions not started (STATUS = PUBLISHED); some may sit in a claimed batch that a
+    /// worker had not reached.
     pub unclaimed: Vec<u32>,
 }
 

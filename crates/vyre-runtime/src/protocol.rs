@@ -29,8 +29,9 @@ pub mod status {
     pub const WAIT_IO: u32 = 5;
 }
 
-/// Word offsets in the control block. Words are grouped into 64-byte lines by writer so
-/// that host-written and worker-written words never share a cache line.
+/// Word offsets in the control block. Words are grouped into 64-byte lines by writer so that
+/// the hot host-written and worker-written words never share a line (PROTOCOL.md names the two
+/// rarely written exceptions).
 pub mod control {
     /// [`super::MAGIC`].
     pub const MAGIC: usize = 0;
@@ -45,7 +46,8 @@ pub mod control {
     /// Non-zero (host-written, for tests): workers stop beating and stop finishing what they
     /// claim, as a hung device would; they leave only on ABORT.
     pub const FAULT_INJECT: usize = 5;
-    /// Non-zero (host-written): workers exit at once, finishing nothing more.
+    /// Non-zero (host-written): workers claim nothing more and exit once the batch in hand is
+    /// done; a hung worker leaves its claim unfinished (restart requeues it).
     pub const ABORT: usize = 6;
     /// Next position the host will publish (host-written; line 1).
     pub const TAIL: usize = 16;

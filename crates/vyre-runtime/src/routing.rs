@@ -1,7 +1,7 @@
 //! Routing: which backend runs a workload. Every decision is named and logged with its
 //! reason (`vyre info` prints it).
 
-use crate::backend::{BackendKind, BackendProvider, Capabilities};
+use crate::backend::{BackendKind, BackendProvider};
 use std::fmt;
 use vyre_isa::SlotOp;
 
@@ -95,24 +95,19 @@ pub enum RoutingError {
     },
 }
 
-fn verdict(p: &dyn BackendProvider, required: &[SlotOp]) -> (Verdict, Option<Capabilities>) {
+fn verdict(p: &dyn BackendProvider, required: &[SlotOp]) -> Verdict {
+    let name = p.name().into();
     match p.probe() {
-        Err(e) => {
-            let why = match e {
-                crate::BackendError::Unavailable { reason, hint, .. } => {
-                    format!("{reason}; {hint}")
-                }
-                e => e.to_string(),
-            };
-            (
-                Verdict {
-                    name: p.name().into(),
-                    usable: false,
-                    why,
-                },
-                None,
-            )
-        }
+        Err(crate::BackendError::Unavailable { reason, hint, .. }) => Verdict {
+            name,
+            usable: false,
+            why: format!("{reason}; {hint}"),
+        },
+        Err(e) => Verdict {
+            name,
+            usable: false,
+            why: e.to_string(),
+        },
         Ok(caps) => {
             let missing: Vec<_> = required
                 .iter()
@@ -120,26 +115,20 @@ fn verdict(p: &dyn BackendProvider, required: &[SlotOp]) -> (Verdict, Option<Cap
                 .map(|op| op.mnemonic())
                 .collect();
             if missing.is_empty() {
-                (
-                    Verdict {
-                        name: p.name().into(),
-                        usable: true,
-                        why: format!(
-                            "available ({}), supports every required opcode",
-                            caps.device
-                        ),
-                    },
-                    Some(caps),
-                )
+                Verdict {
+                    name,
+                    usable: true,
+                    why: format!(
+                        "available ({}), supports every required opcode",
+                        caps.device
+                    ),
+                }
             } else {
-                (
-                    Verdict {
-                        name: p.name().into(),
-                        usable: false,
-                        why: format!("does not support {}", missing.join(", ")),
-                    },
-                    Some(caps),
-                )
+                Verdict {
+                    name,
+                    usable: false,
+                    why: format!("does not support {}", missing.join(", ")),
+                }
             }
         }
     }
@@ -165,7 +154,7 @@ pub fn route(
     ordered.sort_by_key(|p| p.kind()); // GPU before CPU; stable otherwise
     let verdicts: Vec<(Verdict, BackendKind)> = ordered
         .iter()
-        .map(|p| (verdict(*p, required).0, p.kind()))
+        .map(|p| (verdict(*p, required), p.kind()))
         .collect();
     let available = || {
         let names: Vec<_> = verdicts
@@ -241,7 +230,7 @@ pub fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Backend, BackendError, ExecutionModel};
+    use crate::backend::{Backend, BackendError, Capabilities, ExecutionModel};
     use std::sync::Arc;
 
     struct Fake {

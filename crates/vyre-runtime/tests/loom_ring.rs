@@ -113,3 +113,31 @@ fn debug_log_is_bounded_and_counts_drops() {
         assert_eq!(dropped, 1);
     });
 }
+
+#[test]
+fn debug_log_drain_racing_appends_never_drops_a_record_that_fits() {
+    // Two appenders and a concurrent drain on a log of 2: both records fit, so none may be
+    // dropped, whatever the interleaving (a write cursor read before the drain moved the read
+    // cursor must not make the log look full).
+    loom::model(|| {
+        let mem = Arc::new(HeapRing::new(2, 2));
+        ring::initialize(mem.as_ref(), 2, 2, 0);
+        let m = mem.clone();
+        let first =
+            thread::spawn(move || ring::debug_append(m.as_ref(), 0, &slot(0), [0, 0, 0, 0]));
+        let m = mem.clone();
+        let drainer = thread::spawn(move || ring::debug_drain(m.as_ref()).len());
+        let m = mem.clone();
+        let second =
+            thread::spawn(move || ring::debug_append(m.as_ref(), 1, &slot(1), [1, 0, 0, 0]));
+        assert!(
+            first.join().unwrap() && second.join().unwrap(),
+            "a record that fits was dropped"
+        );
+        let drained = drainer.join().unwrap() + ring::debug_drain(mem.as_ref()).len();
+        assert_eq!(drained, 2);
+        let dropped = mem.control()[vyre_runtime::protocol::control::DEBUG_DROPPED]
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(dropped, 0);
+    });
+}

@@ -134,15 +134,8 @@ impl Buffers {
 
     fn checked(&self, handle: u32, offset: u64, len: u64) -> Result<&CpuBuffer, BackendError> {
         let b = self.get(handle).ok_or(BackendError::BadHandle { handle })?;
-        match offset.checked_add(len) {
-            Some(end) if end <= b.size => Ok(b),
-            _ => Err(BackendError::OutOfBounds {
-                handle,
-                offset,
-                len,
-                size: b.size,
-            }),
-        }
+        BackendError::check_range(handle, offset, len, b.size)?;
+        Ok(b)
     }
 
     /// Host write.

@@ -428,15 +428,8 @@ impl CudaBackend {
             .checked_sub(1)
             .and_then(|i| buffers.get(i as usize))
             .ok_or(BackendError::BadHandle { handle })?;
-        match offset.checked_add(len) {
-            Some(end) if end <= b.size => f(b),
-            _ => Err(BackendError::OutOfBounds {
-                handle,
-                offset,
-                len,
-                size: b.size,
-            }),
-        }
+        BackendError::check_range(handle, offset, len, b.size)?;
+        f(b)
     }
 
     fn word(&self, i: usize) -> Option<u32> {

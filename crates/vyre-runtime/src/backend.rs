@@ -125,6 +125,21 @@ pub enum BackendError {
     Launch(String),
 }
 
+impl BackendError {
+    /// Checks a host read or write of `len` bytes at `offset` against a buffer of `size` bytes.
+    pub fn check_range(handle: u32, offset: u64, len: u64, size: u64) -> Result<(), BackendError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(BackendError::OutOfBounds {
+                handle,
+                offset,
+                len,
+                size,
+            }),
+        }
+    }
+}
+
 /// An execution engine for the ring. Buffers and programs may be added before or after
 /// launch; handles and ids are never reused while the backend lives.
 pub trait Backend: Send + Sync + fmt::Debug {

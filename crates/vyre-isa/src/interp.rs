@@ -183,6 +183,7 @@ pub fn exec_slot<E: Env>(
             });
             r[0] = n;
         }
+        SlotOp::DfaScan => r = crate::dfa::scan(mem, a)?,
         SlotOp::Exec => {
             let prog = env
                 .program(a[0])

@@ -6,6 +6,7 @@
 //! * [`asm`] / [`disasm`]: the `.vasm` text form;
 //! * [`interp`]: the reference interpreter, used by the CPU backend and as the oracle;
 //! * [`hash`]: xxHash64 for HASH64;
+//! * [`dfa`]: the `VDFA` table format and the reference DFA_SCAN;
 //! * [`fault`]: the fault codes a slot can complete with.
 //!
 //! This crate has no `unsafe` and no dependencies beyond `thiserror`.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod asm;
+pub mod dfa;
 pub mod disasm;
 pub mod fault;
 pub mod hash;

@@ -79,6 +79,19 @@ macro_rules! for_each_slot_op {
             /// Counts the bytes of a range equal to `byte` (upper 24 bits must be zero).
             CountByte = 0x22, "COUNT_BYTE", [buf: Buffer, off: Value, len: Value, byte: Value],
                 "r0 = the count";
+            /// Runs a byte DFA (a `VDFA` table in buffer `table`, format in PROTOCOL.md
+            /// and `crate::dfa`) over `len` bytes of `data` at `off`, from the start state
+            /// `start` (bit 31 set: a look-behind code in bits 0..9, 0..=255 = the byte
+            /// before the range, 256 = start of text; clear: a state row offset). Consuming
+            /// byte i into a match state reports every pattern of that state with end i;
+            /// `report` bits 0..31 give the first end reported, bit 31 asks for the
+            /// end-of-input transition after the last byte (end = len). Hits go to `hits`
+            /// at the 4-aligned `hits_off`: word 0 is the capacity K (host-written), word 1
+            /// is zero, then K (end, pattern) word pairs, in scan order.
+            DfaScan = 0x23, "DFA_SCAN",
+                [table: Buffer, data: Buffer, off: Value, len: Value, report: Value,
+                 start: Value, hits: Buffer, hits_off: Value],
+                "r0 = matches found, r1 = state row after the last byte, r2 = matches stored (min(r0, K))";
             /// Runs a loaded program with r1..r7 set from the arguments and every other
             /// register zero, under the runtime's per-slot step budget.
             Exec = 0x30, "EXEC",

@@ -1,0 +1,246 @@
+//! The `VDFA` table that DFA_SCAN runs, and the reference scan.
+//!
+//! A table is a run of little-endian u32 words at offset 0 of a buffer:
+//!
+//! | words | meaning |
+//! | --- | --- |
+//! | 0 | [`MAGIC`] (`"VDFA"`) |
+//! | 1 | [`VERSION`] |
+//! | 2 | `S`, the number of states (≥ 1) |
+//! | 3 | `C`, the stride: byte classes + 1; the last column is the end-of-input class (2..=257) |
+//! | 4 | the number of patterns |
+//! | 5 | the longest match in bytes, or [`UNBOUNDED`] (for the host; the scan ignores it) |
+//! | 6 | `M`, words in the match list |
+//! | 7 | zero |
+//! | 8..72 | the class of byte b is byte b of these 256 bytes (each < C - 1) |
+//! | 72..329 | start states (row offsets): index b < 256 when the byte before the scan is b, 256 at the start of the text |
+//! | 329.. | `S × C` transitions: the entry at `329 + row + class` is the next state's row offset (`row = state × C`), bit 31 set when the next state is a match state |
+//! | then `S` words | per state, the offset of its entry in the match list |
+//! | then `M` words | the match list: at each entry a count n, then n pattern ids in ascending order |
+//!
+//! States are named by row offset everywhere (start words, transitions, DFA_SCAN's `start`
+//! argument and r1), so the scan loop never multiplies.
+//!
+//! The scan (one DFA_SCAN slot): from the start state, for each byte i of the range, take
+//! the transition on the byte's class; when the target is a match state, every pattern in
+//! its match list has a match that *ends at i* (the table delays matches by one byte, as
+//! regex-automata's DFAs do, so that look-ahead assertions see the next byte); it is
+//! reported if `i >= report_from`. With the end-of-input flag, after the last byte the scan
+//! takes the end-of-input column and reports a match there with end `len`.
+//!
+//! Checks, in order, before any byte is read: the three handles (`bad_handle`), `hits_off`
+//! alignment (`misaligned`), the data range, the hit header and the K hit pairs
+//! (`out_of_bounds`), the table header and class map (`bad_program`, detail = the table
+//! word at fault), the `start` argument (`malformed_slot`, detail 5). While scanning, a
+//! transition or start entry outside `0..S×C` or a match list entry outside the list faults
+//! `bad_program` with the word's index; hits written before that stay written.
+
+use crate::fault::{Fault, FaultCode};
+use crate::interp::Memory;
+
+/// Word 0 of a table: the bytes `V D F A`.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"VDFA");
+/// The table format's version.
+pub const VERSION: u32 = 1;
+/// Header words.
+pub const HEADER_WORDS: usize = 8;
+/// First word of the 256-byte class map.
+pub const CLASS_MAP_WORD: usize = 8;
+/// First word of the 257 start states.
+pub const START_WORD: usize = 72;
+/// Start state index used at the start of the text.
+pub const START_TEXT: usize = 256;
+/// First transition word.
+pub const TRANS_WORD: usize = 329;
+/// Bit 31 of a transition entry: the target is a match state.
+pub const MATCH_BIT: u32 = 1 << 31;
+/// Word 5 of a table whose patterns have no longest match.
+pub const UNBOUNDED: u32 = u32::MAX;
+/// Bit 31 of DFA_SCAN's `start` argument: the low bits are a look-behind code.
+pub const START_LOOKBEHIND: u32 = 1 << 31;
+/// Bit 31 of DFA_SCAN's `report` argument: take the end-of-input transition.
+pub const REPORT_EOI: u32 = 1 << 31;
+/// Bytes before the first hit pair in a hit region (capacity word and a zero word).
+pub const HIT_HEADER_BYTES: u64 = 8;
+
+/// A table's header, checked against its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Number of states.
+    pub states: u32,
+    /// Classes + 1 (the end-of-input column).
+    pub stride: u32,
+    /// Number of patterns.
+    pub patterns: u32,
+    /// Longest match, or [`UNBOUNDED`].
+    pub max_len: u32,
+    /// Words in the match list.
+    pub match_words: u32,
+}
+
+impl Header {
+    /// `S × C`: one past the largest valid row offset.
+    pub fn rows_end(&self) -> u64 {
+        u64::from(self.states) * u64::from(self.stride)
+    }
+    /// Word index of the per-state match index.
+    pub fn match_index_word(&self) -> u64 {
+        TRANS_WORD as u64 + self.rows_end()
+    }
+    /// Word index of the match list.
+    pub fn match_list_word(&self) -> u64 {
+        self.match_index_word() + u64::from(self.states)
+    }
+    /// Total words of the table.
+    pub fn words(&self) -> u64 {
+        self.match_list_word() + u64::from(self.match_words)
+    }
+}
+
+/// Checks a table's header words (read through `word`) against a buffer of `size` bytes.
+/// On failure returns the index of the word at fault.
+pub fn check_header(size: u64, word: impl Fn(usize) -> u32) -> Result<Header, u32> {
+    if size < (TRANS_WORD as u64) * 4 {
+        return Err(0);
+    }
+    if word(0) != MAGIC {
+        return Err(0);
+    }
+    if word(1) != VERSION {
+        return Err(1);
+    }
+    let h = Header {
+        states: word(2),
+        stride: word(3),
+        patterns: word(4),
+        max_len: word(5),
+        match_words: word(6),
+    };
+    if h.states == 0 {
+        return Err(2);
+    }
+    if !(2..=257).contains(&h.stride) {
+        return Err(3);
+    }
+    if word(7) != 0 {
+        return Err(7);
+    }
+    if h.words() * 4 > size {
+        return Err(6);
+    }
+    Ok(h)
+}
+
+/// The reference DFA_SCAN. `a` are the slot's argument words; returns the result words.
+pub fn scan<M: Memory>(mem: &M, a: &[u32; 8]) -> Result<[u32; 4], Fault> {
+    let [table, data, off, len, report, start, hits, hits_off] = *a;
+    let size = |h: u32| mem.size(h).ok_or(Fault::new(FaultCode::BadHandle, h));
+    let table_size = size(table)?;
+    let data_size = size(data)?;
+    let hits_size = size(hits)?;
+    if hits_off % 4 != 0 {
+        return Err(Fault::new(FaultCode::Misaligned, hits_off));
+    }
+    let oob = |at: u32| Fault::new(FaultCode::OutOfBounds, at);
+    if u64::from(off) + u64::from(len) > data_size {
+        return Err(oob(off));
+    }
+    let hits_off = u64::from(hits_off);
+    if hits_off + HIT_HEADER_BYTES > hits_size {
+        return Err(oob(hits_off as u32));
+    }
+    let capacity = mem.load_u32(hits, hits_off);
+    if hits_off + HIT_HEADER_BYTES + 8 * u64::from(capacity) > hits_size {
+        return Err(oob(hits_off as u32));
+    }
+    let word = |i: u64| mem.load_u32(table, 4 * i);
+    let bad = |i: u64| Fault::new(FaultCode::BadProgram, i as u32);
+    let h = check_header(table_size, |i| word(i as u64)).map_err(|i| bad(i.into()))?;
+    let mut classes = [0u8; 256];
+    for w in 0..64 {
+        let v = word((CLASS_MAP_WORD + w) as u64).to_le_bytes();
+        for (k, &c) in v.iter().enumerate() {
+            if u32::from(c) >= h.stride - 1 {
+                return Err(bad((CLASS_MAP_WORD + w) as u64));
+            }
+            classes[4 * w + k] = c;
+        }
+    }
+    let rows_end = h.rows_end();
+    let mut state = if start & START_LOOKBEHIND != 0 {
+        let code = start & !START_LOOKBEHIND;
+        if code > START_TEXT as u32 {
+            return Err(Fault::new(FaultCode::MalformedSlot, 5));
+        }
+        let at = (START_WORD as u64) + u64::from(code);
+        let s = word(at);
+        if u64::from(s) >= rows_end {
+            return Err(bad(at));
+        }
+        s
+    } else {
+        if u64::from(start) >= rows_end {
+            return Err(Fault::new(FaultCode::MalformedSlot, 5));
+        }
+        start
+    };
+    let report_from = report & !REPORT_EOI;
+    let mut found = 0u32;
+    let mut stored = 0u32;
+    let mut emit = |next: u32, end: u32| -> Result<(), Fault> {
+        let row = u64::from(next & !MATCH_BIT);
+        let at = h.match_index_word() + row / u64::from(h.stride);
+        let entry = u64::from(word(at));
+        if entry >= u64::from(h.match_words) {
+            return Err(bad(at));
+        }
+        let list = h.match_list_word() + entry;
+        let n = u64::from(word(list));
+        if entry + 1 + n > u64::from(h.match_words) {
+            return Err(bad(list));
+        }
+        if end < report_from {
+            return Ok(());
+        }
+        for k in 0..n {
+            let pattern = word(list + 1 + k);
+            if stored < capacity {
+                let at = hits_off + HIT_HEADER_BYTES + 8 * u64::from(stored);
+                mem.store_u32(hits, at, end);
+                mem.store_u32(hits, at + 4, pattern);
+                stored += 1;
+            }
+            found = found.wrapping_add(1);
+        }
+        Ok(())
+    };
+    let mut buf = [0u8; 4096];
+    let mut done = 0u32;
+    while done < len {
+        let n = (len - done).min(buf.len() as u32) as usize;
+        mem.read(data, u64::from(off) + u64::from(done), &mut buf[..n]);
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let at = TRANS_WORD as u64 + u64::from(state) + u64::from(classes[usize::from(b)]);
+            let next = word(at);
+            if u64::from(next & !MATCH_BIT) >= rows_end {
+                return Err(bad(at));
+            }
+            if next & MATCH_BIT != 0 {
+                emit(next, done + i as u32)?;
+            }
+            state = next & !MATCH_BIT;
+        }
+        done += n as u32;
+    }
+    if report & REPORT_EOI != 0 {
+        let at = TRANS_WORD as u64 + u64::from(state) + u64::from(h.stride - 1);
+        let next = word(at);
+        if u64::from(next & !MATCH_BIT) >= rows_end {
+            return Err(bad(at));
+        }
+        if next & MATCH_BIT != 0 {
+            emit(next, len)?;
+        }
+    }
+    Ok([found, state, stored, 0])
+}

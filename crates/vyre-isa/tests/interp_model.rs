@@ -902,7 +902,12 @@ struct SlotCase {
 
 fn slot_case() -> impl Strategy<Value = SlotCase> {
     let op = prop_oneof![
-        30 => (0..SlotOp::ALL.len()).prop_map(|i| SlotOp::ALL[i] as u16),
+        // DFA_SCAN has its own model (tests/dfa_model.rs): its table is structured data that
+        // random words would almost never form.
+        30 => (0..SlotOp::ALL.len())
+            .prop_map(|i| SlotOp::ALL[i])
+            .prop_filter("modelled elsewhere", |&o| o != SlotOp::DfaScan)
+            .prop_map(|o| o as u16),
         1 => any::<u16>(),
     ];
     (
@@ -1033,7 +1038,7 @@ fn slot_generator_reaches_every_outcome() {
         slot_case(),
     );
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..3000 {
+    for _ in 0..6000 {
         let (b1, b2, c) = strategy.new_tree(&mut runner).expect("tree").current();
         let mut model = Model::new(vec![b1, b2], &slot_programs(), 20, 1);
         let op = SlotOp::from_u16(c.slot.op).map_or("ext", |o| o.mnemonic());
@@ -1044,6 +1049,7 @@ fn slot_generator_reaches_every_outcome() {
     }
     let mut want: Vec<String> = SlotOp::ALL
         .iter()
+        .filter(|&&o| o != SlotOp::DfaScan)
         .map(|o| format!("{} ok", o.mnemonic()))
         .collect();
     for (op, codes) in [

@@ -222,6 +222,130 @@ __device__ bool run_program(const Params& p, const ProgEntry& pe, u64* regs, u64
     }
 }
 
+// ---------------------------------------------------------------- DFA_SCAN
+// The VDFA table format and the exact scan, checks and fault order are defined in
+// crates/vyre-isa/src/dfa.rs; this is the same algorithm. States are row offsets. Table
+// words go through the read-only cache (a table buffer is written once, before the slots
+// that use it are published); data words are read with ld.global.cg, since pooled data
+// buffers are rewritten between scans.
+
+struct Dfa { const u32* t; u32 stride; u64 rows_end; u64 mi; u64 ml; u64 mw; };
+
+__device__ __forceinline__ u32 tword(const Dfa& d, u64 i) { return __ldg(d.t + i); }
+
+__device__ bool dfa_emit(const Dfa& d, u32 next, u32 end, u32 report_from, u32* hits, u32 cap,
+                         u32* found, u32* stored, Fault* f) {
+    u64 row = next & ~VYRE_DFA_MATCH_BIT;
+    u64 at = d.mi + row / d.stride;
+    u64 entry = tword(d, at);
+    if (entry >= d.mw) FAIL(VYRE_F_BAD_PROGRAM, at);
+    u64 list = d.ml + entry;
+    u64 n = tword(d, list);
+    if (entry + 1 + n > d.mw) FAIL(VYRE_F_BAD_PROGRAM, list);
+    if (end < report_from) return true;
+    for (u64 k = 0; k < n; k++) {
+        u32 pat = tword(d, list + 1 + k);
+        if (*stored < cap) {
+            hits[2 * (u64)*stored] = end;
+            hits[2 * (u64)*stored + 1] = pat;
+            *stored += 1;
+        }
+        *found += 1;
+    }
+    return true;
+}
+
+__device__ __forceinline__ bool dfa_step(const Dfa& d, const u8* cm, u32* state, u32 byte, u32 end,
+                                         u32 report_from, u32* hits, u32 cap, u32* found,
+                                         u32* stored, Fault* f) {
+    u64 at = VYRE_DFA_TRANS_WORD + (u64)*state + cm[byte];
+    u32 next = tword(d, at);
+    if ((u64)(next & ~VYRE_DFA_MATCH_BIT) >= d.rows_end) FAIL(VYRE_F_BAD_PROGRAM, at);
+    if ((next & VYRE_DFA_MATCH_BIT) &&
+        !dfa_emit(d, next, end, report_from, hits, cap, found, stored, f)) return false;
+    *state = next & ~VYRE_DFA_MATCH_BIT;
+    return true;
+}
+
+__device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
+    Buf tb, db, hb;
+    if (!lookup(p, a[0], &tb)) FAIL(VYRE_F_BAD_HANDLE, a[0]);
+    if (!lookup(p, a[1], &db)) FAIL(VYRE_F_BAD_HANDLE, a[1]);
+    if (!lookup(p, a[6], &hb)) FAIL(VYRE_F_BAD_HANDLE, a[6]);
+    u32 off = a[2], len = a[3], report = a[4], start = a[5];
+    u64 hoff = a[7];
+    if (hoff % 4 != 0) FAIL(VYRE_F_MISALIGNED, hoff);
+    if ((u64)off + len > db.size) FAIL(VYRE_F_OUT_OF_BOUNDS, off);
+    if (hoff + VYRE_DFA_HIT_HEADER_BYTES > hb.size) FAIL(VYRE_F_OUT_OF_BOUNDS, hoff);
+    u32 cap = *(volatile u32*)word_at(hb, hoff);
+    if (hoff + VYRE_DFA_HIT_HEADER_BYTES + 8 * (u64)cap > hb.size) FAIL(VYRE_F_OUT_OF_BOUNDS, hoff);
+    u32* hits = word_at(hb, hoff + VYRE_DFA_HIT_HEADER_BYTES);
+
+    Dfa d;
+    d.t = (const u32*)tb.base;
+    if (tb.size < (u64)VYRE_DFA_TRANS_WORD * 4) FAIL(VYRE_F_BAD_PROGRAM, 0);
+    if (tword(d, 0) != VYRE_DFA_MAGIC) FAIL(VYRE_F_BAD_PROGRAM, 0);
+    if (tword(d, 1) != VYRE_DFA_VERSION) FAIL(VYRE_F_BAD_PROGRAM, 1);
+    u32 states = tword(d, 2);
+    d.stride = tword(d, 3);
+    u32 mwords = tword(d, 6);
+    if (states == 0) FAIL(VYRE_F_BAD_PROGRAM, 2);
+    if (d.stride < 2 || d.stride > 257) FAIL(VYRE_F_BAD_PROGRAM, 3);
+    if (tword(d, 7) != 0) FAIL(VYRE_F_BAD_PROGRAM, 7);
+    d.rows_end = (u64)states * d.stride;
+    d.mi = VYRE_DFA_TRANS_WORD + d.rows_end;
+    d.ml = d.mi + states;
+    d.mw = mwords;
+    if ((d.ml + d.mw) * 4 > tb.size) FAIL(VYRE_F_BAD_PROGRAM, 6);
+    for (u32 w = 0; w < 64; w++) {
+        u32 v = tword(d, VYRE_DFA_CLASS_MAP_WORD + w);
+        for (u32 k = 0; k < 4; k++)
+            if (((v >> (8 * k)) & 0xff) >= d.stride - 1) FAIL(VYRE_F_BAD_PROGRAM, VYRE_DFA_CLASS_MAP_WORD + w);
+    }
+    u32 state;
+    if (start & VYRE_DFA_START_LOOKBEHIND) {
+        u32 code = start & ~VYRE_DFA_START_LOOKBEHIND;
+        if (code > VYRE_DFA_START_TEXT) FAIL(VYRE_F_MALFORMED_SLOT, 5);
+        u64 at = VYRE_DFA_START_WORD + (u64)code;
+        state = tword(d, at);
+        if ((u64)state >= d.rows_end) FAIL(VYRE_F_BAD_PROGRAM, at);
+    } else {
+        if ((u64)start >= d.rows_end) FAIL(VYRE_F_MALFORMED_SLOT, 5);
+        state = start;
+    }
+    u32 report_from = report & ~VYRE_DFA_REPORT_EOI;
+    u32 found = 0, stored = 0;
+    const u8* cm = (const u8*)(d.t + VYRE_DFA_CLASS_MAP_WORD);
+    const u8* s = db.base + off;
+    u32 i = 0;
+    // Bytes up to a 4-byte boundary, then whole words through L2, then the tail.
+    while (i < len && (((size_t)(s + i)) & 3) != 0) {
+        if (!dfa_step(d, cm, &state, __ldcg(s + i), i, report_from, hits, cap, &found, &stored, f)) return false;
+        i++;
+    }
+    while (i + 4 <= len) {
+        u32 w = __ldcg((const unsigned int*)(s + i));
+        for (u32 k = 0; k < 4; k++) {
+            if (!dfa_step(d, cm, &state, (w >> (8 * k)) & 0xff, i + k, report_from, hits, cap, &found, &stored, f)) return false;
+        }
+        i += 4;
+    }
+    while (i < len) {
+        if (!dfa_step(d, cm, &state, __ldcg(s + i), i, report_from, hits, cap, &found, &stored, f)) return false;
+        i++;
+    }
+    r[1] = state;
+    if (report & VYRE_DFA_REPORT_EOI) {
+        u64 at = VYRE_DFA_TRANS_WORD + (u64)state + (d.stride - 1);
+        u32 next = tword(d, at);
+        if ((u64)(next & ~VYRE_DFA_MATCH_BIT) >= d.rows_end) FAIL(VYRE_F_BAD_PROGRAM, at);
+        if ((next & VYRE_DFA_MATCH_BIT) &&
+            !dfa_emit(d, next, len, report_from, hits, cap, &found, &stored, f)) return false;
+    }
+    r[0] = found; r[2] = stored;
+    return true;
+}
+
 // ---------------------------------------------------------------- slot ops
 
 __device__ u32 arg_count(u32 op) {
@@ -232,7 +356,7 @@ __device__ u32 arg_count(u32 op) {
     case VYRE_OP_DEBUG_LOG: case VYRE_OP_CAS: case VYRE_OP_FILL: case VYRE_OP_HASH64:
     case VYRE_OP_COUNT_BYTE: return 4;
     case VYRE_OP_MEMCPY: case VYRE_OP_BYTE_HISTOGRAM: return 5;
-    case VYRE_OP_PACKED: case VYRE_OP_EXEC: return 8;
+    case VYRE_OP_PACKED: case VYRE_OP_EXEC: case VYRE_OP_DFA_SCAN: return 8;
     default: return 0xffffffffu;
     }
 }
@@ -367,6 +491,7 @@ __device__ bool exec_slot(const Params& p, u32 position, const u32* w, u32* r, F
         r[0] = n;
         return true;
     }
+    case VYRE_OP_DFA_SCAN: return dfa_scan(p, a, r, f);
     case VYRE_OP_EXEC: {
         u32 id = a[0];
         if (id == 0 || id > p.max_progs) FAIL(VYRE_F_BAD_PROGRAM, id);

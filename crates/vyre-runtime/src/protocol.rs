@@ -155,6 +155,21 @@ fn constants() -> Vec<(String, u64)> {
             vyre_isa::slot::COUNTED_OPCODES as u64,
         ),
     ];
+    {
+        use vyre_isa::dfa;
+        c.extend([
+            ("DFA_MAGIC".into(), dfa::MAGIC.into()),
+            ("DFA_VERSION".into(), dfa::VERSION.into()),
+            ("DFA_CLASS_MAP_WORD".into(), dfa::CLASS_MAP_WORD as u64),
+            ("DFA_START_WORD".into(), dfa::START_WORD as u64),
+            ("DFA_START_TEXT".into(), dfa::START_TEXT as u64),
+            ("DFA_TRANS_WORD".into(), dfa::TRANS_WORD as u64),
+            ("DFA_MATCH_BIT".into(), dfa::MATCH_BIT.into()),
+            ("DFA_START_LOOKBEHIND".into(), dfa::START_LOOKBEHIND.into()),
+            ("DFA_REPORT_EOI".into(), dfa::REPORT_EOI.into()),
+            ("DFA_HIT_HEADER_BYTES".into(), dfa::HIT_HEADER_BYTES),
+        ]);
+    }
     for op in SlotOp::ALL {
         c.push((format!("OP_{}", op.mnemonic()), *op as u64));
     }

@@ -1,0 +1,390 @@
+//! Compiling a [`RuleSet`] into `VDFA` tables (format: `vyre_isa::dfa`).
+//!
+//! Rules are split into *bounded* rules (longest match ≤ [`OVERLAP_CAP`] bytes) and
+//! *unbounded* ones. Each kind is cut into groups of at most [`Limits::max_group_rules`]
+//! rules; each group is one union DFA (regex-automata's dense DFA, `MatchKind::All`,
+//! unanchored, byte classes) whose match states list the group's pattern ids. A group
+//! whose DFA exceeds a size limit is split in halves until it fits; a single rule that
+//! does not fit is an error naming it.
+//!
+//! The conversion keeps regex-automata's one-byte match delay: entering a match state on
+//! byte `i` means a match ended at `i`, which is exactly DFA_SCAN's convention, and the
+//! end-of-input column gives matches that end at the end of the text.
+
+use crate::rules::RuleSet;
+use regex_automata::dfa::{dense, Automaton};
+use regex_automata::nfa::thompson::{self, WhichCaptures};
+use regex_automata::util::primitives::StateID;
+use regex_automata::util::start;
+use regex_automata::{Anchored, MatchKind};
+use regex_syntax::hir::Hir;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use vyre_isa::dfa::{
+    CLASS_MAP_WORD, HEADER_WORDS, MAGIC, MATCH_BIT, START_TEXT, START_WORD, TRANS_WORD, UNBOUNDED,
+    VERSION,
+};
+
+/// Rules whose longest match is at most this many bytes go into bounded groups (scanned in
+/// overlapping windows); longer or unbounded ones go into unbounded groups (scanned with
+/// the state carried from window to window).
+pub const OVERLAP_CAP: u32 = 4096;
+
+/// Size limits for compilation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest table, in bytes (default 64 MiB).
+    pub max_table_bytes: usize,
+    /// regex-automata's limit on one DFA's heap size while building (default 256 MiB).
+    pub dfa_size_limit: usize,
+    /// regex-automata's limit on the determinizer's scratch memory (default 256 MiB).
+    pub determinize_size_limit: usize,
+    /// Most rules in one group before any size limit is hit (default 1000). Determinizing
+    /// a union of n patterns costs about n per transition, so very large unions are slow
+    /// even when their table is small; see `bench/results/scan-compile.md`.
+    pub max_group_rules: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_table_bytes: 64 << 20,
+            dfa_size_limit: 256 << 20,
+            determinize_size_limit: 256 << 20,
+            max_group_rules: 1000,
+        }
+    }
+}
+
+/// One `VDFA` table and what its pattern ids mean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// The table words (little-endian u32 when uploaded).
+    pub table: Vec<u32>,
+    /// Pattern id → rule index.
+    pub rules: Vec<u32>,
+    /// Longest match of any rule in the group; `None` = unbounded (carry the state).
+    pub max_len: Option<u32>,
+}
+
+/// A compiled rule set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    /// The tables; every rule is in exactly one group.
+    pub groups: Vec<Group>,
+    /// Rule index → rule name.
+    pub names: Vec<String>,
+}
+
+/// Why compilation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError {
+    kind: CompileErrorKind,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileErrorKind {
+    /// The rule set is empty.
+    #[error("no rules to compile; add a rule file or -e PATTERN")]
+    Empty,
+    /// One rule alone exceeds a size limit.
+    #[error(
+        "rule {name:?} is too large for the scan DFA: {reason}; \
+         simplify it (bounded repetitions like {{1,1000}} and large Unicode classes \
+         multiply states; `(?-u:...)` keeps classes to ASCII) or raise the limit"
+    )]
+    RuleTooLarge {
+        /// The rule's name.
+        name: String,
+        /// Which limit, and its value.
+        reason: String,
+    },
+    /// regex-automata refused to build for a reason other than size (should not happen
+    /// for rules that passed [`RuleSet`]'s checks).
+    #[error("rule group {names} cannot be compiled: {reason}")]
+    Build {
+        /// The first names of the group.
+        names: String,
+        /// The builder's message.
+        reason: String,
+    },
+}
+
+impl CompileError {
+    fn new(kind: CompileErrorKind) -> CompileError {
+        CompileError { kind }
+    }
+    /// What went wrong.
+    pub fn kind(&self) -> &CompileErrorKind {
+        &self.kind
+    }
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// Compiles every rule into groups of `VDFA` tables.
+pub fn compile(rules: &RuleSet, limits: &Limits) -> Result<Compiled, CompileError> {
+    if rules.is_empty() {
+        return Err(CompileError::new(CompileErrorKind::Empty));
+    }
+    let hirs = rules.hirs();
+    let mut bounded = Vec::new();
+    let mut unbounded = Vec::new();
+    for (i, h) in hirs.iter().enumerate() {
+        match h.properties().maximum_len() {
+            Some(n) if n <= OVERLAP_CAP as usize => bounded.push(i as u32),
+            _ => unbounded.push(i as u32),
+        }
+    }
+    let names: Vec<String> = rules.rules().iter().map(|r| r.name.clone()).collect();
+    let mut groups = Vec::new();
+    let per = limits.max_group_rules.max(1);
+    for kind in [bounded, unbounded] {
+        for chunk in kind.chunks(per) {
+            build_split(hirs, &names, chunk, limits, &mut groups)?;
+        }
+    }
+    Ok(Compiled { groups, names })
+}
+
+/// Builds one group, halving it while it exceeds a size limit.
+fn build_split(
+    hirs: &[Hir],
+    names: &[String],
+    members: &[u32],
+    limits: &Limits,
+    out: &mut Vec<Group>,
+) -> Result<(), CompileError> {
+    match build_group(hirs, members, limits) {
+        Ok(g) => {
+            out.push(g);
+            Ok(())
+        }
+        Err(GroupError::TooLarge(reason)) => {
+            if members.len() == 1 {
+                return Err(CompileError::new(CompileErrorKind::RuleTooLarge {
+                    name: names[members[0] as usize].clone(),
+                    reason,
+                }));
+            }
+            let (a, b) = members.split_at(members.len() / 2);
+            build_split(hirs, names, a, limits, out)?;
+            build_split(hirs, names, b, limits, out)
+        }
+        Err(GroupError::Other(reason)) => {
+            let mut list: Vec<&str> = members
+                .iter()
+                .take(3)
+                .map(|&i| names[i as usize].as_str())
+                .collect();
+            if members.len() > 3 {
+                list.push("...");
+            }
+            Err(CompileError::new(CompileErrorKind::Build {
+                names: list.join(", "),
+                reason,
+            }))
+        }
+    }
+}
+
+enum GroupError {
+    TooLarge(String),
+    Other(String),
+}
+
+/// The regex-automata DFA for a list of rules (pattern id k = `members[k]`).
+fn build_dfa(hirs: &[&Hir], limits: &Limits) -> Result<dense::DFA<Vec<u32>>, GroupError> {
+    let nfa = thompson::Compiler::new()
+        .configure(
+            thompson::Config::new()
+                .which_captures(WhichCaptures::None)
+                .nfa_size_limit(Some(limits.dfa_size_limit)),
+        )
+        .build_many_from_hir(hirs)
+        .map_err(|e| match e.size_limit() {
+            Some(limit) => GroupError::TooLarge(format!("its NFA exceeds {limit} bytes")),
+            None => GroupError::Other(e.to_string()),
+        })?;
+    dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .match_kind(MatchKind::All)
+                .start_kind(regex_automata::dfa::StartKind::Unanchored)
+                .byte_classes(true)
+                .starts_for_each_pattern(false)
+                .accelerate(false)
+                .minimize(false)
+                .dfa_size_limit(Some(limits.dfa_size_limit))
+                .determinize_size_limit(Some(limits.determinize_size_limit)),
+        )
+        .build_from_nfa(&nfa)
+        .map_err(|e| {
+            if e.is_size_limit_exceeded() {
+                GroupError::TooLarge(format!(
+                    "{e} (dfa_size_limit {} bytes, determinize_size_limit {} bytes)",
+                    limits.dfa_size_limit, limits.determinize_size_limit
+                ))
+            } else {
+                GroupError::Other(e.to_string())
+            }
+        })
+}
+
+fn build_group(hirs: &[Hir], members: &[u32], limits: &Limits) -> Result<Group, GroupError> {
+    let list: Vec<&Hir> = members.iter().map(|&i| &hirs[i as usize]).collect();
+    let dfa = build_dfa(&list, limits)?;
+    let mut max_len = Some(0u32);
+    for h in &list {
+        max_len = match (max_len, h.properties().maximum_len()) {
+            (Some(a), Some(b)) if b <= OVERLAP_CAP as usize => Some(a.max(b as u32)),
+            _ => None,
+        };
+    }
+    let table = to_vdfa(&dfa, list.len() as u32, max_len, limits.max_table_bytes)?;
+    Ok(Group {
+        table,
+        rules: members.to_vec(),
+        max_len,
+    })
+}
+
+/// Converts a dense DFA into `VDFA` words: the states reachable from the 257 start
+/// states, numbered in breadth-first order.
+fn to_vdfa(
+    dfa: &dense::DFA<Vec<u32>>,
+    patterns: u32,
+    max_len: Option<u32>,
+    max_table_bytes: usize,
+) -> Result<Vec<u32>, GroupError> {
+    let bc = dfa.byte_classes();
+    let mut class_of = [0u8; 256];
+    let mut rep: Vec<u8> = Vec::new();
+    for b in 0..=255u8 {
+        let c = bc.get(b);
+        class_of[usize::from(b)] = c;
+        if usize::from(c) == rep.len() {
+            rep.push(b);
+        }
+    }
+    let classes = rep.len();
+    if class_of.iter().any(|&c| usize::from(c) >= classes) {
+        return Err(GroupError::Other(
+            "byte classes are not numbered densely".into(),
+        ));
+    }
+    let stride = classes + 1;
+
+    let mut index: HashMap<StateID, u32> = HashMap::new();
+    let mut order: Vec<StateID> = Vec::new();
+    let mut queue = VecDeque::new();
+    let mut visit = |id: StateID, order: &mut Vec<StateID>, queue: &mut VecDeque<StateID>| {
+        *index.entry(id).or_insert_with(|| {
+            order.push(id);
+            queue.push_back(id);
+            (order.len() - 1) as u32
+        })
+    };
+    let mut starts = [0u32; START_TEXT + 1];
+    for (code, slot) in starts.iter_mut().enumerate() {
+        let lb = u8::try_from(code).ok();
+        let cfg = start::Config::new().anchored(Anchored::No).look_behind(lb);
+        let id = dfa
+            .start_state(&cfg)
+            .map_err(|e| GroupError::Other(e.to_string()))?;
+        *slot = visit(id, &mut order, &mut queue);
+    }
+    let limit_words = max_table_bytes / 4;
+    let too_large = |words: usize| {
+        GroupError::TooLarge(format!(
+            "its table needs at least {} bytes, over max_table_bytes {max_table_bytes}",
+            words * 4
+        ))
+    };
+    let mut trans: Vec<StateID> = Vec::new();
+    while let Some(s) = queue.pop_front() {
+        for &b in &rep {
+            let t = dfa.next_state(s, b);
+            trans.push(t);
+            visit(t, &mut order, &mut queue);
+        }
+        let t = dfa.next_eoi_state(s);
+        trans.push(t);
+        visit(t, &mut order, &mut queue);
+        if TRANS_WORD + trans.len() > limit_words {
+            return Err(too_large(TRANS_WORD + trans.len()));
+        }
+    }
+    let states = order.len();
+    if states.saturating_mul(stride) >= MATCH_BIT as usize {
+        return Err(too_large(states * stride));
+    }
+    let row = |id: StateID| -> u32 {
+        let r = index[&id] * stride as u32;
+        if dfa.is_match_state(id) {
+            r | MATCH_BIT
+        } else {
+            r
+        }
+    };
+    // Match lists, shared between states with the same list; entry 0 is the empty list.
+    let mut match_list: Vec<u32> = vec![0];
+    let mut list_at: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut match_index = Vec::with_capacity(states);
+    for &s in &order {
+        if !dfa.is_match_state(s) {
+            match_index.push(0);
+            continue;
+        }
+        let mut ids: Vec<u32> = (0..dfa.match_len(s))
+            .map(|k| dfa.match_pattern(s, k).as_u32())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let at = *list_at.entry(ids.clone()).or_insert_with(|| {
+            let at = match_list.len() as u32;
+            match_list.push(ids.len() as u32);
+            match_list.extend_from_slice(&ids);
+            at
+        });
+        match_index.push(at);
+    }
+    let words = TRANS_WORD + trans.len() + states + match_list.len();
+    if words > limit_words {
+        return Err(too_large(words));
+    }
+    let mut t = Vec::with_capacity(words);
+    t.extend_from_slice(&[
+        MAGIC,
+        VERSION,
+        states as u32,
+        stride as u32,
+        patterns,
+        max_len.unwrap_or(UNBOUNDED),
+        match_list.len() as u32,
+        0,
+    ]);
+    debug_assert_eq!(t.len(), HEADER_WORDS);
+    debug_assert_eq!(t.len(), CLASS_MAP_WORD);
+    t.extend(
+        class_of
+            .chunks(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    debug_assert_eq!(t.len(), START_WORD);
+    t.extend(starts.iter().map(|&i| i * stride as u32));
+    debug_assert_eq!(t.len(), TRANS_WORD);
+    t.extend(trans.iter().map(|&id| row(id)));
+    t.extend_from_slice(&match_index);
+    t.extend_from_slice(&match_list);
+    debug_assert_eq!(t.len(), words);
+    Ok(t)
+}

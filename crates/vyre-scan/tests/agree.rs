@@ -1,0 +1,116 @@
+//! Compiled tables scanned with `scan_slice` find exactly what the independent reference
+//! engine finds: whole inputs, windows with overlap, and carried state.
+
+use vyre_isa::dfa::START_TEXT;
+use vyre_scan::{
+    check_table, compile, reference_matches, scan_slice, Compiled, Limits, Pattern, Rule, RuleSet,
+    Start,
+};
+
+/// All matches of a compiled set, scanning each group over the whole input at once.
+fn scan_whole(c: &Compiled, data: &[u8]) -> Vec<(usize, u32)> {
+    let mut out = Vec::new();
+    for g in &c.groups {
+        let mut hits = Vec::new();
+        scan_slice(
+            &g.table,
+            data,
+            Start::LookBehind(START_TEXT as u16),
+            0,
+            true,
+            &mut hits,
+        );
+        out.extend(hits.iter().map(|&(e, p)| (e as usize, g.rules[p as usize])));
+    }
+    out.sort_unstable();
+    out
+}
+
+/// All matches, scanning in windows that own ends `[cuts[k], cuts[k+1])`: bounded groups
+/// rescan `max_len` bytes before the window with `report_from`, unbounded ones carry the
+/// state row.
+fn scan_windows(c: &Compiled, data: &[u8], cuts: &[usize]) -> Vec<(usize, u32)> {
+    let mut out = Vec::new();
+    for g in &c.groups {
+        let mut row = None;
+        for w in cuts.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let last = b == data.len();
+            let mut hits = Vec::new();
+            let s = match g.max_len {
+                Some(l) => a.saturating_sub(l as usize),
+                None => a,
+            };
+            let start = match (g.max_len, row) {
+                (None, Some(r)) => Start::Row(r),
+                _ if s == 0 => Start::LookBehind(START_TEXT as u16),
+                _ => Start::LookBehind(u16::from(data[s - 1])),
+            };
+            let r = scan_slice(
+                &g.table,
+                &data[s..b],
+                start,
+                (a - s) as u32,
+                last,
+                &mut hits,
+            );
+            row = Some(r);
+            out.extend(
+                hits.iter()
+                    .map(|&(e, p)| (s + e as usize, g.rules[p as usize])),
+            );
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+fn set(rules: &[(&str, Pattern, bool)]) -> RuleSet {
+    let mut s = RuleSet::new();
+    for (name, pattern, ci) in rules {
+        s.push(Rule {
+            name: name.to_string(),
+            pattern: pattern.clone(),
+            case_insensitive: *ci,
+        })
+        .expect("valid rule");
+    }
+    s
+}
+
+fn re(s: &str) -> Pattern {
+    Pattern::Regex(s.to_string())
+}
+
+fn lit(s: &[u8]) -> Pattern {
+    Pattern::Literal(s.to_vec())
+}
+
+#[test]
+fn overlapping_literals_and_regexes_match_the_reference() {
+    let rules = set(&[
+        ("he", lit(b"he"), false),
+        ("hers", lit(b"hers"), false),
+        ("she", lit(b"SHE"), true),
+        ("aa", lit(b"aa"), false),
+        ("word", re(r"(?-u:\b)[a-z]+(?-u:\b)"), false),
+        ("end", re(r"s$"), false),
+        ("start", re(r"^us"), false),
+        ("digits", re(r"[0-9]{2,3}"), false),
+    ]);
+    let c = compile(&rules, &Limits::default()).expect("compiles");
+    for g in &c.groups {
+        check_table(&g.table).expect("well formed");
+    }
+    let data = b"ushers aaaa sHe 12345 hers";
+    let want = reference_matches(&rules, data).expect("reference");
+    assert!(want.len() >= 18, "the input has many matches: {want:?}");
+    assert_eq!(scan_whole(&c, data), want);
+    for k in 1..data.len() {
+        assert_eq!(
+            scan_windows(&c, data, &[0, k, data.len()]),
+            want,
+            "cut at {k}"
+        );
+    }
+}

@@ -15,7 +15,7 @@ use vyre_runtime::protocol::control;
 use vyre_runtime::ring::{HeapRing, RingMemory};
 use vyre_runtime::{
     Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
-    LaunchConfig,
+    HostRegion, LaunchConfig,
 };
 use worker::{Parking, Shared};
 
@@ -166,6 +166,12 @@ impl Backend for CpuBackend {
             let _ = h.join();
         }
         Ok(())
+    }
+    fn register_host_region(&self, region: Arc<dyn HostRegion>) -> Result<u32, BackendError> {
+        // The workers read and write the region's words where they are: zero copy.
+        self.shared
+            .buffers
+            .register_region(region, MAX_BUFFER_BYTES)
     }
     fn health(&self) -> Health {
         let failure = self

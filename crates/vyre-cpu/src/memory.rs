@@ -8,12 +8,22 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use vyre_isa::{Memory, Program};
-use vyre_runtime::BackendError;
+use vyre_runtime::{BackendError, HostRegion};
+
+/// Where a buffer's words live.
+#[derive(Debug)]
+enum Words {
+    /// Allocated by the backend.
+    Owned(Box<[AtomicU32]>),
+    /// Host memory registered in place (io_uring ingest buffers): read and written where
+    /// it is, no copy.
+    Region(Arc<dyn HostRegion>),
+}
 
 /// One registered buffer.
 #[derive(Debug)]
 pub struct CpuBuffer {
-    words: Box<[AtomicU32]>,
+    words: Words,
     size: u64,
 }
 
@@ -21,8 +31,24 @@ impl CpuBuffer {
     fn new(size: u64) -> CpuBuffer {
         let n = size.div_ceil(4) as usize;
         CpuBuffer {
-            words: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            words: Words::Owned((0..n).map(|_| AtomicU32::new(0)).collect()),
             size,
+        }
+    }
+
+    fn region(region: Arc<dyn HostRegion>) -> CpuBuffer {
+        let size = region.words().len() as u64 * 4;
+        CpuBuffer {
+            words: Words::Region(region),
+            size,
+        }
+    }
+
+    #[inline]
+    fn words(&self) -> &[AtomicU32] {
+        match &self.words {
+            Words::Owned(w) => w,
+            Words::Region(r) => r.words(),
         }
     }
 
@@ -30,7 +56,7 @@ impl CpuBuffer {
         let mut i = 0usize;
         let mut at = off;
         while i < dst.len() {
-            let word = self.words[(at / 4) as usize]
+            let word = self.words()[(at / 4) as usize]
                 .load(Ordering::Relaxed)
                 .to_le_bytes();
             let shift = (at % 4) as usize;
@@ -45,7 +71,7 @@ impl CpuBuffer {
         let mut i = 0usize;
         let mut at = off;
         while i < src.len() {
-            let w = &self.words[(at / 4) as usize];
+            let w = &self.words()[(at / 4) as usize];
             let shift = (at % 4) as usize;
             let n = (4 - shift).min(src.len() - i);
             if n == 4 {
@@ -132,6 +158,23 @@ impl Buffers {
         self.insert(CpuBuffer::new(size))
     }
 
+    /// Registers host memory used in place.
+    pub fn register_region(
+        &self,
+        region: Arc<dyn HostRegion>,
+        max: u64,
+    ) -> Result<u32, BackendError> {
+        let size = region.words().len() as u64 * 4;
+        if size > max {
+            return Err(BackendError::Limit {
+                what: "host region size in bytes",
+                requested: size,
+                limit: max,
+            });
+        }
+        self.insert(CpuBuffer::region(region))
+    }
+
     fn checked(&self, handle: u32, offset: u64, len: u64) -> Result<&CpuBuffer, BackendError> {
         let b = self.get(handle).ok_or(BackendError::BadHandle { handle })?;
         BackendError::check_range(handle, offset, len, b.size)?;
@@ -164,16 +207,16 @@ impl Memory for Buffers {
         self.get(handle).map(|b| b.size)
     }
     fn load_u32(&self, handle: u32, off: u64) -> u32 {
-        self.buf(handle).words[(off / 4) as usize].load(Ordering::Relaxed)
+        self.buf(handle).words()[(off / 4) as usize].load(Ordering::Relaxed)
     }
     fn store_u32(&self, handle: u32, off: u64, value: u32) {
-        self.buf(handle).words[(off / 4) as usize].store(value, Ordering::Relaxed)
+        self.buf(handle).words()[(off / 4) as usize].store(value, Ordering::Relaxed)
     }
     fn fetch_add_u32(&self, handle: u32, off: u64, value: u32) -> u32 {
-        self.buf(handle).words[(off / 4) as usize].fetch_add(value, Ordering::Relaxed)
+        self.buf(handle).words()[(off / 4) as usize].fetch_add(value, Ordering::Relaxed)
     }
     fn cas_u32(&self, handle: u32, off: u64, expected: u32, new: u32) -> u32 {
-        match self.buf(handle).words[(off / 4) as usize].compare_exchange(
+        match self.buf(handle).words()[(off / 4) as usize].compare_exchange(
             expected,
             new,
             Ordering::AcqRel,

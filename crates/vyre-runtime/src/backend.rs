@@ -3,6 +3,7 @@
 
 use crate::ring::RingMemory;
 use std::fmt;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use vyre_isa::{Program, SlotOp};
 
@@ -140,6 +141,15 @@ impl BackendError {
     }
 }
 
+/// Host memory that a producer (io_uring ingest) owns and a backend may use in place as a
+/// buffer, without a copy. The memory is seen as atomic words, so a backend touches it
+/// without `unsafe`; whoever implements this trait guarantees the words stay valid and
+/// unmoved for as long as any `Arc` to it lives.
+pub trait HostRegion: Send + Sync + fmt::Debug {
+    /// The region as little-endian words (its size in bytes is `4 * words().len()`).
+    fn words(&self) -> &[AtomicU32];
+}
+
 /// An execution engine for the ring. Buffers and programs may be added before or after
 /// launch; handles and ids are never reused while the backend lives.
 pub trait Backend: Send + Sync + fmt::Debug {
@@ -169,6 +179,18 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn stop(&self) -> Result<(), BackendError>;
     /// Liveness.
     fn health(&self) -> Health;
+    /// Registers host memory as a buffer read and written in place (no copy); returns its
+    /// handle, from the same sequence as [`Backend::create_buffer`]. The backend keeps the
+    /// `Arc` for as long as it lives. Backends that cannot use host memory in place return
+    /// [`BackendError::Unavailable`] (the default).
+    fn register_host_region(&self, region: Arc<dyn HostRegion>) -> Result<u32, BackendError> {
+        let _ = region;
+        Err(BackendError::Unavailable {
+            backend: self.name(),
+            reason: "this backend cannot use a host memory region in place".into(),
+            hint: "copy the bytes into a buffer with create_buffer and write_buffer instead".into(),
+        })
+    }
 }
 
 /// Something that can say whether a backend can run here and create it.

@@ -17,7 +17,7 @@ mod watchdog;
 
 pub use backend::{
     Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
-    LaunchConfig,
+    HostRegion, LaunchConfig,
 };
 pub use error::{Error, ErrorKind, PublishRejection};
 pub use megakernel::{

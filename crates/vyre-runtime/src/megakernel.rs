@@ -1,7 +1,7 @@
 //! The host API: bootstrap a backend, register buffers, load programs, publish slots, wait
 //! for completions, shut down.
 
-use crate::backend::{Backend, Health, LaunchConfig};
+use crate::backend::{Backend, Health, HostRegion, LaunchConfig};
 use crate::error::{Error, ErrorKind, PublishRejection};
 use crate::protocol::control;
 use crate::ring::{self, Completion, DebugRecord, HostRing, RingMemory};
@@ -95,6 +95,8 @@ pub(crate) struct Host {
     base: Ticket,
     /// Sizes of the registered buffers, by handle - 1.
     pub(crate) buffers: Vec<u64>,
+    /// Host regions registered in place, by handle (a restart registers them again).
+    pub(crate) regions: Vec<(u32, Arc<dyn HostRegion>)>,
     /// The loaded programs, by id - 1.
     pub(crate) programs: Vec<Program>,
     /// Set by the watchdog; cleared by a restart.
@@ -255,6 +257,7 @@ impl Megakernel {
             done: VecDeque::new(),
             base: 0,
             buffers: Vec::new(),
+            regions: Vec::new(),
             programs: Vec::new(),
             hung: None,
             retired: Vec::new(),
@@ -298,6 +301,23 @@ impl Megakernel {
             ))));
         }
         host.buffers.push(size);
+        Ok(h)
+    }
+
+    /// Registers host memory as a buffer used in place (see [`HostRegion`]); fails with the
+    /// backend's error where it cannot do that.
+    pub fn register_host_region(&self, region: Arc<dyn HostRegion>) -> Result<u32, Error> {
+        let mut host = self.host();
+        let h = host.backend.register_host_region(region.clone())?;
+        if h as usize != host.buffers.len() + 1 {
+            return Err(Error::new(ErrorKind::Config(format!(
+                "backend {} returned handle {h}, expected {}",
+                host.backend.name(),
+                host.buffers.len() + 1
+            ))));
+        }
+        host.buffers.push(region.words().len() as u64 * 4);
+        host.regions.push((h, region));
         Ok(h)
     }
 
@@ -411,6 +431,14 @@ impl Megakernel {
         let mut host = self.host();
         host.reap();
         host.take(ticket)
+    }
+
+    /// Whether `ticket` has completed (its completion may still be taken by `poll` or
+    /// `wait`). Never blocks and takes nothing.
+    pub fn is_finished(&self, ticket: Ticket) -> bool {
+        let mut host = self.host();
+        host.reap();
+        ticket < host.base + host.done.len() as u64
     }
 
     /// Waits for one ticket.

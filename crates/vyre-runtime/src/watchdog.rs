@@ -117,6 +117,17 @@ pub(crate) fn restart(inner: &Inner, new: Arc<dyn Backend>) -> Result<RestartRep
     // 3. Buffers and programs, under the same handles and ids.
     for (i, &size) in host.buffers.iter().enumerate() {
         let h = i as u32 + 1;
+        if let Some((_, region)) = host.regions.iter().find(|(rh, _)| *rh == h) {
+            // Host memory used in place: the new backend uses the same memory.
+            let nh = new.register_host_region(region.clone())?;
+            if nh != h {
+                return Err(restart_err(format!(
+                    "the new backend gave handle {nh} for host region {h}; use a fresh backend"
+                )));
+            }
+            report.buffers += 1;
+            continue;
+        }
         let data = old.read_buffer(h, 0, size).map_err(|e| restart_err(format!("buffer {h} cannot be read back from the old {} backend ({e}); its contents are lost, so its slots cannot be requeued", old.name())))?;
         let nh = new.create_buffer(size)?;
         if nh != h {

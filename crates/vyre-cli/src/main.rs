@@ -5,6 +5,7 @@
 mod backends;
 #[cfg(feature = "cuda")]
 mod bench_cuda;
+mod bench_ingest;
 mod bench_ring;
 mod info;
 mod run;
@@ -38,6 +39,8 @@ enum Command {
 enum BenchCommand {
     /// Slot round trip and throughput against a thread pool fed over channels.
     Ring(bench_ring::Args),
+    /// File ingest (io_uring) side by side with fio and a buffered read loop.
+    Ingest(bench_ingest::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info::main(a),
         Command::Run(a) => run::main(a),
         Command::Bench(BenchCommand::Ring(a)) => bench_ring::main(a),
+        Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::main(a),
     };
     match result {
         Ok(code) => code,

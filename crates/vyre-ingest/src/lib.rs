@@ -9,12 +9,14 @@
 //!
 //! Only this crate knows io_uring.
 
+mod cpu_time;
 mod engine;
 mod io;
 mod pool;
 mod region;
 mod stream;
 
+pub use cpu_time::CpuTimes;
 pub use stream::{GpuStream, StreamEvent, StreamReport};
 
 use pool::Pool;

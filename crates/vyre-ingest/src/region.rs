@@ -58,6 +58,11 @@ impl Region {
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
+        // Transparent huge pages make faulting in and pinning (buffer registration) the
+        // region a few hundred 2 MiB pages instead of thousands of 4 KiB ones; a refusal
+        // (THP disabled) only costs that optimisation.
+        // SAFETY: advice on the mapping just created, over its exact range.
+        let _ = unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
         Ok(Region {
             base: p.cast(),
             len,

@@ -1,0 +1,394 @@
+//! `vyre bench ingest`: file ingest side by side, in one run, on the same generated files,
+//! with the same block size and queue depth:
+//!
+//! - `vyre`: [`vyre_ingest::Ingest`] (io_uring, O_DIRECT, registered buffers and files);
+//! - `fio`: the `fio` binary, `ioengine=io_uring direct=1 fixedbufs registerfiles`, its JSON
+//!   output parsed (bytes, runtime, `usr_cpu`, `sys_cpu`);
+//! - `std`: a buffered `std::fs::File::read` loop with one buffer of the block size.
+//!
+//! Two sets: a few large files, and many small files. Each set runs cold (page cache
+//! dropped through `/proc/sys/vm/drop_caches` before every measurement, where permitted)
+//! and warm. Reported: GB/s and CPU seconds per GiB (user and system, from `getrusage` for
+//! vyre and std, from fio's own accounting for fio), and vyre/fio ratios. fio skips files
+//! smaller than its block size, so on the small set it reads with `bs` = the file size:
+//! both do one read per file there.
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+use vyre_ingest::{CpuTimes, EngineKind, Event, Ingest, IngestConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to generate the files (reused when they are already there).
+    #[arg(long, default_value = "/var/tmp/vyre-bench-ingest")]
+    dir: PathBuf,
+    /// Large files.
+    #[arg(long, default_value_t = 4)]
+    large_files: usize,
+    /// Size of each large file, MiB.
+    #[arg(long, default_value_t = 512)]
+    large_mib: u64,
+    /// Small files.
+    #[arg(long, default_value_t = 12_000)]
+    small_files: usize,
+    /// Size of each small file, KiB (a multiple of 4).
+    #[arg(long, default_value_t = 64)]
+    small_kib: u64,
+    /// Block size, KiB.
+    #[arg(long, default_value_t = 1024)]
+    bs_kib: usize,
+    /// Queue depth.
+    #[arg(long, default_value_t = 32)]
+    qd: u32,
+    /// The fio binary.
+    #[arg(long, default_value = "fio")]
+    fio: PathBuf,
+    /// Also write the table (markdown) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Measure {
+    bytes: u64,
+    secs: f64,
+    user: f64,
+    sys: f64,
+}
+
+impl Measure {
+    fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e9
+    }
+    fn gib(&self) -> f64 {
+        self.bytes as f64 / (1u64 << 30) as f64
+    }
+    fn cpu_per_gib(&self) -> (f64, f64) {
+        (self.user / self.gib(), self.sys / self.gib())
+    }
+}
+
+struct Set {
+    name: &'static str,
+    paths: Vec<PathBuf>,
+    /// fio's file arguments.
+    fio_files: Vec<String>,
+    fio_bs: String,
+}
+
+fn ensure_file(p: &Path, len: u64, seed: u64) -> std::io::Result<()> {
+    if std::fs::metadata(p).is_ok_and(|m| m.len() == len) {
+        return Ok(());
+    }
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    let mut f = std::io::BufWriter::new(std::fs::File::create(p)?);
+    let mut left = len;
+    while left > 0 {
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        std::io::Write::write_all(&mut f, &buf[..n])?;
+        left -= n as u64;
+    }
+    std::io::Write::flush(&mut f)
+}
+
+fn generate(a: &Args) -> std::io::Result<(Set, Set)> {
+    let large_dir = a.dir.join("large");
+    let small_dir = a.dir.join("small");
+    std::fs::create_dir_all(&large_dir)?;
+    std::fs::create_dir_all(&small_dir)?;
+    let mut large = Vec::new();
+    for i in 0..a.large_files {
+        let p = large_dir.join(format!("large{i}"));
+        ensure_file(&p, a.large_mib << 20, i as u64 + 1)?;
+        large.push(p);
+    }
+    let mut small = Vec::new();
+    for i in 0..a.small_files {
+        let p = small_dir.join(format!("s{i:06}"));
+        ensure_file(&p, a.small_kib << 10, i as u64 + 1000)?;
+        small.push(p);
+    }
+    // Nothing else may sit in the small directory: fio reads all of it.
+    for e in std::fs::read_dir(&small_dir)? {
+        let p = e?.path();
+        if !small.contains(&p) {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    let large_files = vec![format!(
+        "--filename={}",
+        large
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    )];
+    Ok((
+        Set {
+            name: "large",
+            paths: large,
+            fio_files: [large_files, vec!["--file_service_type=sequential".into()]].concat(),
+            fio_bs: format!("{}k", a.bs_kib),
+        },
+        Set {
+            name: "small",
+            paths: small,
+            fio_files: vec![format!("--opendir={}", small_dir.display())],
+            fio_bs: format!("{}k", a.small_kib),
+        },
+    ))
+}
+
+/// Drops the page cache; `false` where not permitted.
+fn drop_caches() -> bool {
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
+fn run_vyre(a: &Args, paths: &[PathBuf]) -> Result<Measure, String> {
+    let cfg = IngestConfig {
+        queue_depth: a.qd,
+        block_size: a.bs_kib << 10,
+        buffers: a.qd * 2,
+        ..IngestConfig::default()
+    };
+    let cpu0 = CpuTimes::now();
+    let t = Instant::now();
+    let mut ing = Ingest::paths(cfg, paths.to_vec()).map_err(|e| e.to_string())?;
+    if let EngineKind::Plain { reason } = ing.engine() {
+        return Err(format!("vyre ingest is not on io_uring here: {reason}"));
+    }
+    let mut bytes = 0u64;
+    let mut check = 0u8;
+    while let Some(e) = ing.next_event() {
+        match e {
+            Event::Chunk(c) => {
+                bytes += c.len as u64;
+                // Touch the data once so that nothing is measured that a consumer could not use.
+                check ^= c.bytes()[c.len - 1];
+            }
+            Event::End(_) => {}
+            Event::Error(e) => return Err(format!("vyre: {e}")),
+        }
+    }
+    drop(ing);
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = CpuTimes::now().since(cpu0);
+    std::hint::black_box(check);
+    Ok(Measure {
+        bytes,
+        secs,
+        user: cpu.user.as_secs_f64(),
+        sys: cpu.system.as_secs_f64(),
+    })
+}
+
+fn run_std(a: &Args, paths: &[PathBuf]) -> Result<Measure, String> {
+    let cpu0 = CpuTimes::now();
+    let t = Instant::now();
+    let mut buf = vec![0u8; a.bs_kib << 10];
+    let mut bytes = 0u64;
+    let mut check = 0u8;
+    for p in paths {
+        let mut f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            if n == 0 {
+                break;
+            }
+            check ^= buf[n - 1];
+            bytes += n as u64;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = CpuTimes::now().since(cpu0);
+    std::hint::black_box(check);
+    Ok(Measure {
+        bytes,
+        secs,
+        user: cpu.user.as_secs_f64(),
+        sys: cpu.system.as_secs_f64(),
+    })
+}
+
+/// The number after `"key" :` at or after `from`.
+fn json_num(s: &str, key: &str, from: usize) -> Option<f64> {
+    let at = s[from..].find(&format!("\"{key}\""))? + from + key.len() + 2;
+    let rest = s[at..].trim_start().strip_prefix(':')?.trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e' || c == '+'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn run_fio(a: &Args, set: &Set) -> Result<(Measure, String), String> {
+    let mut cmd = std::process::Command::new(&a.fio);
+    cmd.args([
+        "--name=vyre-compare",
+        "--ioengine=io_uring",
+        "--direct=1",
+        "--fixedbufs",
+        "--registerfiles",
+        "--rw=read",
+        "--output-format=json",
+    ])
+    .arg(format!("--bs={}", set.fio_bs))
+    .arg(format!("--iodepth={}", a.qd))
+    .args(&set.fio_files);
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| {
+        format!(
+            "cannot run {}: {e} (install it: apt-get install -y fio)",
+            a.fio.display()
+        )
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = text.find('{').ok_or_else(|| {
+        format!(
+            "fio printed no JSON: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let j = &text[start..];
+    let read = j
+        .find("\"read\"")
+        .ok_or("fio JSON without a read section")?;
+    let bytes = json_num(j, "io_bytes", read).ok_or("fio JSON: no io_bytes")? as u64;
+    let runtime_ms = json_num(j, "runtime", read).ok_or("fio JSON: no runtime")?;
+    let job_ms = json_num(j, "job_runtime", 0).unwrap_or(runtime_ms);
+    let usr = json_num(j, "usr_cpu", 0).ok_or("fio JSON: no usr_cpu")?;
+    let sys = json_num(j, "sys_cpu", 0).ok_or("fio JSON: no sys_cpu")?;
+    let err = json_num(j, "error", 0).unwrap_or(0.0);
+    if err != 0.0 || bytes == 0 {
+        return Err(format!(
+            "fio failed (error {err}, {bytes} bytes read): {shown}"
+        ));
+    }
+    Ok((
+        Measure {
+            bytes,
+            secs: runtime_ms / 1e3,
+            user: usr / 100.0 * job_ms / 1e3,
+            sys: sys / 100.0 * job_ms / 1e3,
+        },
+        shown,
+    ))
+}
+
+pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if a.small_kib % 4 != 0 || a.bs_kib % 4 != 0 {
+        return Err("--small-kib and --bs-kib must be multiples of 4 (O_DIRECT)".into());
+    }
+    eprintln!(
+        "generating (or reusing) files under {} ...",
+        a.dir.display()
+    );
+    let (large, small) = generate(&a)?;
+    let mut table = String::new();
+    let mut notes = Vec::new();
+    let mut fio_cmds = Vec::new();
+    writeln!(
+        table,
+        "| set | cache | method | GiB | s | GB/s | user s/GiB | sys s/GiB | vyre/fio GB/s | vyre/fio CPU |"
+    )?;
+    writeln!(table, "|---|---|---|---|---|---|---|---|---|---|")?;
+    let mut verdicts = Vec::new();
+    for set in [&large, &small] {
+        for cache in ["cold", "warm"] {
+            if cache == "warm" {
+                // One buffered pass puts the files in the page cache.
+                run_std(&a, &set.paths)?;
+            }
+            let mut row = |method: &str, r: &mut dyn FnMut() -> Result<Measure, String>| {
+                if cache == "cold" && !drop_caches() {
+                    notes.push(format!(
+                        "{} {method}: could not drop the page cache (not permitted); 'cold' is not cold",
+                        set.name
+                    ));
+                }
+                r()
+            };
+            let v = row("vyre", &mut || run_vyre(&a, &set.paths))?;
+            let mut shown = String::new();
+            let f = row("fio", &mut || {
+                run_fio(&a, set).map(|(m, s)| {
+                    shown = s;
+                    m
+                })
+            })?;
+            fio_cmds.push(shown);
+            let s = row("std", &mut || run_std(&a, &set.paths))?;
+            let cpu = |m: &Measure| m.user + m.sys;
+            for (name, m) in [("vyre", &v), ("fio", &f), ("std", &s)] {
+                let (u, sy) = m.cpu_per_gib();
+                let ratio = if name == "fio" {
+                    "1".to_string()
+                } else {
+                    format!("{:.2}", m.gbps() / f.gbps())
+                };
+                let cratio = if name == "fio" {
+                    "1".to_string()
+                } else {
+                    format!("{:.2}", cpu(m) / m.gib() / (cpu(&f) / f.gib()))
+                };
+                writeln!(
+                    table,
+                    "| {} | {cache} | {name} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {ratio} | {cratio} |",
+                    set.name,
+                    m.gib(),
+                    m.secs,
+                    m.gbps(),
+                    u,
+                    sy
+                )?;
+            }
+            let ratio = v.gbps() / f.gbps();
+            let sys = v.cpu_per_gib().1;
+            verdicts.push(format!(
+                "{} {cache}: vyre/fio = {ratio:.2} (target >= 0.95: {}); vyre system CPU {sys:.3} s/GiB (target <= 0.05: {})",
+                set.name,
+                if ratio >= 0.95 { "met" } else { "NOT met" },
+                if sys <= 0.05 { "met" } else { "NOT met" },
+            ));
+        }
+    }
+    let mut report = String::new();
+    writeln!(
+        report,
+        "block size {} KiB, queue depth {}; large: {} x {} MiB; small: {} x {} KiB\n",
+        a.bs_kib, a.qd, a.large_files, a.large_mib, a.small_files, a.small_kib
+    )?;
+    report.push_str(&table);
+    report.push('\n');
+    for v in &verdicts {
+        writeln!(report, "- {v}")?;
+    }
+    notes.sort();
+    notes.dedup();
+    for n in &notes {
+        writeln!(report, "- note: {n}")?;
+    }
+    writeln!(report, "\nfio commands:\n")?;
+    fio_cmds.dedup();
+    for c in &fio_cmds {
+        writeln!(report, "    {c}")?;
+    }
+    print!("{report}");
+    if let Some(out) = &a.out {
+        std::fs::write(out, &report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -9,6 +9,7 @@ mod bench_ingest;
 mod bench_ring;
 mod info;
 mod run;
+mod scan;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ enum Command {
     Info(info::Args),
     /// Assemble a .vasm file, validate it, run its slots on the megakernel, print results.
     Run(run::Args),
+    /// Scan files and directories against a rule set (literals and regexes) on the GPU
+    /// when one can run it, else on the cpu backend.
+    Scan(scan::Args),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(a) => info::main(a),
         Command::Run(a) => run::main(a),
+        Command::Scan(a) => scan::main(a),
         Command::Bench(BenchCommand::Ring(a)) => bench_ring::main(a),
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::main(a),
     };

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compile;
+pub mod pipeline;
 pub mod reference;
 pub mod rules;
 pub mod scan;

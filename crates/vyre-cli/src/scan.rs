@@ -1,0 +1,264 @@
+//! `vyre scan`: match a rule set over files and directories.
+
+use crate::backends;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vyre_isa::SlotOp;
+use vyre_runtime::{Config, Megakernel};
+use vyre_scan::pipeline::{self, FileError, ScanOptions, Sink, WalkOptions};
+use vyre_scan::{compile, Limits, RuleSet};
+
+/// Arguments of `vyre scan`.
+#[derive(Debug, Parser)]
+pub struct Args {
+    /// Rule file (TOML): `[[rule]]` tables with `name` and one of `literal` or `regex`,
+    /// optionally `case_insensitive = true`.
+    #[arg(long, value_name = "RULES.toml")]
+    pub rules: Option<PathBuf>,
+    /// A one-off regex rule (named e0, e1, ... in order); may be repeated.
+    #[arg(short = 'e', long = "regexp", value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+    /// Files and directories to scan.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// JSON Lines on stdout: one object per match (or count), then a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the number of matches per file and rule instead of each match.
+    #[arg(long)]
+    pub count: bool,
+    /// Backend: auto (a GPU if one can run DFA_SCAN, else cpu), cpu, cuda or wgpu.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// Don't respect .gitignore, .ignore and similar files.
+    #[arg(long)]
+    pub no_ignore: bool,
+    /// Also scan hidden files and directories.
+    #[arg(long)]
+    pub hidden: bool,
+    /// Follow symbolic links.
+    #[arg(long)]
+    pub follow: bool,
+    /// Exit 0/1 by matches even if some files could not be read (they are still reported).
+    #[arg(long)]
+    pub no_fail_on_file_errors: bool,
+    /// Bytes per scan window.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub window: usize,
+    /// Windows in flight.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub in_flight: usize,
+    /// Worker threads for the cpu backend (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// Runs the scan; exit 0 if anything matched, 1 if nothing did, 2 on error.
+pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut rules = match &a.rules {
+        Some(p) => RuleSet::load(p)?,
+        None => RuleSet::new(),
+    };
+    for p in &a.patterns {
+        rules.push_expr(p)?;
+    }
+    if rules.is_empty() {
+        return Err("no rules: give --rules RULES.toml or -e PATTERN".into());
+    }
+    let t = Instant::now();
+    let compiled = compile(&rules, &Limits::default())?;
+    tracing::info!(
+        rules = rules.len(),
+        groups = compiled.groups.len(),
+        seconds = t.elapsed().as_secs_f64(),
+        "rules compiled"
+    );
+    let (backend, decision) = backends::create(&a.backend, &[SlotOp::DfaScan])?;
+    tracing::info!(backend = decision.backend, reason = %decision.reason, "backend chosen");
+    let backend_name = backend.name();
+    let mut config = Config::default();
+    if let Some(w) = a.workers {
+        config.workers = Some(w);
+    }
+    let mk = Megakernel::launch(backend, config)?;
+    let opts = ScanOptions {
+        window: a.window,
+        in_flight: a.in_flight,
+        walk: WalkOptions {
+            hidden: a.hidden,
+            no_ignore: a.no_ignore,
+            follow: a.follow,
+        },
+        ..ScanOptions::default()
+    };
+    let mut out = Printer::new(&a, &compiled.names);
+    let result = pipeline::scan(&mk, &compiled, &a.paths, &opts, &mut out);
+    out.finish_progress();
+    let shut = mk.shutdown();
+    let summary = result?;
+    shut?;
+    out.summary(&summary, backend_name)?;
+    if let Some(e) = out.error.take() {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
+    Ok(if summary.file_errors > 0 && !a.no_fail_on_file_errors {
+        ExitCode::from(2)
+    } else if summary.matches > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Prints matches (or counts), file errors and the summary.
+struct Printer<'a> {
+    out: BufWriter<io::Stdout>,
+    names: &'a [String],
+    json: bool,
+    count: bool,
+    counts: BTreeMap<u32, u64>,
+    error: Option<io::Error>,
+    bar: Option<ProgressBar>,
+    last_tick: Instant,
+}
+
+impl<'a> Printer<'a> {
+    fn new(a: &Args, names: &'a [String]) -> Printer<'a> {
+        let bar = io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {elapsed} {bytes} scanned, {msg} ({bytes_per_sec})",
+                )
+                .expect("a valid template"),
+            );
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        Printer {
+            out: BufWriter::with_capacity(1 << 16, io::stdout()),
+            names,
+            json: a.json,
+            count: a.count,
+            counts: BTreeMap::new(),
+            error: None,
+            bar,
+            last_tick: Instant::now(),
+        }
+    }
+
+    fn emit(&mut self, line: std::fmt::Arguments<'_>) {
+        if self.error.is_none() {
+            if let Err(e) = self.out.write_fmt(line) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn flush_counts(&mut self, path: &Path) {
+        let counts = std::mem::take(&mut self.counts);
+        for (rule, n) in counts {
+            let name = &self.names[rule as usize];
+            if self.json {
+                let v = serde_json::json!({
+                    "type": "count", "path": path.to_string_lossy(), "rule": name, "count": n,
+                });
+                self.emit(format_args!("{v}\n"));
+            } else {
+                self.emit(format_args!("{}:{name}:{n}\n", path.display()));
+            }
+        }
+    }
+
+    fn finish_progress(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+
+    fn summary(&mut self, s: &pipeline::Summary, backend: &str) -> io::Result<()> {
+        let gbps = s.bytes as f64 / s.seconds.max(1e-9) / 1e9;
+        if self.json {
+            let v = serde_json::json!({
+                "type": "summary", "files": s.files, "bytes": s.bytes, "matches": s.matches,
+                "file_errors": s.file_errors, "seconds": s.seconds, "backend": backend,
+            });
+            self.emit(format_args!("{v}\n"));
+        } else {
+            eprintln!(
+                "vyre scan: {} matches in {} files, {} bytes in {:.3} s ({gbps:.2} GB/s) on {backend}{}",
+                s.matches,
+                s.files,
+                s.bytes,
+                s.seconds,
+                if s.file_errors > 0 {
+                    format!(", {} file errors", s.file_errors)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if self.error.is_none() {
+            self.out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for Printer<'_> {
+    fn matched(&mut self, path: &Path, end: u64, rule: u32) {
+        if self.count {
+            *self.counts.entry(rule).or_default() += 1;
+            return;
+        }
+        let name = &self.names[rule as usize];
+        if self.json {
+            let v = serde_json::json!({
+                "type": "match", "path": path.to_string_lossy(), "rule": name, "end": end,
+            });
+            self.emit(format_args!("{v}\n"));
+        } else {
+            self.emit(format_args!("{}:{end}:{name}\n", path.display()));
+        }
+    }
+
+    fn file_done(&mut self, path: &Path, _bytes: u64) {
+        if self.count {
+            self.flush_counts(path);
+        }
+    }
+
+    fn file_error(&mut self, e: &FileError) {
+        if self.count {
+            self.flush_counts(&e.path);
+        }
+        if let Some(b) = &self.bar {
+            b.suspend(|| eprintln!("vyre scan: {e}"));
+        } else {
+            eprintln!("vyre scan: {e}");
+        }
+        if self.json {
+            let v = serde_json::json!({
+                "type": "error", "path": e.path.to_string_lossy(), "message": e.message,
+            });
+            self.emit(format_args!("{v}\n"));
+        }
+    }
+
+    fn progress(&mut self, bytes: u64, files: u64) {
+        if let Some(b) = &self.bar {
+            if self.last_tick.elapsed() > Duration::from_millis(100) {
+                self.last_tick = Instant::now();
+                b.set_position(bytes);
+                b.set_message(format!("{files} files"));
+            }
+        }
+    }
+}

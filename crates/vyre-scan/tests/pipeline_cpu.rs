@@ -1,0 +1,286 @@
+//! The whole scan pipeline (walker → reader → ring → cpu megakernel → hits) against the
+//! independent engine (`reference_matches`, regex-automata's own overlapping search), on
+//! generated corpora with matches planted at window boundaries, file starts and ends, tiny
+//! windows, tiny hit regions (forcing rescans), unbounded rules (state carried across
+//! windows), empty files and files larger than everything in flight.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vyre_cpu::CpuBackend;
+use vyre_runtime::{Backend, Config, Megakernel};
+use vyre_scan::pipeline::{scan, FileError, ScanOptions, Sink, Summary, WalkOptions};
+use vyre_scan::{compile, reference_matches, Limits, RuleSet};
+
+#[derive(Default)]
+struct Collect {
+    matches: BTreeMap<PathBuf, Vec<(u64, u32)>>,
+    done: BTreeMap<PathBuf, u64>,
+    errors: Vec<FileError>,
+}
+
+impl Sink for Collect {
+    fn matched(&mut self, path: &Path, end: u64, rule: u32) {
+        let v = self.matches.entry(path.to_path_buf()).or_default();
+        if let Some(&last) = v.last() {
+            assert!(last <= (end, rule), "matches of a file out of order");
+        }
+        v.push((end, rule));
+    }
+    fn file_done(&mut self, path: &Path, bytes: u64) {
+        assert!(self.done.insert(path.to_path_buf(), bytes).is_none());
+    }
+    fn file_error(&mut self, e: &FileError) {
+        self.errors.push(e.clone());
+    }
+}
+
+/// A fresh empty directory under the target dir's temp.
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vyre-scan-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const RULES: &str = r#"
+[[rule]]
+name = "lit"
+literal = "needle"
+[[rule]]
+name = "lit_ci"
+literal = "HayStack"
+case_insensitive = true
+[[rule]]
+name = "overlap"
+literal = "aaa"
+[[rule]]
+name = "binary"
+regex = "(?-u:\\x00\\xff\\x00)"
+[[rule]]
+name = "digits"
+regex = "k[0-9]{3,5}"
+[[rule]]
+name = "word"
+regex = "(?-u:\\b)ab(?-u:\\b)"
+[[rule]]
+name = "unbounded"
+regex = "<[a-z]*>"
+[[rule]]
+name = "eof"
+regex = "zz\\z"
+"#;
+
+/// Bytes from a small alphabet with the rules' pieces planted at the given offsets.
+fn corpus(rng: &mut Rng, len: usize, plant_at: &[usize]) -> Vec<u8> {
+    let alphabet = b"abk0123<>z \x00\xffneedlHAYstackxy";
+    let mut v: Vec<u8> = (0..len)
+        .map(|_| alphabet[rng.below(alphabet.len())])
+        .collect();
+    let pieces: [&[u8]; 7] = [
+        b"needle",
+        b"hAyStAcK",
+        b"aaaaa",
+        b"\x00\xff\x00",
+        b"k12345",
+        b" ab ",
+        b"<abcdefghijklmnopqrstuvwxyz>",
+    ];
+    for (i, &at) in plant_at.iter().enumerate() {
+        let p = pieces[i % pieces.len()];
+        // Straddle the offset: the piece ends a little after it.
+        let start = at
+            .saturating_sub(p.len() / 2)
+            .min(len.saturating_sub(p.len()));
+        if start + p.len() <= len {
+            v[start..start + p.len()].copy_from_slice(p);
+        }
+    }
+    v
+}
+
+fn run(
+    backend: Arc<dyn Backend>,
+    rules: &RuleSet,
+    paths: &[PathBuf],
+    opts: &ScanOptions,
+) -> (Collect, Summary) {
+    let compiled = compile(rules, &Limits::default()).expect("rules compile");
+    let mk = Megakernel::launch(backend, Config::default()).expect("launch");
+    let mut sink = Collect::default();
+    let summary = scan(&mk, &compiled, paths, opts, &mut sink).expect("scan");
+    mk.shutdown().expect("shutdown");
+    (sink, summary)
+}
+
+fn expect_reference(rules: &RuleSet, files: &[(PathBuf, Vec<u8>)], got: &Collect) {
+    for (path, data) in files {
+        let want: Vec<(u64, u32)> = reference_matches(rules, data)
+            .expect("reference")
+            .into_iter()
+            .map(|(e, r)| (e as u64, r))
+            .collect();
+        let have = got.matches.get(path).cloned().unwrap_or_default();
+        assert_eq!(
+            have,
+            want,
+            "{} ({} bytes): pipeline vs reference",
+            path.display(),
+            data.len()
+        );
+        assert_eq!(got.done.get(path), Some(&(data.len() as u64)), "{path:?}");
+    }
+}
+
+#[test]
+fn windows_boundaries_rescans_and_carry_match_the_reference() {
+    let rules = RuleSet::parse_toml(RULES, "test").unwrap();
+    let dir = temp_dir("bounds");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut files = Vec::new();
+    for (i, &len) in [0usize, 1, 5, 63, 64, 65, 200, 1000, 4096, 10_000]
+        .iter()
+        .enumerate()
+    {
+        // Plant pieces around every multiple of the small windows used below.
+        let plant: Vec<usize> = (0..len).step_by(61).chain([0, len]).collect();
+        let data = corpus(&mut rng, len, &plant);
+        let p = dir.join(format!("f{i:02}.bin"));
+        std::fs::write(&p, &data).unwrap();
+        files.push((p, data));
+    }
+    for (window, in_flight, hit_capacity) in [(7, 2, 1), (64, 3, 2), (61, 1, 4096), (4096, 4, 3)] {
+        let opts = ScanOptions {
+            window,
+            in_flight,
+            hit_capacity,
+            walk: WalkOptions::default(),
+        };
+        let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
+        let (got, summary) = run(backend, &rules, &[dir.clone()], &opts);
+        assert!(got.errors.is_empty(), "{:?}", got.errors);
+        expect_reference(&rules, &files, &got);
+        assert_eq!(summary.files, files.len() as u64);
+        let bytes: usize = files.iter().map(|f| f.1.len()).sum();
+        assert_eq!(summary.bytes, bytes as u64);
+        assert!(
+            summary.matches > 100,
+            "too few planted matches: {summary:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_file_larger_than_everything_in_flight_streams() {
+    // 3 windows in flight of 4 KiB; the file is 1 MiB: 256 windows pass through.
+    let rules = RuleSet::parse_toml(RULES, "test").unwrap();
+    let dir = temp_dir("large");
+    let mut rng = Rng(7);
+    let len = 1 << 20;
+    let plant: Vec<usize> = (0..len).step_by(4093).collect();
+    let data = corpus(&mut rng, len, &plant);
+    let p = dir.join("big.bin");
+    std::fs::write(&p, &data).unwrap();
+    let opts = ScanOptions {
+        window: 4096,
+        in_flight: 3,
+        hit_capacity: 64,
+        walk: WalkOptions::default(),
+    };
+    let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
+    let (got, _) = run(backend, &rules, &[p.clone()], &opts);
+    expect_reference(&rules, &[(p, data)], &got);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn walk_respects_gitignore_and_hidden_and_reports_missing_paths() {
+    let rules = RuleSet::parse_toml(RULES, "test").unwrap();
+    let dir = temp_dir("walk");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join(".gitignore"), "ignored.txt\n").unwrap();
+    for name in ["seen.txt", "ignored.txt", ".hidden.txt", "sub/deep.txt"] {
+        std::fs::write(dir.join(name), "a needle here").unwrap();
+    }
+    let missing = dir.join("does-not-exist");
+    let scanned = |walk: WalkOptions| {
+        let opts = ScanOptions {
+            walk,
+            ..ScanOptions::default()
+        };
+        let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
+        let (got, summary) = run(backend, &rules, &[dir.clone(), missing.clone()], &opts);
+        assert_eq!(got.errors.len(), 1, "{:?}", got.errors);
+        assert_eq!(got.errors[0].path, missing);
+        assert_eq!(summary.file_errors, 1);
+        let mut names: Vec<String> = got
+            .matches
+            .keys()
+            .map(|p| p.strip_prefix(&dir).unwrap().display().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        scanned(WalkOptions::default()),
+        ["seen.txt", "sub/deep.txt"]
+    );
+    assert_eq!(
+        scanned(WalkOptions {
+            hidden: true,
+            no_ignore: true,
+            follow: false
+        }),
+        [".hidden.txt", "ignored.txt", "seen.txt", "sub/deep.txt"]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn thousands_of_literal_rules_agree_with_the_reference() {
+    let mut rng = Rng(42);
+    let words: Vec<String> = (0..2000)
+        .map(|_| {
+            let n = 3 + rng.below(6);
+            (0..n)
+                .map(|_| (b'a' + rng.below(6) as u8) as char)
+                .collect()
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut toml = String::new();
+    for (i, w) in words.iter().enumerate() {
+        toml.push_str(&format!("[[rule]]\nname = \"w{i}\"\nliteral = \"{w}\"\n"));
+    }
+    let rules = RuleSet::parse_toml(&toml, "words").unwrap();
+    let dir = temp_dir("words");
+    let data: Vec<u8> = (0..20_000).map(|_| b"abcdef \n"[rng.below(8)]).collect();
+    let p = dir.join("text");
+    std::fs::write(&p, &data).unwrap();
+    let opts = ScanOptions {
+        window: 1000,
+        in_flight: 4,
+        hit_capacity: 256,
+        walk: WalkOptions::default(),
+    };
+    let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
+    let (got, summary) = run(backend, &rules, &[p.clone()], &opts);
+    assert!(summary.matches > 1000, "{summary:?}");
+    expect_reference(&rules, &[(p, data)], &got);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

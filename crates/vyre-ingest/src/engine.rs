@@ -20,6 +20,8 @@ use std::time::Duration;
 
 /// Files smaller than this are read buffered (O_DIRECT buys nothing for them).
 const TINY: u64 = 4096;
+/// Most events handed to the consumer at once.
+pub(crate) const BATCH: usize = 64;
 /// Alignment of O_DIRECT offsets and lengths.
 const ALIGN: u64 = 4096;
 
@@ -101,7 +103,9 @@ pub(crate) struct Engine {
     io: Io,
     region: Arc<Region>,
     pool: Arc<Pool>,
-    tx: SyncSender<Event>,
+    tx: SyncSender<Vec<Event>>,
+    /// Events not yet handed over: sent as one batch per wake-up of the consumer.
+    batch: Vec<Event>,
     files: Vec<Option<OpenFile>>,
     /// Open files in scheduling order (indices into `files`).
     active: VecDeque<usize>,
@@ -121,7 +125,7 @@ impl Engine {
         io: Io,
         region: Arc<Region>,
         pool: Arc<Pool>,
-        tx: SyncSender<Event>,
+        tx: SyncSender<Vec<Event>>,
     ) -> Engine {
         Engine {
             cfg,
@@ -129,6 +133,7 @@ impl Engine {
             region,
             pool,
             tx,
+            batch: Vec::new(),
             files: Vec::new(),
             active: VecDeque::new(),
             ops: Vec::new(),
@@ -144,7 +149,19 @@ impl Engine {
         if self.cancelled {
             return;
         }
-        if self.tx.send(e).is_err() {
+        self.batch.push(e);
+        if self.batch.len() >= BATCH {
+            self.flush();
+        }
+    }
+
+    /// Hands the pending events to the consumer (blocks while its queue is full).
+    fn flush(&mut self) {
+        if self.batch.is_empty() || self.cancelled {
+            self.batch.clear();
+            return;
+        }
+        if self.tx.send(std::mem::take(&mut self.batch)).is_err() {
             // The consumer is gone: stop reading, but still wait for reads in flight.
             self.cancelled = true;
         }
@@ -158,6 +175,8 @@ impl Engine {
             if !self.cancelled {
                 need_buffer = self.fill(&mut files);
             }
+            // Hand over what is ready before any wait.
+            self.flush();
             if self.inflight == 0 {
                 if self.cancelled || (self.exhausted && self.active.is_empty()) {
                     break;
@@ -177,6 +196,7 @@ impl Engine {
                 self.complete(ud as usize, res);
             }
         }
+        self.flush();
         let rest: Vec<usize> = self.active.drain(..).collect();
         for f in rest {
             self.close(f);
@@ -316,37 +336,8 @@ impl Engine {
             message: e.to_string(),
             offset: None,
         };
-        // Refuse what is not a regular file before opening it (a FIFO would block open).
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) => {
-                let kind = match e.kind() {
-                    std::io::ErrorKind::NotFound => FileErrorKind::NotFound,
-                    std::io::ErrorKind::PermissionDenied => FileErrorKind::PermissionDenied,
-                    _ => FileErrorKind::Open,
-                };
-                self.send(Event::Error(err(kind, &e)));
-                return None;
-            }
-        };
-        if !meta.file_type().is_file() {
-            let ft = meta.file_type();
-            let what = if ft.is_dir() {
-                "a directory"
-            } else if ft.is_fifo() {
-                "a FIFO"
-            } else if ft.is_socket() {
-                "a socket"
-            } else {
-                "a device or other special file"
-            };
-            self.send(Event::Error(err(
-                FileErrorKind::NotRegular,
-                &format!("not a regular file: {what}"),
-            )));
-            return None;
-        }
-        let want_direct = self.cfg.direct == Direct::Auto && meta.len() >= TINY;
+        // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+        let want_direct = self.cfg.direct == Direct::Auto;
         let open = |direct: bool| {
             let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
             if direct {
@@ -375,20 +366,35 @@ impl Engine {
             }
             Err(e) => return self.open_failed(id, &path, e),
         };
-        // The size that counts is the open file's (the path may have been replaced).
+        // One fstat on the open file decides (the path may be replaced at any time).
         let meta = match file.metadata() {
             Ok(m) if m.file_type().is_file() => m,
-            Ok(_) => {
+            Ok(m) => {
+                let ft = m.file_type();
+                let what = if ft.is_dir() {
+                    "a directory"
+                } else if ft.is_fifo() {
+                    "a FIFO"
+                } else if ft.is_socket() {
+                    "a socket"
+                } else {
+                    "a device or other special file"
+                };
                 self.send(Event::Error(err(
                     FileErrorKind::NotRegular,
-                    &"not a regular file (replaced while opening)",
+                    &format!("not a regular file: {what}"),
                 )));
                 return None;
             }
             Err(e) => return self.open_failed(id, &path, e),
         };
         let size = meta.len();
-        let fixed = if size > 0 {
+        if direct && size < TINY && io::clear_direct(file.as_raw_fd()).is_ok() {
+            // Tiny files are read buffered: O_DIRECT buys nothing for one short read.
+            direct = false;
+        }
+        // Registering costs two syscalls (in and out); it pays off only over several reads.
+        let fixed = if size > self.cfg.block_size as u64 {
             self.io.register_file(file.as_raw_fd())
         } else {
             None

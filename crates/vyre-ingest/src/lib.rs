@@ -21,6 +21,7 @@ pub use stream::{GpuStream, StreamEvent, StreamReport};
 
 use pool::Pool;
 use region::Region;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
@@ -276,7 +277,8 @@ pub enum Event {
 /// The ingest: a reader thread and its staging buffers.
 #[derive(Debug)]
 pub struct Ingest {
-    events: Option<Receiver<Event>>,
+    events: Option<Receiver<Vec<Event>>>,
+    ready: VecDeque<Event>,
     thread: Option<JoinHandle<()>>,
     region: Arc<Region>,
     pool: Arc<Pool>,
@@ -329,8 +331,9 @@ impl Ingest {
         );
         let pool = Arc::new(Pool::new(c.buffers));
         let (io, engine) = engine::choose_io(&config, region.clone())?;
-        // Bounded: at most one chunk per buffer plus an end or error per open file.
-        let cap = (c.buffers + c.max_open_files) as usize;
+        // Bounded: batches of at most `engine::BATCH` events (chunks hold buffers, so at most
+        // `buffers` of them exist; ends and errors come one per file).
+        let cap = 4;
         let (tx, rx) = std::sync::mpsc::sync_channel(cap);
         let eng = engine::Engine::new(config.clone(), io, region.clone(), pool.clone(), tx);
         let files = Box::new(files.into_iter());
@@ -340,6 +343,7 @@ impl Ingest {
             .map_err(IngestError::Thread)?;
         Ok(Ingest {
             events: Some(rx),
+            ready: VecDeque::new(),
             thread: Some(thread),
             region,
             pool,
@@ -358,7 +362,10 @@ impl Ingest {
 
     /// The next event; `None` once every file has ended or failed. Blocks.
     pub fn next_event(&mut self) -> Option<Event> {
-        self.events.as_ref()?.recv().ok()
+        if self.ready.is_empty() {
+            self.ready.extend(self.events.as_ref()?.recv().ok()?);
+        }
+        self.ready.pop_front()
     }
 
     /// The next event if one is ready: `Ok(None)` when none is ready yet, `Err(())` when
@@ -368,8 +375,14 @@ impl Ingest {
         reason = "the only failure is the end of the stream"
     )]
     pub fn try_next_event(&mut self) -> Result<Option<Event>, ()> {
+        if let Some(e) = self.ready.pop_front() {
+            return Ok(Some(e));
+        }
         match self.events.as_ref().ok_or(())?.try_recv() {
-            Ok(e) => Ok(Some(e)),
+            Ok(batch) => {
+                self.ready.extend(batch);
+                Ok(self.ready.pop_front())
+            }
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => Err(()),
         }
@@ -409,6 +422,7 @@ impl Drop for Ingest {
         // Closing the channel cancels the reader; it stops submitting, waits for every read
         // in flight to complete (their buffers belong to the kernel until then) and exits.
         drop(self.events.take());
+        self.ready.clear();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

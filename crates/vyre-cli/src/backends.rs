@@ -9,6 +9,8 @@ pub fn providers() -> Vec<Box<dyn BackendProvider>> {
     let mut p: Vec<Box<dyn BackendProvider>> = vec![Box::new(vyre_cpu::CpuProvider)];
     #[cfg(feature = "cuda")]
     p.push(Box::new(vyre_cuda::CudaProvider));
+    #[cfg(feature = "wgpu")]
+    p.push(Box::new(vyre_wgpu::WgpuProvider));
     p
 }
 

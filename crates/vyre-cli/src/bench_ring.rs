@@ -199,6 +199,11 @@ pub fn main(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             args.round_trip_only,
         );
     }
+    #[cfg(feature = "wgpu")]
+    if backend.name() == "wgpu" {
+        eprintln!("{decision}");
+        return crate::bench_wgpu::main(backend, args.workers, args.seconds, &args.out);
+    }
     let workers = args
         .workers
         .unwrap_or_else(|| backend.capabilities().default_workers);

@@ -7,6 +7,8 @@ mod backends;
 mod bench_cuda;
 mod bench_ingest;
 mod bench_ring;
+#[cfg(feature = "wgpu")]
+mod bench_wgpu;
 mod info;
 mod run;
 mod scan;

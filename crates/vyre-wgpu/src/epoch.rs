@@ -300,32 +300,7 @@ impl Driver {
             s.bind = None;
         }
         if s.bind.as_ref().is_none_or(|(g, _)| *g != heap.generation) {
-            let pages = heap.page_bindings();
-            let mut entries = vec![
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: s.io.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: heap.meta().as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: heap.state.as_entire_binding(),
-                },
-            ];
-            for (i, page) in pages.iter().enumerate().take(MAX_PAGES) {
-                entries.push(wgpu::BindGroupEntry {
-                    binding: 3 + i as u32,
-                    resource: page.as_entire_binding(),
-                });
-            }
-            let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("vyre megakernel"),
-                layout: &self.shared.gpu.layout,
-                entries: &entries,
-            });
+            let bind = bind_group(device, &self.shared.gpu.layout, &s.io, heap);
             s.bind = Some((heap.generation, bind));
         }
     }
@@ -409,6 +384,40 @@ impl Driver {
         }
         c[control::DEBUG_WRITE].store(new, Ordering::Release);
     }
+}
+
+/// The megakernel's bind group for an `io` buffer over a heap.
+pub(crate) fn bind_group(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    io: &wgpu::Buffer,
+    heap: &Heap,
+) -> wgpu::BindGroup {
+    let mut entries = vec![
+        wgpu::BindGroupEntry {
+            binding: 0,
+            resource: io.as_entire_binding(),
+        },
+        wgpu::BindGroupEntry {
+            binding: 1,
+            resource: heap.meta().as_entire_binding(),
+        },
+        wgpu::BindGroupEntry {
+            binding: 2,
+            resource: heap.state.as_entire_binding(),
+        },
+    ];
+    for (i, page) in heap.page_bindings().iter().enumerate().take(MAX_PAGES) {
+        entries.push(wgpu::BindGroupEntry {
+            binding: 3 + i as u32,
+            resource: page.as_entire_binding(),
+        });
+    }
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("vyre megakernel"),
+        layout,
+        entries: &entries,
+    })
 }
 
 /// Seeds the device state from a freshly initialised control block.

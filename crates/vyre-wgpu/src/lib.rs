@@ -11,6 +11,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod bench;
 mod epoch;
 mod gpu;
 mod heap;

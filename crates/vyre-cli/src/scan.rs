@@ -81,7 +81,12 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (backend, decision) = backends::create(&a.backend, &[SlotOp::DfaScan])?;
     tracing::info!(backend = decision.backend, reason = %decision.reason, "backend chosen");
     let backend_name = backend.name();
-    let mut config = Config::default();
+    // One window per claim: a DFA_SCAN slot is long, and a worker that claimed a batch of
+    // them would leave the other workers idle.
+    let mut config = Config {
+        claim_batch: 1,
+        ..Config::default()
+    };
     if let Some(w) = a.workers {
         config.workers = Some(w);
     }

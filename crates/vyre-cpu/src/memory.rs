@@ -231,4 +231,7 @@ impl Memory for Buffers {
     fn write(&self, handle: u32, off: u64, src: &[u8]) {
         self.buf(handle).write(off, src)
     }
+    fn words(&self, handle: u32) -> Option<&[AtomicU32]> {
+        self.get(handle).map(|b| b.words())
+    }
 }

@@ -133,7 +133,7 @@ pub fn check_header(size: u64, word: impl Fn(usize) -> u32) -> Result<Header, u3
 
 /// The reference DFA_SCAN. `a` are the slot's argument words; returns the result words.
 pub fn scan<M: Memory>(mem: &M, a: &[u32; 8]) -> Result<[u32; 4], Fault> {
-    let [table, data, off, len, report, start, hits, hits_off] = *a;
+    let [table, data, off, len, _, _, hits, hits_off] = *a;
     let size = |h: u32| mem.size(h).ok_or(Fault::new(FaultCode::BadHandle, h));
     let table_size = size(table)?;
     let data_size = size(data)?;
@@ -153,7 +153,47 @@ pub fn scan<M: Memory>(mem: &M, a: &[u32; 8]) -> Result<[u32; 4], Fault> {
     if hits_off + HIT_HEADER_BYTES + 8 * u64::from(capacity) > hits_size {
         return Err(oob(hits_off as u32));
     }
-    let word = |i: u64| mem.load_u32(table, 4 * i);
+    match mem.words(table) {
+        Some(words) => scan_table(mem, &Words(words), table_size, a, capacity),
+        None => scan_table(mem, &Loads(mem, table), table_size, a, capacity),
+    }
+}
+
+/// How the scan reads table words: straight from a word slice, or through [`Memory`].
+trait TableWords {
+    fn word(&self, i: u64) -> u32;
+}
+
+struct Words<'a>(&'a [std::sync::atomic::AtomicU32]);
+
+impl TableWords for Words<'_> {
+    #[inline(always)]
+    fn word(&self, i: u64) -> u32 {
+        // In bounds: the header check covers every index the scan reads.
+        self.0[i as usize].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+struct Loads<'a, M>(&'a M, u32);
+
+impl<M: Memory> TableWords for Loads<'_, M> {
+    #[inline(always)]
+    fn word(&self, i: u64) -> u32 {
+        self.0.load_u32(self.1, 4 * i)
+    }
+}
+
+/// The scan after the buffer checks: table checks, then the bytes.
+fn scan_table<M: Memory, T: TableWords>(
+    mem: &M,
+    t: &T,
+    table_size: u64,
+    a: &[u32; 8],
+    capacity: u32,
+) -> Result<[u32; 4], Fault> {
+    let [_, data, off, len, report, start, hits, hits_off] = *a;
+    let hits_off = u64::from(hits_off);
+    let word = |i: u64| t.word(i);
     let bad = |i: u64| Fault::new(FaultCode::BadProgram, i as u32);
     let h = check_header(table_size, |i| word(i as u64)).map_err(|i| bad(i.into()))?;
     let mut classes = [0u8; 256];

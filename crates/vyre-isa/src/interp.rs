@@ -28,6 +28,12 @@ pub trait Memory {
     /// Copies bytes into a buffer, leaving neighbouring bytes intact even if other workers
     /// write them concurrently.
     fn write(&self, handle: u32, off: u64, src: &[u8]);
+    /// The buffer's words, for implementations that hold buffers as little-endian atomic
+    /// words: lets hot loops (DFA_SCAN's table lookups) skip the per-access handle lookup.
+    /// `None` (the default) makes them use [`Memory::load_u32`].
+    fn words(&self, _handle: u32) -> Option<&[std::sync::atomic::AtomicU32]> {
+        None
+    }
 }
 
 /// Everything a slot can reach besides its own words.

@@ -11,7 +11,8 @@
 //! byte `i` means a match ended at `i`, which is exactly DFA_SCAN's convention, and the
 //! end-of-input column gives matches that end at the end of the text.
 
-use crate::rules::RuleSet;
+use crate::literal::literal_table;
+use crate::rules::{Pattern, RuleSet};
 use regex_automata::dfa::{dense, Automaton};
 use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_automata::util::primitives::StateID;
@@ -35,9 +36,9 @@ pub const OVERLAP_CAP: u32 = 4096;
 pub struct Limits {
     /// Largest table, in bytes (default 64 MiB).
     pub max_table_bytes: usize,
-    /// regex-automata's limit on one DFA's heap size while building (default 256 MiB).
+    /// regex-automata's limit on one DFA's heap size while building (default 128 MiB).
     pub dfa_size_limit: usize,
-    /// regex-automata's limit on the determinizer's scratch memory (default 256 MiB).
+    /// regex-automata's limit on the determinizer's scratch memory (default 128 MiB).
     pub determinize_size_limit: usize,
     /// Most rules in one group before any size limit is hit (default 1000). Determinizing
     /// a union of n patterns costs about n per transition, so very large unions are slow
@@ -49,8 +50,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_table_bytes: 64 << 20,
-            dfa_size_limit: 256 << 20,
-            determinize_size_limit: 256 << 20,
+            dfa_size_limit: 128 << 20,
+            determinize_size_limit: 128 << 20,
             max_group_rules: 1000,
         }
     }
@@ -130,69 +131,135 @@ impl fmt::Display for CompileError {
 
 impl std::error::Error for CompileError {}
 
+/// How a group is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Literals only, as an Aho-Corasick automaton (`crate::literal`); `fold` = ASCII
+    /// case-insensitive.
+    Literal { fold: bool },
+    /// regex-automata's dense DFA over the rules' syntax trees.
+    Regex,
+}
+
 /// Compiles every rule into groups of `VDFA` tables.
+///
+/// Case-sensitive literals form one group and case-insensitive literals another (each
+/// split only when its table exceeds `max_table_bytes`); bounded and unbounded regexes
+/// form groups of at most `max_group_rules`, halved while a size limit is exceeded.
 pub fn compile(rules: &RuleSet, limits: &Limits) -> Result<Compiled, CompileError> {
     if rules.is_empty() {
         return Err(CompileError::new(CompileErrorKind::Empty));
     }
     let hirs = rules.hirs();
-    let mut bounded = Vec::new();
-    let mut unbounded = Vec::new();
-    for (i, h) in hirs.iter().enumerate() {
-        match h.properties().maximum_len() {
-            Some(n) if n <= OVERLAP_CAP as usize => bounded.push(i as u32),
-            _ => unbounded.push(i as u32),
+    let (mut lit, mut lit_fold, mut bounded, mut unbounded) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, (r, h)) in rules.rules().iter().zip(hirs).enumerate() {
+        let i = i as u32;
+        match (&r.pattern, h.properties().maximum_len()) {
+            (Pattern::Literal(l), _) if l.len() <= OVERLAP_CAP as usize => {
+                if r.case_insensitive {
+                    lit_fold.push(i)
+                } else {
+                    lit.push(i)
+                }
+            }
+            (_, Some(n)) if n <= OVERLAP_CAP as usize => bounded.push(i),
+            _ => unbounded.push(i),
         }
     }
-    let names: Vec<String> = rules.rules().iter().map(|r| r.name.clone()).collect();
     let mut groups = Vec::new();
+    let b = Builder { rules, limits };
+    b.split(Kind::Literal { fold: false }, &lit, &mut groups)?;
+    b.split(Kind::Literal { fold: true }, &lit_fold, &mut groups)?;
     let per = limits.max_group_rules.max(1);
-    for kind in [bounded, unbounded] {
-        for chunk in kind.chunks(per) {
-            build_split(hirs, &names, chunk, limits, &mut groups)?;
+    for set in [bounded, unbounded] {
+        for chunk in set.chunks(per) {
+            b.split(Kind::Regex, chunk, &mut groups)?;
         }
     }
+    let names = rules.rules().iter().map(|r| r.name.clone()).collect();
     Ok(Compiled { groups, names })
 }
 
-/// Builds one group, halving it while it exceeds a size limit.
-fn build_split(
-    hirs: &[Hir],
-    names: &[String],
-    members: &[u32],
-    limits: &Limits,
-    out: &mut Vec<Group>,
-) -> Result<(), CompileError> {
-    match build_group(hirs, members, limits) {
-        Ok(g) => {
-            out.push(g);
-            Ok(())
+struct Builder<'a> {
+    rules: &'a RuleSet,
+    limits: &'a Limits,
+}
+
+impl Builder<'_> {
+    /// Builds one group, halving it while it exceeds a size limit.
+    fn split(&self, kind: Kind, members: &[u32], out: &mut Vec<Group>) -> Result<(), CompileError> {
+        if members.is_empty() {
+            return Ok(());
         }
-        Err(GroupError::TooLarge(reason)) => {
-            if members.len() == 1 {
-                return Err(CompileError::new(CompileErrorKind::RuleTooLarge {
-                    name: names[members[0] as usize].clone(),
+        let name = |i: u32| self.rules.rules()[i as usize].name.clone();
+        match self.group(kind, members) {
+            Ok(g) => {
+                out.push(g);
+                Ok(())
+            }
+            Err(GroupError::TooLarge(reason)) => {
+                if members.len() == 1 {
+                    return Err(CompileError::new(CompileErrorKind::RuleTooLarge {
+                        name: name(members[0]),
+                        reason,
+                    }));
+                }
+                let (a, b) = members.split_at(members.len() / 2);
+                self.split(kind, a, out)?;
+                self.split(kind, b, out)
+            }
+            Err(GroupError::Other(reason)) => {
+                let mut list: Vec<String> = members.iter().take(3).map(|&i| name(i)).collect();
+                if members.len() > 3 {
+                    list.push("...".into());
+                }
+                Err(CompileError::new(CompileErrorKind::Build {
+                    names: list.join(", "),
                     reason,
-                }));
+                }))
             }
-            let (a, b) = members.split_at(members.len() / 2);
-            build_split(hirs, names, a, limits, out)?;
-            build_split(hirs, names, b, limits, out)
         }
-        Err(GroupError::Other(reason)) => {
-            let mut list: Vec<&str> = members
-                .iter()
-                .take(3)
-                .map(|&i| names[i as usize].as_str())
-                .collect();
-            if members.len() > 3 {
-                list.push("...");
+    }
+
+    fn group(&self, kind: Kind, members: &[u32]) -> Result<Group, GroupError> {
+        let hirs: Vec<&Hir> = members
+            .iter()
+            .map(|&i| &self.rules.hirs()[i as usize])
+            .collect();
+        let mut max_len = Some(0u32);
+        for h in &hirs {
+            max_len = match (max_len, h.properties().maximum_len()) {
+                (Some(a), Some(b)) if b <= OVERLAP_CAP as usize => Some(a.max(b as u32)),
+                _ => None,
+            };
+        }
+        let max_bytes = self.limits.max_table_bytes;
+        let too_large = || {
+            GroupError::TooLarge(format!(
+                "its table exceeds max_table_bytes ({max_bytes} bytes)"
+            ))
+        };
+        let parts = match kind {
+            Kind::Literal { fold } => {
+                let lits: Vec<&[u8]> = members
+                    .iter()
+                    .map(|&i| match &self.rules.rules()[i as usize].pattern {
+                        Pattern::Literal(l) => l.as_slice(),
+                        Pattern::Regex(_) => unreachable!("literal groups hold literals"),
+                    })
+                    .collect();
+                literal_table(&lits, fold, max_bytes / 4).ok_or_else(too_large)?
             }
-            Err(CompileError::new(CompileErrorKind::Build {
-                names: list.join(", "),
-                reason,
-            }))
-        }
+            Kind::Regex => to_parts(&build_dfa(&hirs, self.limits)?, max_bytes)?,
+        };
+        let table =
+            assemble(&parts, members.len() as u32, max_len, max_bytes / 4).ok_or_else(too_large)?;
+        Ok(Group {
+            table,
+            rules: members.to_vec(),
+            max_len,
+        })
     }
 }
 
@@ -239,32 +306,9 @@ fn build_dfa(hirs: &[&Hir], limits: &Limits) -> Result<dense::DFA<Vec<u32>>, Gro
         })
 }
 
-fn build_group(hirs: &[Hir], members: &[u32], limits: &Limits) -> Result<Group, GroupError> {
-    let list: Vec<&Hir> = members.iter().map(|&i| &hirs[i as usize]).collect();
-    let dfa = build_dfa(&list, limits)?;
-    let mut max_len = Some(0u32);
-    for h in &list {
-        max_len = match (max_len, h.properties().maximum_len()) {
-            (Some(a), Some(b)) if b <= OVERLAP_CAP as usize => Some(a.max(b as u32)),
-            _ => None,
-        };
-    }
-    let table = to_vdfa(&dfa, list.len() as u32, max_len, limits.max_table_bytes)?;
-    Ok(Group {
-        table,
-        rules: members.to_vec(),
-        max_len,
-    })
-}
-
 /// Converts a dense DFA into `VDFA` words: the states reachable from the 257 start
 /// states, numbered in breadth-first order.
-fn to_vdfa(
-    dfa: &dense::DFA<Vec<u32>>,
-    patterns: u32,
-    max_len: Option<u32>,
-    max_table_bytes: usize,
-) -> Result<Vec<u32>, GroupError> {
+fn to_parts(dfa: &dense::DFA<Vec<u32>>, max_table_bytes: usize) -> Result<Parts, GroupError> {
     let bc = dfa.byte_classes();
     let mut class_of = [0u8; 256];
     let mut rep: Vec<u8> = Vec::new();
@@ -327,6 +371,7 @@ fn to_vdfa(
     if states.saturating_mul(stride) >= MATCH_BIT as usize {
         return Err(too_large(states * stride));
     }
+    let class_of = class_of;
     let row = |id: StateID| -> u32 {
         let r = index[&id] * stride as u32;
         if dfa.is_match_state(id) {
@@ -357,34 +402,66 @@ fn to_vdfa(
         });
         match_index.push(at);
     }
-    let words = TRANS_WORD + trans.len() + states + match_list.len();
+    Ok(Parts {
+        states,
+        stride,
+        class_of,
+        starts: starts.map(|i| i * stride as u32),
+        trans: trans.iter().map(|&id| row(id)).collect(),
+        match_index,
+        match_list,
+    })
+}
+
+/// A table's parts, before they are laid out.
+#[derive(Debug)]
+pub(crate) struct Parts {
+    pub states: usize,
+    pub stride: usize,
+    pub class_of: [u8; 256],
+    /// Row offsets.
+    pub starts: [u32; START_TEXT + 1],
+    /// Row offsets with the match bit.
+    pub trans: Vec<u32>,
+    pub match_index: Vec<u32>,
+    pub match_list: Vec<u32>,
+}
+
+/// Lays out a table's words; `None` when it exceeds `limit_words`.
+fn assemble(
+    p: &Parts,
+    patterns: u32,
+    max_len: Option<u32>,
+    limit_words: usize,
+) -> Option<Vec<u32>> {
+    let words = TRANS_WORD + p.trans.len() + p.states + p.match_list.len();
     if words > limit_words {
-        return Err(too_large(words));
+        return None;
     }
     let mut t = Vec::with_capacity(words);
     t.extend_from_slice(&[
         MAGIC,
         VERSION,
-        states as u32,
-        stride as u32,
+        p.states as u32,
+        p.stride as u32,
         patterns,
         max_len.unwrap_or(UNBOUNDED),
-        match_list.len() as u32,
+        p.match_list.len() as u32,
         0,
     ]);
     debug_assert_eq!(t.len(), HEADER_WORDS);
     debug_assert_eq!(t.len(), CLASS_MAP_WORD);
     t.extend(
-        class_of
+        p.class_of
             .chunks(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
     );
     debug_assert_eq!(t.len(), START_WORD);
-    t.extend(starts.iter().map(|&i| i * stride as u32));
+    t.extend_from_slice(&p.starts);
     debug_assert_eq!(t.len(), TRANS_WORD);
-    t.extend(trans.iter().map(|&id| row(id)));
-    t.extend_from_slice(&match_index);
-    t.extend_from_slice(&match_list);
+    t.extend_from_slice(&p.trans);
+    t.extend_from_slice(&p.match_index);
+    t.extend_from_slice(&p.match_list);
     debug_assert_eq!(t.len(), words);
-    Ok(t)
+    Some(t)
 }

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compile;
+mod literal;
 pub mod pipeline;
 pub mod reference;
 pub mod rules;

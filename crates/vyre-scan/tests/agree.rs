@@ -1,6 +1,7 @@
 //! Compiled tables scanned with `scan_slice` find exactly what the independent reference
 //! engine finds: whole inputs, windows with overlap, and carried state.
 
+use proptest::prelude::*;
 use vyre_isa::dfa::START_TEXT;
 use vyre_scan::{
     check_table, compile, reference_matches, scan_slice, Compiled, Limits, Pattern, Rule, RuleSet,
@@ -112,5 +113,100 @@ fn overlapping_literals_and_regexes_match_the_reference() {
             want,
             "cut at {k}"
         );
+    }
+}
+
+/// A random regex from a small grammar over the test alphabet.
+fn regex_strategy() -> impl Strategy<Value = String> {
+    let atom = prop_oneof![
+        4 => prop::sample::select(vec!["a", "b", "c", "A", " ", "-", "ab", "ba"]).prop_map(String::from),
+        1 => prop::sample::select(vec![
+            "[ab]", "[a-c]", "[^a]", ".", "(?-u:\\b)", "(?-u:\\B)", "\\s", "[[:upper:]]",
+            "(?-u:\\xFF)", "é",
+        ])
+        .prop_map(String::from),
+    ];
+    let piece = (
+        atom,
+        prop::sample::select(vec!["", "", "", "?", "+", "*", "{2}", "{1,3}"]),
+    )
+        .prop_map(|(a, q)| {
+            if q.is_empty() {
+                a
+            } else {
+                format!("(?:{a}){q}")
+            }
+        });
+    let seq = prop::collection::vec(piece, 1..4).prop_map(|v| v.concat());
+    let alt = prop::collection::vec(seq, 1..3).prop_map(|v| v.join("|"));
+    (
+        alt,
+        prop::sample::select(vec!["", "", "", "^", "(?m)^"]),
+        prop::sample::select(vec!["", "", "", "$", "(?m)$"]),
+    )
+        .prop_map(|(body, pre, post)| format!("{pre}(?:{body}){post}"))
+}
+
+fn rule_strategy() -> impl Strategy<Value = (Pattern, bool)> {
+    prop_oneof![
+        (
+            prop::collection::vec(prop::sample::select(b"abcAB -".to_vec()), 1..4),
+            any::<bool>()
+        )
+            .prop_map(|(b, ci)| (Pattern::Literal(b), ci)),
+        (regex_strategy(), prop::bool::weighted(0.2)).prop_map(|(r, ci)| (Pattern::Regex(r), ci)),
+    ]
+}
+
+fn data_strategy() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop_oneof![
+        10 => prop::sample::select(b"abcAB -\n".to_vec()),
+        1 => any::<u8>(),
+        1 => prop::sample::select(vec![0xC3u8, 0xA9]),
+    ];
+    prop::collection::vec(byte, 0..80)
+}
+
+/// A rule set from random candidates, skipping those `RuleSet` rightly refuses (empty
+/// matches); returns `None` when nothing is left.
+fn random_set(cands: Vec<(Pattern, bool)>) -> Option<RuleSet> {
+    let mut s = RuleSet::new();
+    for (i, (pattern, ci)) in cands.into_iter().enumerate() {
+        let _ = s.push(Rule {
+            name: format!("r{i}"),
+            pattern,
+            case_insensitive: ci,
+        });
+    }
+    (!s.is_empty()).then_some(s)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn windows_and_carried_state_match_the_reference(
+        cands in prop::collection::vec(rule_strategy(), 1..6),
+        data in data_strategy(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        group_rules in 1usize..4,
+    ) {
+        let Some(rules) = random_set(cands) else { return Ok(()) };
+        let limits = Limits { max_group_rules: group_rules, ..Limits::default() };
+        let c = compile(&rules, &limits).expect("checked rules compile");
+        for g in &c.groups {
+            prop_assert_eq!(check_table(&g.table), Ok(()));
+        }
+        let want = reference_matches(&rules, &data).expect("reference");
+        prop_assert_eq!(&scan_whole(&c, &data), &want);
+        let mut cut: Vec<usize> = cuts.iter().map(|i| i.index(data.len() + 1)).collect();
+        cut.push(0);
+        cut.push(data.len());
+        cut.sort_unstable();
+        cut.dedup();
+        if cut.len() == 1 {
+            cut.push(0);
+        }
+        prop_assert_eq!(scan_windows(&c, &data, &cut), want);
     }
 }

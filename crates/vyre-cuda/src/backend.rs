@@ -2,7 +2,7 @@
 //! memory, launching and stopping the persistent kernel, health.
 
 use crate::compile::{self, CompiledKernel};
-use crate::driver::{self, DeviceAlloc, MappedHost};
+use crate::driver::{self, DeviceAlloc, MappedHost, RegisteredHost};
 use crate::ds;
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig as CuLaunch, PushKernelArg,
@@ -16,7 +16,7 @@ use vyre_runtime::protocol::{control, debug_record, SLOT_WORDS};
 use vyre_runtime::ring::RingMemory;
 use vyre_runtime::{
     Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
-    LaunchConfig,
+    HostRegion, LaunchConfig,
 };
 
 const MAX_BUFFERS: u32 = 1 << 14;
@@ -203,6 +203,28 @@ unsafe impl DeviceRepr for Params {}
 enum Storage {
     Device(DeviceAlloc),
     Mapped(MappedHost),
+    /// A host region used in place (`register_host_region`).
+    Registered(RegisteredHost),
+}
+
+/// Copies bytes out of atomic words (host side of a registered region).
+fn words_read(words: &[AtomicU32], off: usize, dst: &mut [u8]) {
+    for (i, b) in dst.iter_mut().enumerate() {
+        let at = off + i;
+        *b = words[at / 4].load(Ordering::Relaxed).to_le_bytes()[at % 4];
+    }
+}
+
+/// Copies bytes into atomic words without clobbering neighbouring bytes.
+fn words_write(words: &[AtomicU32], off: usize, src: &[u8]) {
+    for (i, &b) in src.iter().enumerate() {
+        let at = off + i;
+        let _ = words[at / 4].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+            let mut x = w.to_le_bytes();
+            x[at % 4] = b;
+            Some(u32::from_le_bytes(x))
+        });
+    }
 }
 
 #[derive(Debug)]
@@ -401,6 +423,17 @@ impl CudaBackend {
                 (Storage::Mapped(m), p)
             }
         };
+        self.push_buffer(&mut buffers, storage, ptr, size)
+    }
+
+    /// Writes the buffer table entry and records the buffer; returns its handle.
+    fn push_buffer(
+        &self,
+        buffers: &mut Vec<Buffer>,
+        storage: Storage,
+        ptr: u64,
+        size: u64,
+    ) -> Result<u32, BackendError> {
         let handle = buffers.len() as u32 + 1;
         let mut entry = [0u8; TABLE_ENTRY_BYTES];
         entry[..8].copy_from_slice(&ptr.to_le_bytes());
@@ -481,6 +514,10 @@ impl Backend for CudaBackend {
                 m.write(offset as usize, data);
                 Ok(())
             }
+            Storage::Registered(r) => {
+                words_write(r.words(), offset as usize, data);
+                Ok(())
+            }
         })
     }
 
@@ -492,9 +529,34 @@ impl Backend for CudaBackend {
                     .read(&self.copies, offset as usize, &mut out)
                     .map_err(|e| launch_err("copying from the device", e))?,
                 Storage::Mapped(m) => m.read(offset as usize, &mut out),
+                Storage::Registered(r) => words_read(r.words(), offset as usize, &mut out),
             }
             Ok(out)
         })
+    }
+
+    fn register_host_region(&self, region: Arc<dyn HostRegion>) -> Result<u32, BackendError> {
+        // The kernel reads the region through its mapped device address: zero copy.
+        let size = region.words().len() as u64 * 4;
+        if size > MAX_BUFFER_BYTES {
+            return Err(BackendError::Limit {
+                what: "host region size in bytes",
+                requested: size,
+                limit: MAX_BUFFER_BYTES,
+            });
+        }
+        let mut buffers = lock(&self.buffers);
+        if buffers.len() >= MAX_BUFFERS as usize {
+            return Err(BackendError::Limit {
+                what: "registered buffers",
+                requested: buffers.len() as u64 + 1,
+                limit: MAX_BUFFERS.into(),
+            });
+        }
+        let r = RegisteredHost::register(&self.ctx, region)
+            .map_err(|e| launch_err("registering a host region (cuMemHostRegister)", e))?;
+        let ptr = r.dev_ptr();
+        self.push_buffer(&mut buffers, Storage::Registered(r), ptr, size)
     }
 
     fn load_program(&self, program: Program) -> Result<u32, BackendError> {

@@ -6,6 +6,7 @@
 use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
+use vyre_runtime::HostRegion;
 
 /// Bytes of zeros copied per call when zeroing device memory.
 const ZERO_CHUNK: usize = 4 << 20;
@@ -190,6 +191,79 @@ impl Drop for MappedHost {
         // SAFETY: allocated by malloc_host in `zeroed`, freed only here, after the kernel
         // that used it has stopped.
         let _ = unsafe { result::free_host(self.host.cast()) };
+    }
+}
+
+/// Host memory owned elsewhere (io_uring ingest's staging region), page-locked and mapped
+/// into the device's address space in place with `cuMemHostRegister` (no copy); unregistered
+/// on drop. Holding the `Arc` keeps the memory alive and unmoved while it is registered.
+#[derive(Debug)]
+pub(crate) struct RegisteredHost {
+    region: Arc<dyn HostRegion>,
+    dev: sys::CUdeviceptr,
+    ctx: Arc<CudaContext>,
+    registered: bool,
+}
+
+// SAFETY: the memory belongs to `region` (Send + Sync, accessed through atomics on the host);
+// the device pointer is just an address.
+unsafe impl Send for RegisteredHost {}
+// SAFETY: see Send.
+unsafe impl Sync for RegisteredHost {}
+
+impl RegisteredHost {
+    /// Page-locks and maps `region` (it must be page-aligned, as ingest's mapping is).
+    pub(crate) fn register(
+        ctx: &Arc<CudaContext>,
+        region: Arc<dyn HostRegion>,
+    ) -> Result<RegisteredHost, DriverError> {
+        ctx.bind_to_thread()?;
+        let words = region.words();
+        let (ptr, bytes) = (words.as_ptr() as *mut std::ffi::c_void, words.len() * 4);
+        let mut me = RegisteredHost {
+            region: region.clone(),
+            dev: 0,
+            ctx: ctx.clone(),
+            registered: false,
+        };
+        // SAFETY: `ptr..ptr+bytes` is live memory owned by `region`, which `me` keeps alive
+        // until Drop unregisters it; registering only pins and maps it, the contents are not
+        // touched.
+        unsafe {
+            sys::cuMemHostRegister_v2(
+                ptr,
+                bytes,
+                sys::CU_MEMHOSTREGISTER_DEVICEMAP | sys::CU_MEMHOSTREGISTER_PORTABLE,
+            )
+            .result()?
+        };
+        me.registered = true;
+        // SAFETY: `ptr` was just registered with DEVICEMAP, so it has a device address.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut me.dev, ptr, 0).result()? };
+        Ok(me)
+    }
+
+    /// The device address.
+    pub(crate) fn dev_ptr(&self) -> u64 {
+        self.dev
+    }
+
+    /// The memory as atomic words (host reads and writes).
+    pub(crate) fn words(&self) -> &[AtomicU32] {
+        self.region.words()
+    }
+}
+
+impl Drop for RegisteredHost {
+    fn drop(&mut self) {
+        if !self.registered {
+            return;
+        }
+        let _ = self.ctx.bind_to_thread();
+        let ptr = self.region.words().as_ptr() as *mut std::ffi::c_void;
+        // SAFETY: registered in `register`, unregistered only here, after the kernel that
+        // used it has stopped (backends are dropped only then).
+        let _ = unsafe { sys::cuMemHostUnregister(ptr).result() };
     }
 }
 

@@ -349,7 +349,7 @@ fn to_parts(dfa: &dense::DFA<Vec<u32>>, max_table_bytes: usize) -> Result<Parts,
     let limit_words = max_table_bytes / 4;
     let too_large = |words: usize| {
         GroupError::TooLarge(format!(
-            "its table needs at least {} bytes, over max_table_bytes {max_table_bytes}",
+            "its table needs at least {} bytes, over max_table_bytes ({max_table_bytes} bytes)",
             words * 4
         ))
     };

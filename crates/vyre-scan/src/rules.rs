@@ -350,6 +350,20 @@ fn rule_from_table(t: &toml::Table, index: usize) -> Result<Rule, (RuleRef, Rule
     })
 }
 
+/// A regex error on one line: what is wrong and where (`regex_syntax`'s own Display is a
+/// multi-line drawing).
+fn syntax_message(e: &regex_syntax::Error) -> String {
+    let (what, span) = match e {
+        regex_syntax::Error::Parse(e) => (e.kind().to_string(), *e.span()),
+        regex_syntax::Error::Translate(e) => (e.kind().to_string(), *e.span()),
+        _ => return one_line(e),
+    };
+    format!(
+        "{what} (at bytes {}..{} of the pattern)",
+        span.start.offset, span.end.offset
+    )
+}
+
 /// The checked syntax tree of a rule.
 fn rule_hir(rule: &Rule) -> Result<Hir, RuleErrorKind> {
     let hir = match &rule.pattern {
@@ -359,7 +373,7 @@ fn rule_hir(rule: &Rule) -> Result<Hir, RuleErrorKind> {
             .utf8(false)
             .build()
             .parse(re)
-            .map_err(|e| RuleErrorKind::Syntax(one_line(&e)))?,
+            .map_err(|e| RuleErrorKind::Syntax(syntax_message(&e)))?,
     };
     let props = hir.properties();
     if props.minimum_len() == Some(0) {

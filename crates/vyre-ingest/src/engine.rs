@@ -14,6 +14,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,13 +43,21 @@ pub(crate) fn choose_io(
             tracing::warn!("VYRE_INGEST_NO_URING is set: reading with the plain pread reader");
             Ok(plain("VYRE_INGEST_NO_URING is set".into()))
         }
-        choice => match UringIo::new(config.queue_depth, region.clone(), config.max_open_files) {
+        choice => match if config.faults.uring_setup_fails {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+        } else {
+            UringIo::new(config.queue_depth, region.clone(), config.max_open_files)
+        } {
             Ok(u) => {
                 let fixed_buffers = u.fixed_buffers();
                 Ok((Io::Uring(Box::new(u)), EngineKind::Uring { fixed_buffers }))
             }
             Err(e) if choice == EngineChoice::Auto => {
-                tracing::warn!(error = %e, "io_uring is unavailable (io_uring_setup failed: disabled by kernel.io_uring_disabled, seccomp or an old kernel); reading with the plain pread reader");
+                // One warning per process, however many ingests start.
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "io_uring is unavailable (io_uring_setup failed: disabled by kernel.io_uring_disabled, seccomp or an old kernel); reading with the plain pread reader");
+                }
                 Ok(plain(format!("io_uring_setup failed: {e}")))
             }
             Err(e) => Err(IngestError::Uring(e)),

@@ -79,6 +79,8 @@ pub struct Faults {
     pub einval_direct_read: Option<u64>,
     /// Opening with O_DIRECT fails with EINVAL (as on a filesystem without O_DIRECT).
     pub einval_direct_open: bool,
+    /// `io_uring_setup` fails with ENOSYS (as under seccomp or `kernel.io_uring_disabled`).
+    pub uring_setup_fails: bool,
 }
 
 /// Ingest settings.

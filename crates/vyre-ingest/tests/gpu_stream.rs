@@ -35,7 +35,8 @@ fn every_chunk_hashed_on_the_megakernel_matches_a_plain_read() {
     let mk = Megakernel::launch(
         Arc::new(CpuBackend::new().with_workers(2)),
         Config {
-            capacity: 64,
+            // Smaller than the slots of all staging buffers (16 x 2): publishing waits.
+            capacity: 8,
             ..Config::default()
         },
     )
@@ -187,4 +188,50 @@ fn a_backend_without_host_regions_says_so() {
             self.0.health()
         }
     }
+}
+
+#[test]
+fn restart_registers_the_region_again_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_file(dir.path(), "f", 1, 100_000);
+    let mk = Megakernel::launch(
+        Arc::new(CpuBackend::new().with_workers(1)),
+        Config::default(),
+    )
+    .unwrap();
+    let mut ing = Ingest::paths(
+        IngestConfig {
+            block_size: 64 << 10,
+            queue_depth: 2,
+            buffers: 2,
+            ..IngestConfig::default()
+        },
+        vec![p.clone()],
+    )
+    .unwrap();
+    let h = mk.register_host_region(ing.host_region()).unwrap();
+    let after = mk.create_buffer_with(8, b"abcdefgh").unwrap();
+    assert_eq!(after, h + 1);
+    let Some(vyre_ingest::Event::Chunk(c)) = ing.next_event() else {
+        panic!("expected a chunk")
+    };
+    let report = mk
+        .restart(Arc::new(CpuBackend::new().with_workers(1)))
+        .unwrap();
+    assert_eq!(report.buffers, 2);
+    let t = mk
+        .publish(Slot::new(
+            SlotOp::Hash64,
+            &[h, c.region_offset() as u32, c.len as u32, 3],
+        ))
+        .unwrap();
+    let r = mk.wait(t).unwrap().results();
+    assert_eq!(
+        u64::from(r[0]) | u64::from(r[1]) << 32,
+        xxhash_rust::xxh64::xxh64(c.bytes(), 3)
+    );
+    assert_eq!(c.bytes(), &std::fs::read(&p).unwrap()[..c.len]);
+    assert_eq!(mk.read_buffer(after, 0, 8).unwrap(), b"abcdefgh");
+    drop(c);
+    mk.shutdown().unwrap();
 }

@@ -452,3 +452,45 @@ fn bad_config_is_rejected() {
         assert!(Ingest::paths(cfg, vec![]).is_err());
     }
 }
+
+#[test]
+fn io_uring_setup_failure_falls_back_or_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|i| write_file(dir.path(), &format!("f{i}"), i, 2 * BS + 5))
+        .collect();
+    let faults = Faults {
+        uring_setup_fails: true,
+        ..Faults::default()
+    };
+    // Auto: the plain reader, nothing lost.
+    let mut ing = Ingest::paths(
+        IngestConfig {
+            faults: faults.clone(),
+            ..config(EngineChoice::Auto)
+        },
+        paths.clone(),
+    )
+    .unwrap();
+    match ing.engine() {
+        vyre_ingest::EngineKind::Plain { reason } => {
+            assert!(reason.contains("io_uring_setup failed"), "{reason}")
+        }
+        other => panic!("expected the plain reader, got {other:?}"),
+    }
+    let got = collect(&mut ing);
+    for (i, p) in paths.iter().enumerate() {
+        assert_eq!(got[&(i as u64)].bytes, std::fs::read(p).unwrap());
+    }
+    // Uring required: a typed error that says what to do.
+    let err = Ingest::paths(
+        IngestConfig {
+            faults,
+            ..config(EngineChoice::Uring)
+        },
+        paths,
+    )
+    .unwrap_err();
+    assert!(matches!(err, vyre_ingest::IngestError::Uring(_)), "{err}");
+    assert!(err.to_string().contains("EngineChoice::Auto"), "{err}");
+}

@@ -6,7 +6,7 @@ use crate::io::{self, Io, PlainIo, ReadOp, UringIo};
 use crate::pool::Pool;
 use crate::region::Region;
 use crate::{
-    Chunk, Direct, EngineChoice, EngineKind, Event, FileEnd, FileError, FileErrorKind,
+    Chunk, Counters, Direct, EngineChoice, EngineKind, Event, FileEnd, FileError, FileErrorKind,
     IngestConfig, IngestError,
 };
 use std::collections::{BTreeMap, VecDeque};
@@ -115,6 +115,7 @@ pub(crate) struct Engine {
     tx: SyncSender<Vec<Event>>,
     /// Events not yet handed over: sent as one batch per wake-up of the consumer.
     batch: Vec<Event>,
+    counters: Arc<Counters>,
     files: Vec<Option<OpenFile>>,
     /// Open files in scheduling order (indices into `files`).
     active: VecDeque<usize>,
@@ -135,6 +136,7 @@ impl Engine {
         region: Arc<Region>,
         pool: Arc<Pool>,
         tx: SyncSender<Vec<Event>>,
+        counters: Arc<Counters>,
     ) -> Engine {
         Engine {
             cfg,
@@ -143,6 +145,7 @@ impl Engine {
             pool,
             tx,
             batch: Vec::new(),
+            counters,
             files: Vec::new(),
             active: VecDeque::new(),
             ops: Vec::new(),
@@ -273,6 +276,15 @@ impl Engine {
         f.inflight += 1;
         let fd = f.file.as_raw_fd();
         let fixed = f.fixed;
+        let c = &self.counters;
+        Counters::bump(if f.direct {
+            &c.direct_reads
+        } else {
+            &c.buffered_reads
+        });
+        if fixed.is_some() {
+            Counters::bump(&c.fixed_file_reads);
+        }
         let op = Op {
             file: k,
             buf,
@@ -368,6 +380,7 @@ impl Engine {
             Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 // The filesystem refuses O_DIRECT: read it buffered.
                 direct = false;
+                Counters::bump(&self.counters.direct_refused);
                 match open(false) {
                     Ok(f) => f,
                     Err(e) => return self.open_failed(id, &path, e),
@@ -482,6 +495,7 @@ impl Engine {
                 match io::clear_direct(f.file.as_raw_fd()) {
                     Ok(()) => {
                         f.direct = false;
+                        Counters::bump(&self.counters.direct_refused);
                         tracing::debug!(path = %f.path.display(), "O_DIRECT read refused; reading buffered");
                         let len = (f.end.saturating_sub(op.offset)).min(op.len as u64) as u32;
                         if len > 0 {
@@ -517,6 +531,7 @@ impl Engine {
             if got < op.len as u64 && op.offset + got < f.end {
                 // Short read: the rest of this range is read again from where it stopped
                 // (buffered if O_DIRECT alignment no longer holds).
+                Counters::bump(&self.counters.short_reads);
                 let rest_off = op.offset + got;
                 let rest_len = (op.len as u64 - got).min(f.end - rest_off) as u32;
                 if f.direct && (rest_off % ALIGN != 0) {

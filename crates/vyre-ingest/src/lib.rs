@@ -66,6 +66,47 @@ pub enum EngineKind {
     },
 }
 
+/// Counters of one [`Ingest`] (what actually happened, for tests and benchmarks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Reads issued on O_DIRECT descriptors.
+    pub direct_reads: u64,
+    /// Reads issued buffered (tiny files, refused O_DIRECT, unaligned continuations,
+    /// `Direct::Off`).
+    pub buffered_reads: u64,
+    /// Reads issued on registered (fixed) files.
+    pub fixed_file_reads: u64,
+    /// Reads that came back short and were continued.
+    pub short_reads: u64,
+    /// Files that fell back from O_DIRECT to buffered reads (refused at open or read).
+    pub direct_refused: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) direct_reads: std::sync::atomic::AtomicU64,
+    pub(crate) buffered_reads: std::sync::atomic::AtomicU64,
+    pub(crate) fixed_file_reads: std::sync::atomic::AtomicU64,
+    pub(crate) short_reads: std::sync::atomic::AtomicU64,
+    pub(crate) direct_refused: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(c: &std::sync::atomic::AtomicU64) {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn snapshot(&self) -> IngestStats {
+        let g = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        IngestStats {
+            direct_reads: g(&self.direct_reads),
+            buffered_reads: g(&self.buffered_reads),
+            fixed_file_reads: g(&self.fixed_file_reads),
+            short_reads: g(&self.short_reads),
+            direct_refused: g(&self.direct_refused),
+        }
+    }
+}
+
 /// Test hooks: make chosen reads fail or come back short (counted from 1 over all read
 /// completions of one [`Ingest`]).
 #[derive(Clone, Debug, Default)]
@@ -286,6 +327,7 @@ pub struct Ingest {
     pool: Arc<Pool>,
     engine: EngineKind,
     block_size: usize,
+    counters: Arc<Counters>,
 }
 
 /// Whether `VYRE_INGEST_NO_URING` asks for the plain reader.
@@ -337,7 +379,15 @@ impl Ingest {
         // `buffers` of them exist; ends and errors come one per file).
         let cap = 4;
         let (tx, rx) = std::sync::mpsc::sync_channel(cap);
-        let eng = engine::Engine::new(config.clone(), io, region.clone(), pool.clone(), tx);
+        let counters = Arc::new(Counters::default());
+        let eng = engine::Engine::new(
+            config.clone(),
+            io,
+            region.clone(),
+            pool.clone(),
+            tx,
+            counters.clone(),
+        );
         let files = Box::new(files.into_iter());
         let thread = std::thread::Builder::new()
             .name("vyre-ingest".into())
@@ -351,6 +401,7 @@ impl Ingest {
             pool,
             engine,
             block_size: config.block_size,
+            counters,
         })
     }
 
@@ -393,6 +444,11 @@ impl Ingest {
     /// The reader in use.
     pub fn engine(&self) -> &EngineKind {
         &self.engine
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> IngestStats {
+        self.counters.snapshot()
     }
 
     /// Bytes per staging buffer.

@@ -89,6 +89,24 @@ fn run_odd(engine: EngineChoice, direct: Direct) {
     }
     let got = collect(&mut ing);
     check_all_equal(&paths, &got);
+    let st = ing.stats();
+    eprintln!("{engine:?} {direct:?}: {st:?}");
+    if direct == Direct::Auto {
+        // ext4/xfs/btrfs accept O_DIRECT; a filesystem that refuses it shows up here.
+        assert!(st.direct_reads > 0 || st.direct_refused > 0, "{st:?}");
+        assert!(
+            st.buffered_reads > 0,
+            "tiny files are read buffered: {st:?}"
+        );
+    } else {
+        assert_eq!(st.direct_reads, 0);
+    }
+    if engine == EngineChoice::Uring {
+        assert!(
+            st.fixed_file_reads > 0,
+            "files of several blocks are registered: {st:?}"
+        );
+    }
 }
 
 #[test]

@@ -210,3 +210,133 @@ proptest! {
         prop_assert_eq!(scan_windows(&c, &data, &cut), want);
     }
 }
+
+/// Deterministic pseudo-words (xorshift over syllables).
+fn words(n: usize) -> Vec<String> {
+    const SYL: &[&str] = &[
+        "an", "be", "con", "de", "er", "ing", "ly", "ter", "re", "st", "ab", "ou", "x",
+    ];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut out = std::collections::BTreeSet::new();
+    while out.len() < n {
+        let mut w = String::new();
+        for _ in 0..2 + (x % 4) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.push_str(SYL[(x % SYL.len() as u64) as usize]);
+        }
+        out.insert(w);
+    }
+    out.into_iter().collect()
+}
+
+#[test]
+fn two_thousand_rules_compile_and_agree_with_the_reference() {
+    let ws = words(2000);
+    let mut rules = RuleSet::new();
+    for (i, w) in ws.iter().enumerate() {
+        let pattern = if i % 50 == 0 {
+            Pattern::Regex(format!("(?-u:\\b){w}[0-9]+"))
+        } else {
+            Pattern::Literal(w.as_bytes().to_vec())
+        };
+        rules
+            .push(Rule {
+                name: format!("w{i}"),
+                pattern,
+                case_insensitive: i % 3 == 0,
+            })
+            .expect("valid");
+    }
+    let c = compile(&rules, &Limits::default()).expect("compiles");
+    assert!(
+        c.groups.len() >= 3,
+        "literal, folded literal and regex groups"
+    );
+    let mut text = Vec::new();
+    for (i, w) in ws.iter().enumerate().step_by(7) {
+        text.extend_from_slice(
+            if i % 2 == 0 {
+                w.to_uppercase()
+            } else {
+                w.clone()
+            }
+            .as_bytes(),
+        );
+        text.extend_from_slice(if i % 5 == 0 { b"12 " } else { b" " });
+    }
+    let want = reference_matches(&rules, &text).expect("reference");
+    assert!(want.len() > 500, "{} matches", want.len());
+    assert_eq!(scan_whole(&c, &text), want);
+    let cuts: Vec<usize> = (0..=text.len()).step_by(97).chain([text.len()]).collect();
+    assert_eq!(scan_windows(&c, &text, &cuts), want);
+}
+
+#[test]
+fn groups_over_the_table_limit_are_halved_and_still_agree() {
+    let mut rules = RuleSet::new();
+    for (i, w) in words(300).iter().enumerate() {
+        rules
+            .push(Rule {
+                name: format!("l{i}"),
+                pattern: Pattern::Literal(w.as_bytes().to_vec()),
+                case_insensitive: false,
+            })
+            .expect("valid");
+    }
+    for (i, re) in [
+        "a[bc]{1,6}d",
+        "(?-u:\\b)st[a-z]{2,5}",
+        "x+y",
+        "[0-9]{3}-[0-9]{4}",
+        "con[a-z ]{0,4}er",
+    ]
+    .iter()
+    .enumerate()
+    {
+        rules
+            .push(Rule {
+                name: format!("r{i}"),
+                pattern: Pattern::Regex(re.to_string()),
+                case_insensitive: false,
+            })
+            .expect("valid");
+    }
+    let whole = compile(&rules, &Limits::default()).expect("compiles");
+    let limits = Limits {
+        max_table_bytes: 48 << 10,
+        ..Limits::default()
+    };
+    let split = compile(&rules, &limits).expect("compiles in halves");
+    assert!(
+        split.groups.len() > whole.groups.len() + 2,
+        "{} groups",
+        split.groups.len()
+    );
+    let mut seen: Vec<u32> = split.groups.iter().flat_map(|g| g.rules.clone()).collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..rules.len() as u32).collect::<Vec<_>>(),
+        "every rule in one group"
+    );
+    for g in &split.groups {
+        assert!(g.table.len() * 4 <= 48 << 10);
+        assert_eq!(
+            g.max_len.is_none(),
+            g.rules.contains(&302),
+            "only x+y is unbounded"
+        );
+    }
+    let text: Vec<u8> = b"abcbd stable consider xxy 555-1234 beerstabout contender "
+        .iter()
+        .copied()
+        .cycle()
+        .take(3000)
+        .collect();
+    let want = reference_matches(&rules, &text).expect("reference");
+    assert!(want.len() > 200);
+    assert_eq!(scan_whole(&split, &text), want);
+    assert_eq!(scan_whole(&whole, &text), want);
+}

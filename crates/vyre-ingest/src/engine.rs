@@ -184,6 +184,10 @@ impl Engine {
         let mut done = Vec::new();
         loop {
             let mut need_buffer = false;
+            if self.counters.cancel.load(Ordering::Acquire) {
+                self.cancelled = true;
+                self.batch.clear();
+            }
             if !self.cancelled {
                 need_buffer = self.fill(&mut files);
             }

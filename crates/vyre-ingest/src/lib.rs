@@ -89,6 +89,9 @@ pub(crate) struct Counters {
     pub(crate) fixed_file_reads: std::sync::atomic::AtomicU64,
     pub(crate) short_reads: std::sync::atomic::AtomicU64,
     pub(crate) direct_refused: std::sync::atomic::AtomicU64,
+    /// Set when the `Ingest` is dropped: the reader stops even while it waits for a buffer
+    /// that a chunk outliving the `Ingest` holds.
+    pub(crate) cancel: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {
@@ -479,6 +482,9 @@ impl Drop for Ingest {
     fn drop(&mut self) {
         // Closing the channel cancels the reader; it stops submitting, waits for every read
         // in flight to complete (their buffers belong to the kernel until then) and exits.
+        self.counters
+            .cancel
+            .store(true, std::sync::atomic::Ordering::Release);
         drop(self.events.take());
         self.ready.clear();
         if let Some(t) = self.thread.take() {

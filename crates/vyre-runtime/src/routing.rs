@@ -95,9 +95,10 @@ pub enum RoutingError {
     },
 }
 
-fn verdict(p: &dyn BackendProvider, required: &[SlotOp]) -> Verdict {
+fn verdict(p: &dyn BackendProvider, required: &[SlotOp]) -> (Verdict, BackendKind) {
     let name = p.name().into();
-    match p.probe() {
+    let mut kind = p.kind();
+    let v = match p.probe() {
         Err(crate::BackendError::Unavailable { reason, hint, .. }) => Verdict {
             name,
             usable: false,
@@ -109,6 +110,7 @@ fn verdict(p: &dyn BackendProvider, required: &[SlotOp]) -> Verdict {
             why: e.to_string(),
         },
         Ok(caps) => {
+            kind = caps.kind;
             let missing: Vec<_> = required
                 .iter()
                 .filter(|op| !caps.ops.contains(op))
@@ -131,7 +133,8 @@ fn verdict(p: &dyn BackendProvider, required: &[SlotOp]) -> Verdict {
                 }
             }
         }
-    }
+    };
+    (v, kind)
 }
 
 /// Picks a backend for a workload that uses `required` opcodes.
@@ -150,12 +153,20 @@ pub fn route(
             });
         }
     }
-    let mut ordered: Vec<&dyn BackendProvider> = providers.to_vec();
-    ordered.sort_by_key(|p| p.kind()); // GPU before CPU; stable otherwise
-    let verdicts: Vec<(Verdict, BackendKind)> = ordered
+    // GPU before CPU, by what the probe found: a wgpu adapter that is a software
+    // rasterizer (lavapipe) reports itself as a CPU device, and is emulation, so it comes
+    // after the native cpu backend. Stable otherwise.
+    let mut ranked: Vec<(Verdict, BackendKind, bool)> = providers
         .iter()
-        .map(|p| (verdict(*p, required), p.kind()))
+        .map(|p| {
+            let (v, kind) = verdict(*p, required);
+            let emulated = p.kind() == BackendKind::Gpu && kind == BackendKind::Cpu;
+            (v, kind, emulated)
+        })
         .collect();
+    ranked.sort_by_key(|&(_, kind, emulated)| (kind, emulated));
+    let verdicts: Vec<(Verdict, BackendKind)> =
+        ranked.into_iter().map(|(v, kind, _)| (v, kind)).collect();
     let available = || {
         let names: Vec<_> = verdicts
             .iter()
@@ -237,6 +248,8 @@ mod tests {
         name: &'static str,
         kind: BackendKind,
         ops: Option<Vec<SlotOp>>,
+        /// What the probe reports, when it differs from `kind` (a software GPU).
+        probed: Option<BackendKind>,
     }
 
     impl BackendProvider for Fake {
@@ -255,7 +268,7 @@ mod tests {
                 }),
                 Some(ops) => Ok(Capabilities {
                     device: "fake".into(),
-                    kind: self.kind,
+                    kind: self.probed.unwrap_or(self.kind),
                     model: ExecutionModel::Persistent,
                     ops: ops.clone(),
                     default_workers: 1,
@@ -276,6 +289,7 @@ mod tests {
             name: "cpu",
             kind: BackendKind::Cpu,
             ops: Some(SlotOp::ALL.to_vec()),
+            probed: None,
         }
     }
 
@@ -285,6 +299,7 @@ mod tests {
             name: "cuda",
             kind: BackendKind::Gpu,
             ops: Some(SlotOp::ALL.to_vec()),
+            probed: None,
         };
         let (c, g) = (cpu(), gpu);
         let d = route(&BackendChoice::Auto, &[&c, &g], &[SlotOp::Hash64]).unwrap();
@@ -299,11 +314,28 @@ mod tests {
     }
 
     #[test]
+    fn auto_prefers_the_cpu_backend_to_a_software_gpu() {
+        // lavapipe: a wgpu adapter that is a CPU device; the native cpu backend is faster.
+        let lavapipe = Fake {
+            name: "wgpu",
+            kind: BackendKind::Gpu,
+            ops: Some(SlotOp::ALL.to_vec()),
+            probed: Some(BackendKind::Cpu),
+        };
+        let (c, g) = (cpu(), lavapipe);
+        let d = route(&BackendChoice::Auto, &[&g, &c], &[SlotOp::DfaScan]).unwrap();
+        assert_eq!(d.backend, "cpu");
+        let d = route(&BackendChoice::Named("wgpu".into()), &[&c, &g], &[]).unwrap();
+        assert_eq!(d.backend, "wgpu");
+    }
+
+    #[test]
     fn auto_falls_back_to_cpu_when_the_gpu_lacks_an_op_and_says_why() {
         let gpu = Fake {
             name: "wgpu",
             kind: BackendKind::Gpu,
             ops: Some(vec![SlotOp::Nop]),
+            probed: None,
         };
         let (c, g) = (cpu(), gpu);
         let d = route(
@@ -327,6 +359,7 @@ mod tests {
             name: "cuda",
             kind: BackendKind::Gpu,
             ops: None,
+            probed: None,
         };
         let (c, g) = (cpu(), gpu);
         let e = route(&BackendChoice::Named("cuda".into()), &[&c, &g], &[]).unwrap_err();
@@ -356,6 +389,7 @@ mod tests {
             name: "cpu",
             kind: BackendKind::Cpu,
             ops: Some(vec![SlotOp::Nop]),
+            probed: None,
         };
         let e = route(&BackendChoice::Auto, &[&c], &[SlotOp::Exec]).unwrap_err();
         assert!(

@@ -35,6 +35,8 @@ use vyre_runtime::BackendError;
 pub const MAX_EPOCH_SLOTS: u32 = 65_536;
 /// Words of the state block read back after every epoch.
 const STATE_HEAD_WORDS: u64 = st::DEBUG_RECORDS as u64;
+/// How often the driver beats while it waits for a long epoch.
+const BEAT_EVERY: Duration = Duration::from_millis(250);
 /// How long an idle driver spins (checking the tail) before it sleeps on the doorbell.
 const SPIN_FOR: Duration = Duration::from_micros(50);
 
@@ -308,12 +310,23 @@ impl Driver {
     /// Waits for an epoch and completes its slots in the host ring.
     fn finish(&mut self, epoch: InFlight) -> Result<(), BackendError> {
         let gpu = &self.shared.gpu;
-        gpu.device
-            .poll(wgpu::PollType::Wait {
+        // Every loop of the megakernel is bounded (by a range length or the step budget), so a
+        // dispatch still running is making progress: beat while it runs, so that a long epoch
+        // is not mistaken for a hung device. A lost device ends the wait with an error.
+        loop {
+            match gpu.device.poll(wgpu::PollType::Wait {
                 submission_index: Some(epoch.index.clone()),
-                timeout: None,
-            })
-            .map_err(|e| BackendError::Launch(format!("wgpu device poll failed: {e}")))?;
+                timeout: Some(BEAT_EVERY),
+            }) {
+                Ok(_) => break,
+                Err(wgpu::PollError::Timeout) => {
+                    self.ring.control()[control::HEARTBEAT].fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    return Err(BackendError::Launch(format!("wgpu device poll failed: {e}")))
+                }
+            }
+        }
         epoch
             .rx
             .recv()

@@ -93,7 +93,7 @@ fn capabilities(gpu: &Gpu, page_bytes: u64) -> Capabilities {
             page_bytes >> 20,
             gpu.pipeline_how
         ),
-        kind: BackendKind::Gpu,
+        kind: if gpu.is_cpu() { BackendKind::Cpu } else { BackendKind::Gpu },
         model: ExecutionModel::Epoch,
         ops: SlotOp::ALL.to_vec(),
         default_workers,

@@ -32,8 +32,10 @@
 //! alignment (`misaligned`), the data range, the hit header and the K hit pairs
 //! (`out_of_bounds`), the table header and class map (`bad_program`, detail = the table
 //! word at fault), the `start` argument (`malformed_slot`, detail 5). While scanning, a
-//! transition or start entry outside `0..S×C` or a match list entry outside the list faults
-//! `bad_program` with the word's index; hits written before that stay written.
+//! transition or start entry above `S×C − C` (a row must leave room for its C columns, so
+//! that `row + class` stays inside the transitions) or a match list entry outside the list
+//! faults `bad_program` with the word's index; hits written before that stay written. An
+//! explicit `start` above `S×C − C` is `malformed_slot` (detail 5).
 
 use crate::fault::{Fault, FaultCode};
 use crate::interp::Memory;
@@ -206,7 +208,8 @@ fn scan_table<M: Memory, T: TableWords>(
             classes[4 * w + k] = c;
         }
     }
-    let rows_end = h.rows_end();
+    // The largest row offset whose C columns all lie inside the transitions.
+    let last_row = h.rows_end() - u64::from(h.stride);
     let mut state = if start & START_LOOKBEHIND != 0 {
         let code = start & !START_LOOKBEHIND;
         if code > START_TEXT as u32 {
@@ -214,12 +217,12 @@ fn scan_table<M: Memory, T: TableWords>(
         }
         let at = (START_WORD as u64) + u64::from(code);
         let s = word(at);
-        if u64::from(s) >= rows_end {
+        if u64::from(s) > last_row {
             return Err(bad(at));
         }
         s
     } else {
-        if u64::from(start) >= rows_end {
+        if u64::from(start) > last_row {
             return Err(Fault::new(FaultCode::MalformedSlot, 5));
         }
         start
@@ -262,7 +265,7 @@ fn scan_table<M: Memory, T: TableWords>(
         for (i, &b) in buf[..n].iter().enumerate() {
             let at = TRANS_WORD as u64 + u64::from(state) + u64::from(classes[usize::from(b)]);
             let next = word(at);
-            if u64::from(next & !MATCH_BIT) >= rows_end {
+            if u64::from(next & !MATCH_BIT) > last_row {
                 return Err(bad(at));
             }
             if next & MATCH_BIT != 0 {
@@ -275,7 +278,7 @@ fn scan_table<M: Memory, T: TableWords>(
     if report & REPORT_EOI != 0 {
         let at = TRANS_WORD as u64 + u64::from(state) + u64::from(h.stride - 1);
         let next = word(at);
-        if u64::from(next & !MATCH_BIT) >= rows_end {
+        if u64::from(next & !MATCH_BIT) > last_row {
             return Err(bad(at));
         }
         if next & MATCH_BIT != 0 {

@@ -561,6 +561,8 @@ fn op_dfa_scan() -> bool {
     // From here the whole table lies inside a buffer of at most 2^32 bytes: every word
     // index fits in u32.
     let rows_end = rows64.x;
+    // The largest row offset whose C columns all lie inside the transitions.
+    let last_row = rows_end - stride;
     let mi = DFA_TRANS_WORD + rows_end;
     let ml = mi + states;
     for (var w = 0u; w < 64u; w++) {
@@ -577,10 +579,10 @@ fn op_dfa_scan() -> bool {
         if (code > DFA_START_TEXT) { return fail(VYRE_F_MALFORMED_SLOT, 5u); }
         let at = DFA_START_WORD + code;
         let s = hload(tb + at);
-        if (s >= rows_end) { return fail(VYRE_F_BAD_PROGRAM, at); }
+        if (s > last_row) { return fail(VYRE_F_BAD_PROGRAM, at); }
         state = s;
     } else {
-        if (start >= rows_end) { return fail(VYRE_F_MALFORMED_SLOT, 5u); }
+        if (start > last_row) { return fail(VYRE_F_MALFORMED_SLOT, 5u); }
         state = start;
     }
     let report_from = report & ~DFA_REPORT_EOI;
@@ -590,7 +592,7 @@ fn op_dfa_scan() -> bool {
     for (var i = 0u; i < len; i++) {
         let at = DFA_TRANS_WORD + state + dfa_classes[load_byte(db, off + i)];
         let next = hload(tb + at);
-        if ((next & ~DFA_MATCH_BIT) >= rows_end) { return fail(VYRE_F_BAD_PROGRAM, at); }
+        if ((next & ~DFA_MATCH_BIT) > last_row) { return fail(VYRE_F_BAD_PROGRAM, at); }
         if ((next & DFA_MATCH_BIT) != 0u) {
             if (!dfa_emit(tb, hbuf.base, hits_off, capacity, stride, mi, ml, mwords, report_from, next, i)) {
                 return false;
@@ -601,7 +603,7 @@ fn op_dfa_scan() -> bool {
     if ((report & DFA_REPORT_EOI) != 0u) {
         let at = DFA_TRANS_WORD + state + stride - 1u;
         let next = hload(tb + at);
-        if ((next & ~DFA_MATCH_BIT) >= rows_end) { return fail(VYRE_F_BAD_PROGRAM, at); }
+        if ((next & ~DFA_MATCH_BIT) > last_row) { return fail(VYRE_F_BAD_PROGRAM, at); }
         if ((next & DFA_MATCH_BIT) != 0u) {
             if (!dfa_emit(tb, hbuf.base, hits_off, capacity, stride, mi, ml, mwords, report_from, next, len)) {
                 return false;

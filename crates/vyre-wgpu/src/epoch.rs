@@ -323,7 +323,9 @@ impl Driver {
                     self.ring.control()[control::HEARTBEAT].fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    return Err(BackendError::Launch(format!("wgpu device poll failed: {e}")))
+                    return Err(BackendError::Launch(format!(
+                        "wgpu device poll failed: {e}"
+                    )))
                 }
             }
         }

@@ -134,7 +134,8 @@ fn open() -> Result<Gpu, BackendError> {
     // page and word with a shift and a mask.
     let page_bytes = 1u64 << (63 - page_limit.leading_zeros());
     let layout = bind_group_layout(&device);
-    let (pipeline, mut pipeline_how) = build_pipeline(&device, &layout, &info, cacheable);
+    let cache = cacheable.then(PipelineCache::open_default);
+    let (pipeline, mut pipeline_how) = build_pipeline(&device, &layout, &info, cache.as_ref());
     let warm = warm_up(&device, &queue, &layout, &pipeline)?;
     pipeline_how += &format!("; first dispatch {:.0} ms", warm.as_secs_f64() * 1e3);
     let gpu = Gpu {
@@ -170,11 +171,51 @@ fn bind_group_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
     })
 }
 
+/// The pipeline cache key of the megakernel on an adapter: `None` where the adapter has no
+/// pipeline cache (wgpu supports it on Vulkan).
+fn cache_key(src: &str, info: &wgpu::AdapterInfo) -> Option<(CacheKey, String)> {
+    let device_key = wgpu::util::pipeline_cache_key(info)?;
+    let key = CacheKey::builder()
+        .part("backend", "wgpu")
+        .part("wgpu", "30")
+        .part("source", src)
+        .part("device", &device_key)
+        .part("driver", format!("{} {}", info.driver, info.driver_info))
+        .finish();
+    Some((key, device_key))
+}
+
+impl Gpu {
+    /// Whether the device persists driver pipeline-cache data through vyre's pipeline cache.
+    pub fn has_pipeline_cache(&self) -> bool {
+        self.device
+            .features()
+            .contains(wgpu::Features::PIPELINE_CACHE)
+    }
+
+    /// The megakernel's key in vyre's pipeline cache (`None` without driver support).
+    pub fn pipeline_cache_key(&self) -> Option<CacheKey> {
+        if !self.has_pipeline_cache() {
+            return None;
+        }
+        cache_key(&shader::megakernel_source(), &self.info).map(|(k, _)| k)
+    }
+
+    /// Builds the megakernel pipeline again through `cache` and says how it was obtained
+    /// (for tests and `vyre info`); `None` without driver pipeline-cache support.
+    pub fn build_pipeline_through(&self, cache: &PipelineCache) -> Option<String> {
+        if !self.has_pipeline_cache() {
+            return None;
+        }
+        Some(build_pipeline(&self.device, &self.layout, &self.info, Some(cache)).1)
+    }
+}
+
 fn build_pipeline(
     device: &wgpu::Device,
     layout: &wgpu::BindGroupLayout,
     info: &wgpu::AdapterInfo,
-    cacheable: bool,
+    cache: Option<&PipelineCache>,
 ) -> (wgpu::ComputePipeline, String) {
     let started = Instant::now();
     let src = shader::megakernel_source();
@@ -197,8 +238,8 @@ fn build_pipeline(
             cache,
         })
     };
-    let device_key = wgpu::util::pipeline_cache_key(info).filter(|_| cacheable);
-    let Some(device_key) = device_key else {
+    let keyed = cache.and_then(|c| cache_key(&src, info).map(|k| (c, k)));
+    let Some((cache, (key, device_key))) = keyed else {
         return (
             make(None),
             format!(
@@ -207,15 +248,7 @@ fn build_pipeline(
             ),
         );
     };
-    let key = CacheKey::builder()
-        .part("backend", "wgpu")
-        .part("wgpu", "30")
-        .part("source", &src)
-        .part("device", &device_key)
-        .part("driver", format!("{} {}", info.driver, info.driver_info))
-        .finish();
     let meta = BlobMeta::new("wgpu", device_key.as_str());
-    let cache = PipelineCache::open_default();
     let mut built = None;
     let cached = cache.get_or_build(&key, &meta, || {
         // SAFETY: no data is passed, so there is nothing to trust.

@@ -555,3 +555,42 @@ fn a_shutdown_slot_stops_the_epoch_driver() {
     assert_eq!(backend.health().workers_running, 0);
     assert!(mk.shutdown().unwrap().lost.is_empty());
 }
+
+#[test]
+fn watchdog_hang_then_restart_onto_a_fresh_wgpu_backend() {
+    let Some(_) = common::require_gpu("watchdog_hang_then_restart_onto_a_fresh_wgpu_backend")
+    else {
+        return;
+    };
+    let config = Config {
+        watchdog: Some(std::time::Duration::from_millis(300)),
+        ..Config::default()
+    };
+    let mk =
+        Megakernel::launch(Arc::new(WgpuMegakernelDispatcher::new().unwrap()), config).unwrap();
+    let buf = mk.create_buffer(4).unwrap();
+    let add = Slot::new(SlotOp::AtomicAdd, &[buf, 0, 1]);
+    assert_eq!(mk.run_batch(&[add; 10]).unwrap().len(), 10);
+    mk.inject_hang();
+    let tickets = mk.publish_batch(&[add; 100]).unwrap();
+    let err = mk.wait_range(tickets.clone()).unwrap_err();
+    let vyre_runtime::ErrorKind::Hung(report) = err.kind() else {
+        panic!("expected a hang, got {err}")
+    };
+    assert_eq!(
+        report.claimed.len() + report.unclaimed.len(),
+        100,
+        "{report:?}"
+    );
+    let restart = mk
+        .restart(Arc::new(WgpuMegakernelDispatcher::new().unwrap()))
+        .unwrap();
+    assert_eq!(restart.requeued.len(), 100);
+    let done = mk.wait_range(tickets).unwrap();
+    assert!(done
+        .iter()
+        .all(|c| matches!(c.outcome, vyre_runtime::Outcome::Done(_))));
+    // The buffer was copied across; every slot ran exactly once.
+    assert_eq!(mk.read_buffer(buf, 0, 4).unwrap(), 110u32.to_le_bytes());
+    assert!(mk.shutdown().unwrap().lost.is_empty());
+}

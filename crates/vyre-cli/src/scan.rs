@@ -47,12 +47,15 @@ pub struct Args {
     /// Exit 0/1 by matches even if some files could not be read (they are still reported).
     #[arg(long)]
     pub no_fail_on_file_errors: bool,
-    /// Bytes per scan window.
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
-    pub window: usize,
-    /// Windows in flight.
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    pub in_flight: usize,
+    /// Bytes of file data per DFA_SCAN slot (default: 1 MiB on cpu, 16 KiB on a GPU).
+    #[arg(long, value_name = "BYTES")]
+    pub window: Option<usize>,
+    /// Bytes per backend transfer (default: 8 MiB on cpu, 16 MiB on a GPU).
+    #[arg(long, value_name = "BYTES")]
+    pub batch: Option<usize>,
+    /// Batches in flight.
+    #[arg(long, value_name = "N")]
+    pub in_flight: Option<usize>,
     /// Worker threads for the cpu backend (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -91,15 +94,17 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         config.workers = Some(w);
     }
     let mk = Megakernel::launch(backend, config)?;
+    let defaults = ScanOptions::for_backend(backend_name);
     let opts = ScanOptions {
-        window: a.window,
-        in_flight: a.in_flight,
+        window: a.window.unwrap_or(defaults.window),
+        batch: a.batch.unwrap_or(defaults.batch),
+        in_flight: a.in_flight.unwrap_or(defaults.in_flight),
         walk: WalkOptions {
             hidden: a.hidden,
             no_ignore: a.no_ignore,
             follow: a.follow,
         },
-        ..ScanOptions::default()
+        ..defaults
     };
     let mut out = Printer::new(&a, &compiled.names);
     let result = pipeline::scan(&mk, &compiled, &a.paths, &opts, &mut out);

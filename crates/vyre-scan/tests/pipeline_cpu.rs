@@ -162,9 +162,20 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
         std::fs::write(&p, &data).unwrap();
         files.push((p, data));
     }
-    for (window, in_flight, hit_capacity) in [(7, 2, 1), (64, 3, 2), (61, 1, 4096), (4096, 4, 3)] {
+    // (window, segment, batch, in_flight, hit capacity): tiny windows and segments put many
+    // matches across boundaries; tiny regions force rescans; small batches force a flush
+    // between a file's segments (unbounded rules continue from the previous one's state).
+    for (window, segment, batch, in_flight, hit_capacity) in [
+        (7, 13, 40, 2, 1),
+        (64, 64, 200, 3, 2),
+        (61, 1000, 5000, 1, 4096),
+        (4096, 4096, 1 << 16, 4, 3),
+        (1 << 20, 1 << 20, 2 << 20, 2, 64),
+    ] {
         let opts = ScanOptions {
             window,
+            segment,
+            batch,
             in_flight,
             hit_capacity,
             walk: WalkOptions::default(),
@@ -186,7 +197,7 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
 
 #[test]
 fn a_file_larger_than_everything_in_flight_streams() {
-    // 3 windows in flight of 4 KiB; the file is 1 MiB: 256 windows pass through.
+    // 3 batches in flight of 24 KiB; the file is 1 MiB.
     let rules = RuleSet::parse_toml(RULES, "test").unwrap();
     let dir = temp_dir("large");
     let mut rng = Rng(7);
@@ -197,6 +208,8 @@ fn a_file_larger_than_everything_in_flight_streams() {
     std::fs::write(&p, &data).unwrap();
     let opts = ScanOptions {
         window: 4096,
+        segment: 8192,
+        batch: 3 * 8192,
         in_flight: 3,
         hit_capacity: 64,
         walk: WalkOptions::default(),
@@ -274,6 +287,8 @@ fn thousands_of_literal_rules_agree_with_the_reference() {
     std::fs::write(&p, &data).unwrap();
     let opts = ScanOptions {
         window: 1000,
+        segment: 3000,
+        batch: 10_000,
         in_flight: 4,
         hit_capacity: 256,
         walk: WalkOptions::default(),

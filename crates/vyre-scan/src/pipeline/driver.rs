@@ -1,0 +1,565 @@
+//! The driver: packs segments into batches, publishes their DFA_SCAN slots, completes
+//! batches in FIFO order and hands hits to the sink. See the module docs of `pipeline`.
+
+use super::{Chunk, FileError, FileMeta, Item, ScanError, ScanOptions, Sink, Summary};
+use crate::compile::Compiled;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+use vyre_isa::dfa::{HIT_HEADER_BYTES, REPORT_EOI, START_LOOKBEHIND, START_TEXT};
+use vyre_isa::{Slot, SlotOp};
+use vyre_runtime::{Megakernel, Outcome, Ticket};
+
+/// Extra windows a batch may hold beyond `batch / window`: each small file adds one.
+const SMALL_FILE_WINDOWS: usize = 1024;
+
+/// One pooled pair of backend buffers.
+#[derive(Debug, Clone, Copy)]
+struct Buffers {
+    data: u32,
+    hits: u32,
+}
+
+/// A segment of a file placed in a batch.
+#[derive(Debug)]
+struct Segment {
+    file: Arc<FileMeta>,
+    /// File offset of the segment's own bytes.
+    at: u64,
+    prefix: usize,
+    /// Own bytes.
+    len: usize,
+    last: bool,
+    /// Batch offset of the segment's first (prefix) byte.
+    base: usize,
+    hits: Vec<(u64, u32)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// An unbounded group's slot waiting for the state the previous segment ended in.
+    Waiting,
+    /// Complete, to be published when the batch is.
+    Ready,
+    Published(Ticket),
+}
+
+#[derive(Debug)]
+struct Planned {
+    slot: Slot,
+    group: usize,
+    segment: usize,
+    state: State,
+}
+
+#[derive(Debug)]
+struct Batch {
+    bufs: Buffers,
+    staging: Vec<u8>,
+    segments: Vec<Segment>,
+    slots: Vec<Planned>,
+    flushed: bool,
+}
+
+/// Where an unbounded group's next segment starts, per file in flight.
+#[derive(Debug)]
+enum Carry {
+    /// The previous segment is in flight.
+    Pending,
+    /// The previous segment ended in these rows (indexed like `Driver::unbounded`).
+    Known(Vec<u32>),
+}
+
+pub(crate) struct Driver<'a> {
+    mk: &'a Megakernel,
+    rules: &'a Compiled,
+    opts: ScanOptions,
+    tables: Vec<u32>,
+    unbounded: Vec<usize>,
+    bounded: Vec<usize>,
+    free: Vec<(Buffers, Vec<u8>)>,
+    fifo: VecDeque<Batch>,
+    current: Option<Batch>,
+    carry: HashMap<u64, Carry>,
+    /// Files whose scan faulted: the rest of them reports nothing.
+    failed: HashSet<u64>,
+    region: u64,
+    max_slots: usize,
+    overflow: Option<(u32, u32)>,
+    summary: Summary,
+}
+
+impl<'a> Driver<'a> {
+    pub(crate) fn new(
+        mk: &'a Megakernel,
+        rules: &'a Compiled,
+        opts: &ScanOptions,
+    ) -> Result<Driver<'a>, ScanError> {
+        let mut tables = Vec::with_capacity(rules.groups.len());
+        for g in &rules.groups {
+            let bytes: Vec<u8> = g.table.iter().flat_map(|w| w.to_le_bytes()).collect();
+            tables.push(mk.create_buffer_with(bytes.len() as u64, &bytes)?);
+        }
+        let groups = rules.groups.len().max(1);
+        let max_slots = groups * (opts.batch.div_ceil(opts.window) + SMALL_FILE_WINDOWS);
+        let region = HIT_HEADER_BYTES + 8 * u64::from(opts.hit_capacity);
+        // Every region starts with its capacity; the kernel never writes the header.
+        let mut header = vec![0u8; max_slots * region as usize];
+        for r in header.chunks_exact_mut(region as usize) {
+            r[..4].copy_from_slice(&opts.hit_capacity.to_le_bytes());
+        }
+        let mut free = Vec::with_capacity(opts.in_flight);
+        for _ in 0..opts.in_flight {
+            let data = mk.create_buffer(opts.batch.next_multiple_of(4) as u64)?;
+            let hits = mk.create_buffer_with(header.len() as u64, &header)?;
+            free.push((Buffers { data, hits }, Vec::with_capacity(opts.batch)));
+        }
+        let (unbounded, bounded) =
+            (0..rules.groups.len()).partition(|&g| rules.groups[g].max_len.is_none());
+        Ok(Driver {
+            mk,
+            rules,
+            opts: opts.clone(),
+            tables,
+            unbounded,
+            bounded,
+            free,
+            fifo: VecDeque::new(),
+            current: None,
+            carry: HashMap::new(),
+            failed: HashSet::new(),
+            region,
+            max_slots,
+            overflow: None,
+            summary: Summary::default(),
+        })
+    }
+
+    pub(crate) fn run(
+        &mut self,
+        items: Receiver<Item>,
+        sink: &mut dyn Sink,
+    ) -> Result<Summary, ScanError> {
+        loop {
+            while let Some(b) = self.fifo.front() {
+                if !self.free.is_empty() && !self.finished(b) {
+                    break;
+                }
+                self.complete_front(sink)?;
+            }
+            let idle = self.fifo.is_empty() && self.current.is_none();
+            let item = if idle {
+                match items.recv() {
+                    Ok(i) => i,
+                    Err(_) => break,
+                }
+            } else {
+                match items.recv_timeout(Duration::from_micros(100)) {
+                    Ok(i) => i,
+                    Err(RecvTimeoutError::Timeout) => {
+                        // The reader is slower than the device: send what we have.
+                        if self.current.is_some() {
+                            self.flush()?;
+                        } else {
+                            self.complete_front(sink)?;
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            match item {
+                Item::Chunk(c) => self.add(c, sink)?,
+                Item::Error(file, message) => {
+                    // The file's earlier segments come first, so its matches precede its
+                    // error.
+                    if self.current_has(file.seq) {
+                        self.flush()?;
+                    }
+                    while self
+                        .fifo
+                        .iter()
+                        .any(|b| b.segments.iter().any(|s| s.file.seq == file.seq))
+                    {
+                        self.complete_front(sink)?;
+                    }
+                    self.carry.remove(&file.seq);
+                    self.summary.file_errors += 1;
+                    sink.file_error(&FileError {
+                        path: file.path.clone(),
+                        message,
+                    });
+                }
+            }
+        }
+        if self.current.is_some() {
+            self.flush()?;
+        }
+        while !self.fifo.is_empty() {
+            self.complete_front(sink)?;
+        }
+        Ok(self.summary.clone())
+    }
+
+    fn current_has(&self, seq: u64) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|b| b.segments.iter().any(|s| s.file.seq == seq))
+    }
+
+    fn finished(&self, b: &Batch) -> bool {
+        b.slots.iter().all(|p| match p.state {
+            State::Published(t) => self.mk.is_finished(t),
+            _ => false,
+        })
+    }
+
+    /// Windows of a segment's own bytes (at least one, for the end-of-input transition).
+    fn windows(&self, len: usize) -> usize {
+        len.div_ceil(self.opts.window).max(1)
+    }
+
+    /// Adds a segment to the current batch, flushing first when it does not fit.
+    fn add(&mut self, c: Chunk, sink: &mut dyn Sink) -> Result<(), ScanError> {
+        let seq = c.file.seq;
+        let need_slots =
+            self.bounded.len() * self.windows(c.data.len() - c.prefix) + self.unbounded.len();
+        let fits = self.current.as_ref().is_some_and(|b| {
+            b.staging.len() + c.data.len() <= self.opts.batch
+                && b.slots.len() + need_slots <= self.max_slots
+        });
+        // A segment whose unbounded groups continue from a segment in this same batch must
+        // go into a later batch: it can start only after that one has completed.
+        let chained = !self.unbounded.is_empty() && c.at > 0 && self.current_has(seq);
+        if self.current.is_some() && (!fits || chained) {
+            self.flush()?;
+        }
+        if self.current.is_none() {
+            if self.free.is_empty() {
+                self.complete_front(sink)?;
+            }
+            let (bufs, mut staging) = self.free.pop().expect("a free batch after completing");
+            staging.clear();
+            self.current = Some(Batch {
+                bufs,
+                staging,
+                segments: Vec::new(),
+                slots: Vec::new(),
+                flushed: false,
+            });
+        }
+        let rows = if c.at == 0 {
+            Some(vec![
+                START_LOOKBEHIND | START_TEXT as u32;
+                self.unbounded.len()
+            ])
+        } else {
+            match self.carry.get(&seq) {
+                Some(Carry::Known(rows)) => Some(rows.clone()),
+                _ => None,
+            }
+        };
+        if !self.unbounded.is_empty() {
+            if c.last {
+                self.carry.remove(&seq);
+            } else {
+                self.carry.insert(seq, Carry::Pending);
+            }
+        }
+        let b = self.current.as_mut().expect("a current batch");
+        let base = b.staging.len();
+        let n = c.data.len() - c.prefix;
+        let segment = b.segments.len();
+        b.staging.extend_from_slice(&c.data);
+        let region = |slots: &Vec<Planned>| (slots.len() as u64 * self.region) as u32;
+        // Bounded groups: one slot per window.
+        let windows = n.div_ceil(self.opts.window).max(1);
+        for w in 0..windows {
+            let own = c.prefix + w * self.opts.window;
+            let end = (own + self.opts.window).min(c.data.len());
+            let eoi = if c.last && w + 1 == windows {
+                REPORT_EOI
+            } else {
+                0
+            };
+            for &g in &self.bounded {
+                let l = self.rules.groups[g].max_len.unwrap_or(0) as usize;
+                let t = l.min(own);
+                let from = own - t;
+                let code = if c.at - c.prefix as u64 + from as u64 == 0 {
+                    START_TEXT as u32
+                } else if from > 0 {
+                    u32::from(c.data[from - 1])
+                } else {
+                    u32::from(c.before.expect("a byte before a prefix that is not at 0"))
+                };
+                let slot = dfa_slot(
+                    self.tables[g],
+                    b.bufs,
+                    (base + from) as u32,
+                    (end - from) as u32,
+                    t as u32 | eoi,
+                    START_LOOKBEHIND | code,
+                    region(&b.slots),
+                );
+                b.slots.push(Planned {
+                    slot,
+                    group: g,
+                    segment,
+                    state: State::Ready,
+                });
+            }
+        }
+        // Unbounded groups: one slot per segment, from the carried state.
+        for (k, &g) in self.unbounded.iter().enumerate() {
+            let eoi = if c.last { REPORT_EOI } else { 0 };
+            let start = rows.as_ref().map_or(0, |r| r[k]);
+            let slot = dfa_slot(
+                self.tables[g],
+                b.bufs,
+                (base + c.prefix) as u32,
+                n as u32,
+                eoi,
+                start,
+                region(&b.slots),
+            );
+            let state = if rows.is_some() {
+                State::Ready
+            } else {
+                State::Waiting
+            };
+            b.slots.push(Planned {
+                slot,
+                group: g,
+                segment,
+                state,
+            });
+        }
+        b.segments.push(Segment {
+            file: c.file,
+            at: c.at,
+            prefix: c.prefix,
+            len: n,
+            last: c.last,
+            base,
+            hits: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Copies the current batch in and publishes its ready slots.
+    fn flush(&mut self) -> Result<(), ScanError> {
+        let Some(mut b) = self.current.take() else {
+            return Ok(());
+        };
+        self.mk.write_buffer(b.bufs.data, 0, &b.staging)?;
+        b.flushed = true;
+        publish_ready(self.mk, &mut b.slots)?;
+        self.fifo.push_back(b);
+        Ok(())
+    }
+
+    /// Waits for the oldest batch, reports its hits and frees its buffers.
+    fn complete_front(&mut self, sink: &mut dyn Sink) -> Result<(), ScanError> {
+        if self.fifo.is_empty() {
+            return self.flush();
+        }
+        let mut b = self.fifo.pop_front().expect("a batch");
+        let mut results = Vec::with_capacity(b.slots.len());
+        for p in &b.slots {
+            let State::Published(t) = p.state else {
+                unreachable!("a batch completes after its predecessors published everything")
+            };
+            results.push(self.mk.wait(t)?.outcome);
+        }
+        // One read covers every region that holds hits.
+        let last = results
+            .iter()
+            .rposition(|o| matches!(o, Outcome::Done(r) if r[2] > 0 && r[0] == r[2]));
+        let hit_bytes = match last {
+            Some(i) => self
+                .mk
+                .read_buffer(b.bufs.hits, 0, (i as u64 + 1) * self.region)?,
+            None => Vec::new(),
+        };
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); b.segments.len()];
+        let mut faults: Vec<Option<String>> = vec![None; b.segments.len()];
+        for (i, (p, outcome)) in b.slots.iter().zip(&results).enumerate() {
+            let seg = &mut b.segments[p.segment];
+            let r = match *outcome {
+                Outcome::Done(r) => r,
+                Outcome::Fault(f) => {
+                    faults[p.segment] = Some(format!(
+                        "DFA_SCAN of rule group {} faulted with {} (detail {}); this is a bug \
+                         in vyre, please report it with the rule file",
+                        p.group,
+                        f.code.name(),
+                        f.detail
+                    ));
+                    continue;
+                }
+            };
+            if self.rules.groups[p.group].max_len.is_none() {
+                rows[p.segment].push(r[1]);
+            }
+            let origin = seg.at - seg.prefix as u64 + (p.slot.args[2] as usize - seg.base) as u64;
+            let group = &self.rules.groups[p.group];
+            if r[0] > r[2] {
+                let bytes = rescan(self.mk, &mut self.overflow, p.slot, r[0])?;
+                push_hits(&bytes, &group.rules, origin, &mut seg.hits);
+            } else if r[2] > 0 {
+                let at = i * self.region as usize + HIT_HEADER_BYTES as usize;
+                let bytes = &hit_bytes[at..at + 8 * r[2] as usize];
+                push_hits(bytes, &group.rules, origin, &mut seg.hits);
+            }
+        }
+        for (k, seg) in b.segments.iter_mut().enumerate() {
+            let seq = seg.file.seq;
+            if let Some(message) = faults[k].take() {
+                if self.failed.insert(seq) {
+                    self.summary.file_errors += 1;
+                    sink.file_error(&FileError {
+                        path: seg.file.path.clone(),
+                        message,
+                    });
+                }
+            }
+            if !self.unbounded.is_empty() && !seg.last {
+                let known = (!self.failed.contains(&seq)).then(|| rows[k].clone());
+                self.continue_file(seq, known)?;
+            }
+            self.summary.bytes += seg.len as u64;
+            if !self.failed.contains(&seq) {
+                seg.hits.sort_unstable();
+                for &(end, rule) in &seg.hits {
+                    sink.matched(&seg.file.path, end, rule);
+                }
+                self.summary.matches += seg.hits.len() as u64;
+                if seg.last {
+                    self.summary.files += 1;
+                    sink.file_done(&seg.file.path, seg.at + seg.len as u64);
+                }
+            }
+            if seg.last {
+                self.failed.remove(&seq);
+            }
+        }
+        sink.progress(self.summary.bytes, self.summary.files);
+        self.free.push((b.bufs, std::mem::take(&mut b.staging)));
+        Ok(())
+    }
+
+    /// The segment of file `seq` just completed with unbounded-group states `rows` (`None`
+    /// after a fault): start its successor's waiting slots, or remember the states.
+    fn continue_file(&mut self, seq: u64, rows: Option<Vec<u32>>) -> Result<(), ScanError> {
+        let mk = self.mk;
+        let unbounded = &self.unbounded;
+        let waiting = |b: &Batch| {
+            b.segments
+                .iter()
+                .position(|s| s.file.seq == seq)
+                .filter(|&k| {
+                    b.slots
+                        .iter()
+                        .any(|p| p.segment == k && matches!(p.state, State::Waiting))
+                })
+        };
+        let batches = self.fifo.iter_mut().chain(self.current.as_mut());
+        for b in batches {
+            let Some(k) = waiting(b) else { continue };
+            for p in b.slots.iter_mut().filter(|p| p.segment == k) {
+                if let Some(pos) = unbounded.iter().position(|&g| g == p.group) {
+                    match &rows {
+                        Some(r) => p.slot.args[5] = r[pos],
+                        // The file already failed; keep the slot harmless.
+                        None => p.slot = Slot::new(SlotOp::Nop, &[]),
+                    }
+                    p.state = State::Ready;
+                }
+            }
+            if b.flushed {
+                publish_ready(mk, &mut b.slots)?;
+            }
+            return Ok(());
+        }
+        match rows {
+            Some(r) => self.carry.insert(seq, Carry::Known(r)),
+            None => self.carry.remove(&seq),
+        };
+        Ok(())
+    }
+}
+
+fn publish_ready(mk: &Megakernel, slots: &mut [Planned]) -> Result<(), ScanError> {
+    let ready: Vec<Slot> = slots
+        .iter()
+        .filter(|p| matches!(p.state, State::Ready))
+        .map(|p| p.slot)
+        .collect();
+    if ready.is_empty() {
+        return Ok(());
+    }
+    let mut tickets = mk.publish_batch(&ready)?;
+    for p in slots.iter_mut().filter(|p| matches!(p.state, State::Ready)) {
+        p.state = State::Published(tickets.next().expect("one ticket per slot"));
+    }
+    Ok(())
+}
+
+/// Runs a slot again with a hit region of exactly `found` hits; returns the hit pairs.
+fn rescan(
+    mk: &Megakernel,
+    overflow: &mut Option<(u32, u32)>,
+    slot: Slot,
+    found: u32,
+) -> Result<Vec<u8>, ScanError> {
+    let handle = match *overflow {
+        Some((h, cap)) if cap >= found => h,
+        _ => {
+            // Grows geometrically; the runtime has no way to free a buffer.
+            let cap = found.max(overflow.map_or(0, |o| o.1.saturating_mul(2)));
+            let h = mk.create_buffer(HIT_HEADER_BYTES + 8 * u64::from(cap))?;
+            *overflow = Some((h, cap));
+            h
+        }
+    };
+    mk.write_buffer(handle, 0, &found.to_le_bytes())?;
+    let mut again = slot;
+    again.args[6] = handle;
+    again.args[7] = 0;
+    match mk.wait(mk.publish(again)?)?.outcome {
+        Outcome::Done(r) if r[2] == found => {
+            Ok(mk.read_buffer(handle, HIT_HEADER_BYTES, 8 * u64::from(found))?)
+        }
+        other => Err(ScanError::Options(format!(
+            "a rescan with room for {found} hits did not store them all ({other:?})"
+        ))),
+    }
+}
+
+fn dfa_slot(
+    table: u32,
+    bufs: Buffers,
+    off: u32,
+    len: u32,
+    report: u32,
+    start: u32,
+    hits_off: u32,
+) -> Slot {
+    Slot::new(
+        SlotOp::DfaScan,
+        &[
+            table, bufs.data, off, len, report, start, bufs.hits, hits_off,
+        ],
+    )
+}
+
+/// Appends (file end, rule) for each (end, pattern) pair of `bytes`.
+fn push_hits(bytes: &[u8], rules: &[u32], origin: u64, out: &mut Vec<(u64, u32)>) {
+    for pair in bytes.chunks_exact(8) {
+        let end = u32::from_le_bytes(pair[..4].try_into().expect("4 bytes"));
+        let pattern = u32::from_le_bytes(pair[4..].try_into().expect("4 bytes"));
+        out.push((origin + u64::from(end), rules[pattern as usize]));
+    }
+}

@@ -11,7 +11,9 @@ fn megakernel_pipeline_cache_round_trip_and_corrupt_blob_rebuilt() {
         return;
     };
     let Some(key) = gpu.pipeline_cache_key() else {
-        println!(
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "skipped: adapter {} has no driver pipeline cache (Features::PIPELINE_CACHE)",
             gpu.describe()
         );

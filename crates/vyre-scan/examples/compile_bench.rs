@@ -93,6 +93,20 @@ const SECRETS: &[(&str, &str)] = &[
     ("gitlab-pat", r"glpat-[0-9a-zA-Z_-]{20}"),
 ];
 
+/// Secret-like strings planted in the text so the secret rules have matches to agree on.
+const PLANTED: &[&str] = &[
+    "AKIAABCDEFGHIJKLMNOP",
+    "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+    "-----BEGIN RSA PRIVATE KEY-----",
+    "api_key = 'abcdefghijklmnop1234'",
+    "eyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.SflKxwRJSMeKKF2QT4",
+    "glpat-abcdefghij0123456789",
+    "SK0123456789abcdef0123456789abcdef",
+    "npm_abcdefghijklmnopqrstuvwxyz0123456789",
+    "password = \"hunter22hunter\"",
+    "https://user:secretpw@example.com",
+];
+
 /// Scans `data` with every group; returns sorted (end, rule).
 fn scan_all(c: &Compiled, data: &[u8]) -> Vec<(usize, u32)> {
     let mut out = Vec::new();
@@ -117,6 +131,10 @@ fn text(len: usize, words: &[String], rng: &mut Rng) -> Vec<u8> {
     let mut t = Vec::with_capacity(len + 16);
     while t.len() < len {
         match rng.below(8) {
+            0 if rng.below(16) == 0 => {
+                t.extend_from_slice(PLANTED[rng.below(PLANTED.len())].as_bytes());
+                t.push(b' ');
+            }
             0 => t.extend_from_slice(b"\n"),
             1 => {
                 let w = &words[rng.below(words.len())];

@@ -1,11 +1,12 @@
 //! Compiling a [`RuleSet`] into `VDFA` tables (format: `vyre_isa::dfa`).
 //!
 //! Rules are split into *bounded* rules (longest match ≤ [`OVERLAP_CAP`] bytes) and
-//! *unbounded* ones. Each kind is cut into groups of at most [`Limits::max_group_rules`]
-//! rules; each group is one union DFA (regex-automata's dense DFA, `MatchKind::All`,
-//! unanchored, byte classes) whose match states list the group's pattern ids. A group
-//! whose DFA exceeds a size limit is split in halves until it fits; a single rule that
-//! does not fit is an error naming it.
+//! *unbounded* ones. Literals become Aho-Corasick tables (`crate::literal`). Regexes are
+//! cut into groups of at most [`Limits::max_group_rules`] rules; each group is one union
+//! DFA (regex-automata's dense DFA, `MatchKind::All`, unanchored, byte classes) whose
+//! match states list the group's pattern ids. Each regex is first built alone (a rule
+//! that does not fit the limits is an error naming it); a trial union over its cap is
+//! split in halves until it fits.
 //!
 //! The conversion keeps regex-automata's one-byte match delay: entering a match state on
 //! byte `i` means a match ended at `i`, which is exactly DFA_SCAN's convention, and the
@@ -30,6 +31,10 @@ use vyre_isa::dfa::{
 /// overlapping windows); longer or unbounded ones go into unbounded groups (scanned with
 /// the state carried from window to window).
 pub const OVERLAP_CAP: u32 = 4096;
+
+/// A trial union of regex rules may use this many times the bytes of its rules' own
+/// tables before it is halved.
+const UNION_GROWTH: usize = 8;
 
 /// Size limits for compilation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +150,9 @@ enum Kind {
 ///
 /// Case-sensitive literals form one group and case-insensitive literals another (each
 /// split only when its table exceeds `max_table_bytes`); bounded and unbounded regexes
-/// form groups of at most `max_group_rules`, halved while a size limit is exceeded.
+/// form groups of at most `max_group_rules`: each rule is built alone first (a rule over
+/// the limits is an error naming it), then unions are tried, each capped at a few times
+/// its rules' own tables and halved when over the cap.
 pub fn compile(rules: &RuleSet, limits: &Limits) -> Result<Compiled, CompileError> {
     if rules.is_empty() {
         return Err(CompileError::new(CompileErrorKind::Empty));
@@ -174,7 +181,7 @@ pub fn compile(rules: &RuleSet, limits: &Limits) -> Result<Compiled, CompileErro
     let per = limits.max_group_rules.max(1);
     for set in [bounded, unbounded] {
         for chunk in set.chunks(per) {
-            b.split(Kind::Regex, chunk, &mut groups)?;
+            b.regex_groups(chunk, &mut groups)?;
         }
     }
     let names = rules.rules().iter().map(|r| r.name.clone()).collect();
@@ -192,37 +199,95 @@ impl Builder<'_> {
         if members.is_empty() {
             return Ok(());
         }
-        let name = |i: u32| self.rules.rules()[i as usize].name.clone();
-        match self.group(kind, members) {
+        match self.group(kind, members, None) {
             Ok(g) => {
                 out.push(g);
                 Ok(())
             }
-            Err(GroupError::TooLarge(reason)) => {
-                if members.len() == 1 {
-                    return Err(CompileError::new(CompileErrorKind::RuleTooLarge {
-                        name: name(members[0]),
-                        reason,
-                    }));
-                }
+            Err(GroupError::TooLarge(_)) if members.len() > 1 => {
                 let (a, b) = members.split_at(members.len() / 2);
                 self.split(kind, a, out)?;
                 self.split(kind, b, out)
             }
-            Err(GroupError::Other(reason)) => {
+            Err(e) => Err(self.error(e, members)),
+        }
+    }
+
+    /// Regex groups: every rule alone first, so a rule over the limits is named at once
+    /// and each union below can be capped at [`UNION_GROWTH`] times its rules' tables
+    /// (a union whose states multiply then fails fast instead of running to the size
+    /// limits); a union over its cap is halved.
+    fn regex_groups(&self, members: &[u32], out: &mut Vec<Group>) -> Result<(), CompileError> {
+        let mut solo = HashMap::new();
+        for &m in members {
+            let g = self
+                .group(Kind::Regex, &[m], None)
+                .map_err(|e| self.error(e, &[m]))?;
+            solo.insert(m, g);
+        }
+        self.merge(members, &solo, out)
+    }
+
+    fn merge(
+        &self,
+        members: &[u32],
+        solo: &HashMap<u32, Group>,
+        out: &mut Vec<Group>,
+    ) -> Result<(), CompileError> {
+        if let [m] = members {
+            out.push(solo[m].clone());
+            return Ok(());
+        }
+        let sum: usize = members.iter().map(|m| solo[m].table.len() * 4).sum();
+        let cap = sum.saturating_mul(UNION_GROWTH).max(2 << 20);
+        match self.group(Kind::Regex, members, Some(cap)) {
+            Ok(g) => {
+                out.push(g);
+                Ok(())
+            }
+            Err(GroupError::TooLarge(_)) => {
+                let (a, b) = members.split_at(members.len() / 2);
+                self.merge(a, solo, out)?;
+                self.merge(b, solo, out)
+            }
+            Err(e) => Err(self.error(e, members)),
+        }
+    }
+
+    fn error(&self, e: GroupError, members: &[u32]) -> CompileError {
+        let name = |i: u32| self.rules.rules()[i as usize].name.clone();
+        match e {
+            GroupError::TooLarge(reason) => CompileError::new(CompileErrorKind::RuleTooLarge {
+                name: name(members[0]),
+                reason,
+            }),
+            GroupError::Other(reason) => {
                 let mut list: Vec<String> = members.iter().take(3).map(|&i| name(i)).collect();
                 if members.len() > 3 {
                     list.push("...".into());
                 }
-                Err(CompileError::new(CompileErrorKind::Build {
+                CompileError::new(CompileErrorKind::Build {
                     names: list.join(", "),
                     reason,
-                }))
+                })
             }
         }
     }
 
-    fn group(&self, kind: Kind, members: &[u32]) -> Result<Group, GroupError> {
+    /// One group; `cap` lowers the DFA and table size limits (for trial unions).
+    fn group(&self, kind: Kind, members: &[u32], cap: Option<usize>) -> Result<Group, GroupError> {
+        let capped;
+        let limits = match cap {
+            Some(c) => {
+                capped = Limits {
+                    dfa_size_limit: self.limits.dfa_size_limit.min(c),
+                    max_table_bytes: self.limits.max_table_bytes.min(c),
+                    ..*self.limits
+                };
+                &capped
+            }
+            None => self.limits,
+        };
         let hirs: Vec<&Hir> = members
             .iter()
             .map(|&i| &self.rules.hirs()[i as usize])
@@ -234,7 +299,7 @@ impl Builder<'_> {
                 _ => None,
             };
         }
-        let max_bytes = self.limits.max_table_bytes;
+        let max_bytes = limits.max_table_bytes;
         let too_large = || {
             GroupError::TooLarge(format!(
                 "its table exceeds max_table_bytes ({max_bytes} bytes)"
@@ -251,7 +316,7 @@ impl Builder<'_> {
                     .collect();
                 literal_table(&lits, fold, max_bytes / 4).ok_or_else(too_large)?
             }
-            Kind::Regex => to_parts(&build_dfa(&hirs, self.limits)?, max_bytes)?,
+            Kind::Regex => to_parts(&build_dfa(&hirs, limits)?, max_bytes)?,
         };
         let table =
             assemble(&parts, members.len() as u32, max_len, max_bytes / 4).ok_or_else(too_large)?;

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use std::cell::RefCell;
 use vyre_isa::dfa::{HIT_HEADER_BYTES, REPORT_EOI, START_LOOKBEHIND};
 use vyre_isa::Memory;
-use vyre_scan::{compile, scan_slice, Limits, Pattern, Rule, RuleSet, Start};
+use vyre_scan::{check_table, compile, scan_slice, Limits, Pattern, Rule, RuleSet, Start};
 
 /// Buffers 1..=n as byte vectors.
 #[derive(Debug)]
@@ -130,4 +130,61 @@ proptest! {
             prop_assert_eq!(&mem.0.borrow()[2], &expect);
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// A table that `check_table` accepts never faults in the reference scan from a
+    /// look-behind start, and `scan_slice` (which does not check) gives the same words.
+    #[test]
+    fn check_table_accepts_only_tables_the_scan_runs(
+        word in any::<prop::sample::Index>(),
+        value in prop_oneof![0u32..64, any::<u32>(), Just(vyre_isa::dfa::MATCH_BIT | 5)],
+        data in prop::collection::vec(prop::sample::select(b"aAbB c".to_vec()), 0..40),
+        code in 0u16..=256,
+    ) {
+        let c = compile(&rule_set(), &Limits::default()).expect("compiles");
+        for g in &c.groups {
+            prop_assert_eq!(check_table(&g.table), Ok(()));
+            let mut t = g.table.clone();
+            let i = word.index(t.len());
+            t[i] = value;
+            if check_table(&t).is_err() {
+                continue;
+            }
+            let mut want = Vec::new();
+            let row = scan_slice(&t, &data, Start::LookBehind(code), 0, true, &mut want);
+            let bytes: Vec<u8> = t.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let mut region = vec![0u8; 8 + 8 * 64];
+            region[..4].copy_from_slice(&64u32.to_le_bytes());
+            let mem = Bufs(RefCell::new(vec![bytes, data.clone(), region]));
+            let got = vyre_isa::dfa::scan(&mem, &[1, 2, 0, data.len() as u32, REPORT_EOI, START_LOOKBEHIND | u32::from(code), 3, 0]);
+            prop_assert_eq!(got, Ok([want.len() as u32, row, want.len().min(64) as u32, 0]));
+        }
+    }
+}
+
+#[test]
+fn check_table_names_the_bad_word() {
+    let c = compile(&rule_set(), &Limits::default()).expect("compiles");
+    let t = &c.groups[0].table;
+    let (states, stride) = (t[2] as usize, t[3] as usize);
+    let bad = |i: usize, v: u32| {
+        let mut x = t.clone();
+        x[i] = v;
+        check_table(&x).map_err(|e| e.word)
+    };
+    assert_eq!(bad(0, 0), Err(0));
+    assert_eq!(bad(3, 1), Err(3));
+    assert_eq!(bad(8, 0xFFFF_FFFF), Err(8));
+    assert_eq!(
+        bad(72, 1),
+        Err(72),
+        "a start row that is not a multiple of the stride"
+    );
+    assert_eq!(bad(329, (states * stride) as u32), Err(329));
+    let mi = 329 + states * stride;
+    assert_eq!(bad(mi, t[6]), Err(mi), "a match entry past the list");
+    assert_eq!(check_table(&t[..t.len() - 1]).map_err(|e| e.word), Err(6));
 }

@@ -98,8 +98,10 @@ pub enum CompileErrorKind {
     /// One rule alone exceeds a size limit.
     #[error(
         "rule {name:?} is too large for the scan DFA: {reason}; \
-         simplify it (bounded repetitions like {{1,1000}} and large Unicode classes \
-         multiply states; `(?-u:...)` keeps classes to ASCII) or raise the limit"
+         simplify it (every overlapping match is tracked, so a repetition like \
+         [0-9A-Za-z-]{{10,48}} whose class also matches the rule's own start needs a state \
+         per set of starts; large Unicode classes multiply states too, `(?-u:...)` keeps \
+         them ASCII) or raise the limit"
     )]
     RuleTooLarge {
         /// The rule's name.

@@ -102,26 +102,6 @@ fn hadd(idx: u32, v: u32) -> u32 {
     }
 }
 
-fn hand(idx: u32, v: u32) {
-    let i = idx & page_mask();
-    switch (idx >> io.page_shift) {
-        case 0u: { atomicAnd(&heap0[i], v); }
-        case 1u: { atomicAnd(&heap1[i], v); }
-        case 2u: { atomicAnd(&heap2[i], v); }
-        default: { atomicAnd(&heap3[i], v); }
-    }
-}
-
-fn hor(idx: u32, v: u32) {
-    let i = idx & page_mask();
-    switch (idx >> io.page_shift) {
-        case 0u: { atomicOr(&heap0[i], v); }
-        case 1u: { atomicOr(&heap1[i], v); }
-        case 2u: { atomicOr(&heap2[i], v); }
-        default: { atomicOr(&heap3[i], v); }
-    }
-}
-
 // A strong compare-and-swap (the weak one may fail spuriously). Returns the old value.
 fn hcas(idx: u32, expected: u32, new_value: u32) -> u32 {
     let i = idx & page_mask();
@@ -187,11 +167,20 @@ fn load_byte(base: u32, off: u32) -> u32 {
     return (hload(base + (off >> 2u)) >> ((off & 3u) * 8u)) & 0xffu;
 }
 
+// A byte store is a compare-and-swap of its word, so neighbouring bytes written concurrently
+// by other invocations are never clobbered (like the cpu backend's fetch_update).
 fn store_byte(base: u32, off: u32, v: u32) {
     let idx = base + (off >> 2u);
     let s = (off & 3u) * 8u;
-    hand(idx, ~(0xffu << s));
-    hor(idx, (v & 0xffu) << s);
+    var old = hload(idx);
+    loop {
+        let new_value = (old & ~(0xffu << s)) | ((v & 0xffu) << s);
+        let seen = hcas(idx, old, new_value);
+        if (seen == old) {
+            break;
+        }
+        old = seen;
+    }
 }
 
 // Four bytes at any offset (all four inside the buffer).

@@ -30,6 +30,7 @@ impl OneShot {
     /// A baseline runner on the process's wgpu device (no buffers, no programs).
     pub fn new() -> Result<OneShot, BackendError> {
         let gpu = crate::gpu::shared()?;
+        gpu.megakernel()?;
         let mut heap = Heap::new(&gpu.device, gpu.page_bytes);
         heap.set_debug_capacity(&gpu.device, 16);
         heap.flush_meta(&gpu.device, &gpu.queue);
@@ -77,7 +78,7 @@ impl OneShot {
         let mut enc = g.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&g.pipeline);
+            pass.set_pipeline(&g.megakernel()?.pipeline);
             pass.set_bind_group(0, &self.bind, &[]);
             pass.dispatch_workgroups(1, 1, 1);
         }

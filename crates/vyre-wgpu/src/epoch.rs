@@ -227,7 +227,7 @@ impl Driver {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&gpu.pipeline);
+            pass.set_pipeline(&gpu.megakernel()?.pipeline);
             pass.set_bind_group(0, &io_set.bind.as_ref().expect("bind group built").1, &[]);
             pass.dispatch_workgroups(groups, 1, 1);
         }

@@ -19,7 +19,17 @@ const STORAGE_BINDINGS: u32 = 3 + MAX_PAGES as u32;
 /// The hint for an adapter that fails the canary.
 pub const LOOP_CAP_HINT: &str = "install Mesa >= 25 lavapipe (Debian 12: add `bookworm-backports` to the `Suites:` line of /etc/apt/sources.list.d/debian.sources, then `apt-get update && apt-get install -t bookworm-backports mesa-vulkan-drivers`), or use --backend cpu";
 
-/// The shared device and the megakernel pipeline.
+/// The megakernel pipeline, built on first use.
+#[derive(Debug)]
+pub struct MegakernelPipeline {
+    /// The pipeline.
+    pub pipeline: wgpu::ComputePipeline,
+    /// How it was obtained (pipeline cache outcome, build time, first dispatch time).
+    pub how: String,
+}
+
+/// The shared device; the megakernel pipeline is built (and warmed up) on first use, so that
+/// probing an adapter (`vyre info`, routing) never waits for a shader compiler.
 #[derive(Debug)]
 pub struct Gpu {
     /// The device.
@@ -32,14 +42,11 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     /// The megakernel's bind group layout.
     pub layout: wgpu::BindGroupLayout,
-    /// The megakernel.
-    pub pipeline: wgpu::ComputePipeline,
     /// Bytes of one heap page (one storage binding): a power of two.
     pub page_bytes: u64,
-    /// How the pipeline was obtained (pipeline cache outcome and time).
-    pub pipeline_how: String,
-    /// How long adapter and device creation, the canary and the pipeline took.
+    /// How long adapter and device creation and the canary took.
     pub startup: Duration,
+    pub(crate) megakernel: OnceLock<Result<MegakernelPipeline, BackendError>>,
 }
 
 impl Gpu {
@@ -55,6 +62,31 @@ impl Gpu {
     /// Whether the adapter is a CPU implementation (lavapipe, llvmpipe, WARP).
     pub fn is_cpu(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The megakernel pipeline: built once per process through vyre's pipeline cache, then one
+    /// warm-up dispatch (llvmpipe compiles machine code at the first dispatch, about 35 s on a
+    /// 2-core machine before Mesa's shader cache has it).
+    pub fn megakernel(&self) -> Result<&MegakernelPipeline, BackendError> {
+        self.megakernel
+            .get_or_init(|| {
+                let started = Instant::now();
+                let cache = self
+                    .has_pipeline_cache()
+                    .then(PipelineCache::open_default);
+                let (pipeline, mut how) =
+                    build_pipeline(&self.device, &self.layout, &self.info, cache.as_ref());
+                let warm = warm_up(&self.device, &self.queue, &self.layout, &pipeline)?;
+                how += &format!(
+                    "; first dispatch {:.0} ms; ready in {:.0} ms",
+                    warm.as_secs_f64() * 1e3,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+                tracing::info!(adapter = %self.describe(), pipeline = %how, "wgpu megakernel ready");
+                Ok(MegakernelPipeline { pipeline, how })
+            })
+            .as_ref()
+            .map_err(|e| e.clone())
     }
 }
 
@@ -134,22 +166,17 @@ fn open() -> Result<Gpu, BackendError> {
     // page and word with a shift and a mask.
     let page_bytes = 1u64 << (63 - page_limit.leading_zeros());
     let layout = bind_group_layout(&device);
-    let cache = cacheable.then(PipelineCache::open_default);
-    let (pipeline, mut pipeline_how) = build_pipeline(&device, &layout, &info, cache.as_ref());
-    let warm = warm_up(&device, &queue, &layout, &pipeline)?;
-    pipeline_how += &format!("; first dispatch {:.0} ms", warm.as_secs_f64() * 1e3);
     let gpu = Gpu {
         device,
         queue,
         info,
         limits,
         layout,
-        pipeline,
         page_bytes,
-        pipeline_how,
         startup: started.elapsed(),
+        megakernel: OnceLock::new(),
     };
-    tracing::info!(adapter = %gpu.describe(), page_bytes, pipeline = %gpu.pipeline_how, "wgpu device ready");
+    tracing::info!(adapter = %gpu.describe(), page_bytes, "wgpu device ready");
     Ok(gpu)
 }
 

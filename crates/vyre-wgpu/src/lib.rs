@@ -18,7 +18,9 @@ mod heap;
 pub mod shader;
 
 pub use epoch::MAX_EPOCH_SLOTS;
-pub use gpu::{canary_expected, judge_canary, Gpu, CANARY_ITERATIONS, LOOP_CAP_HINT};
+pub use gpu::{
+    canary_expected, judge_canary, Gpu, MegakernelPipeline, CANARY_ITERATIONS, LOOP_CAP_HINT,
+};
 
 use heap::Heap;
 use std::sync::atomic::Ordering;
@@ -83,15 +85,14 @@ pub struct WgpuMegakernelDispatcher {
     failure: Arc<Mutex<Option<String>>>,
 }
 
-fn capabilities(gpu: &Gpu, page_bytes: u64) -> Capabilities {
+fn capabilities(gpu: &Gpu, page_bytes: u64, pipeline: &str) -> Capabilities {
     let default_workers = if gpu.is_cpu() { 256 } else { 8192 };
     Capabilities {
         device: format!(
-            "wgpu: {}; epochs of up to {MAX_EPOCH_SLOTS} slots; heap {} x {} MiB bindings; pipeline {}",
+            "wgpu: {}; epochs of up to {MAX_EPOCH_SLOTS} slots; heap {} x {} KiB bindings; pipeline: {pipeline}",
             gpu.describe(),
             shader::MAX_PAGES,
-            page_bytes >> 20,
-            gpu.pipeline_how
+            page_bytes >> 10,
         ),
         kind: if gpu.is_cpu() { BackendKind::Cpu } else { BackendKind::Gpu },
         model: ExecutionModel::Epoch,
@@ -109,7 +110,7 @@ impl WgpuMegakernelDispatcher {
     pub fn new() -> Result<WgpuMegakernelDispatcher, BackendError> {
         let gpu = gpu::shared()?;
         let page = gpu.page_bytes;
-        Ok(Self::on(gpu, page))
+        Self::on(gpu, page)
     }
 
     /// A backend whose heap pages (one storage binding each) hold `page_bytes`, a power of two
@@ -124,13 +125,13 @@ impl WgpuMegakernelDispatcher {
                 limit: gpu.page_bytes,
             });
         }
-        Ok(Self::on(gpu, page_bytes))
+        Self::on(gpu, page_bytes)
     }
 
-    fn on(gpu: Arc<Gpu>, page_bytes: u64) -> WgpuMegakernelDispatcher {
-        let caps = capabilities(&gpu, page_bytes);
+    fn on(gpu: Arc<Gpu>, page_bytes: u64) -> Result<WgpuMegakernelDispatcher, BackendError> {
+        let caps = capabilities(&gpu, page_bytes, &gpu.megakernel()?.how);
         let heap = Heap::new(&gpu.device, page_bytes);
-        WgpuMegakernelDispatcher {
+        Ok(WgpuMegakernelDispatcher {
             caps,
             shared: Arc::new(WgpuShared {
                 gpu,
@@ -140,7 +141,7 @@ impl WgpuMegakernelDispatcher {
             ring: OnceLock::new(),
             driver: Mutex::new(None),
             failure: Arc::new(Mutex::new(None)),
-        }
+        })
     }
 
     /// The device this backend runs on.
@@ -306,7 +307,11 @@ impl BackendProvider for WgpuProvider {
     }
     fn probe(&self) -> Result<Capabilities, BackendError> {
         let gpu = gpu::shared()?;
-        Ok(capabilities(&gpu, gpu.page_bytes))
+        let pipeline = match gpu.megakernel.get() {
+            Some(Ok(m)) => m.how.as_str(),
+            _ => "built on first use",
+        };
+        Ok(capabilities(&gpu, gpu.page_bytes, pipeline))
     }
     fn create(&self) -> Result<Arc<dyn Backend>, BackendError> {
         Ok(Arc::new(WgpuMegakernelDispatcher::new()?))

@@ -89,10 +89,14 @@ fn capabilities(gpu: &Gpu, page_bytes: u64, pipeline: &str) -> Capabilities {
     let default_workers = if gpu.is_cpu() { 256 } else { 8192 };
     Capabilities {
         device: format!(
-            "wgpu: {}; epochs of up to {MAX_EPOCH_SLOTS} slots; heap {} x {} KiB bindings; pipeline: {pipeline}",
+            "wgpu: {}; epochs of up to {MAX_EPOCH_SLOTS} slots; heap {} bindings of {}; pipeline: {pipeline}",
             gpu.describe(),
             shader::MAX_PAGES,
-            page_bytes >> 10,
+            if page_bytes >= 1 << 20 {
+                format!("{} MiB", page_bytes >> 20)
+            } else {
+                format!("{} KiB", page_bytes >> 10)
+            },
         ),
         kind: if gpu.is_cpu() { BackendKind::Cpu } else { BackendKind::Gpu },
         model: ExecutionModel::Epoch,

@@ -7,6 +7,7 @@ mod backends;
 mod bench_cuda;
 mod bench_ingest;
 mod bench_ring;
+mod bench_scan;
 #[cfg(feature = "wgpu")]
 mod bench_wgpu;
 mod info;
@@ -47,6 +48,8 @@ enum BenchCommand {
     Ring(bench_ring::Args),
     /// File ingest (io_uring) side by side with fio and a buffered read loop.
     Ingest(bench_ingest::Args),
+    /// `vyre scan` on each backend side by side with ripgrep and regex-automata.
+    Scan(bench_scan::Args),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Scan(a) => scan::main(a),
         Command::Bench(BenchCommand::Ring(a)) => bench_ring::main(a),
         Command::Bench(BenchCommand::Ingest(a)) => bench_ingest::main(a),
+        Command::Bench(BenchCommand::Scan(a)) => bench_scan::main(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `vyre bench scan` on the GPU machine (no Rust, no internet there; everything is carried).
+#
+# Stage on the development machine (.bin/ is git-ignored via .git/info/exclude):
+#   cargo build --release -p vyre-cli && cp target/release/vyre .bin/vyre && strip .bin/vyre  # ~11 MB
+#   bash bench/scan-corpus.sh pack        # .bin/corpus/linux-subset.tar.xz (~31 MB) and .bin/rg (~4.6 MB)
+# Carry exactly these three paths (~47 MB of the 64 MiB limit; don't carry all of .bin/):
+#   .bin/vyre  .bin/rg  .bin/corpus
+# Run there:  bash bench/gpu-scan.sh            (all steps, ~8 min on 16 cores + H100)
+#             bash bench/gpu-scan.sh resident   (only the resident DFA_SCAN probe, ~1 min)
+# Results in $OUT: scan-h100.md (the table), scan.log, machine.txt.
+#
+# Knobs (environment): GB (corpus size, default 1.4), COUNTS (default 10,1000,10000),
+# BACKENDS (default cpu,cuda), MAX_COMPILE (seconds, default 90), WINDOW / IN_FLIGHT (vyre
+# file pipeline; default 1 MiB / 64), RESIDENT_MIB (default 1024), RESIDENT_WINDOW (bytes
+# per DFA_SCAN slot, default 65536).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/vyre-out}; mkdir -p "$OUT"
+CORPUS=${CORPUS:-/tmp/vyre-corpus}
+GB=${GB:-1.4} COUNTS=${COUNTS:-10,1000,10000} BACKENDS=${BACKENDS:-cpu,cuda}
+MAX_COMPILE=${MAX_COMPILE:-90} WINDOW=${WINDOW:-1048576} IN_FLIGHT=${IN_FLIGHT:-64}
+RESIDENT_MIB=${RESIDENT_MIB:-1024} RESIDENT_WINDOW=${RESIDENT_WINDOW:-65536}
+export RUST_LOG=${RUST_LOG:-warn}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; lscpu | head -20; nproc; uname -r; } > "$OUT/machine.txt" 2>&1
+head -3 "$OUT/machine.txt"
+chmod +x .bin/vyre .bin/rg
+if [ ! -d "$CORPUS/copy0" ]; then
+  echo "== corpus"; time bash bench/scan-corpus.sh unpack "$CORPUS" "$GB"
+fi
+case "${1:-all}" in
+  resident)
+    timeout 300 ./.bin/vyre bench scan --corpus "$CORPUS" --backends "$BACKENDS" --rules-counts 1000 \
+      --no-regex --resident-only --resident-mib "$RESIDENT_MIB" --resident-window "$RESIDENT_WINDOW" \
+      --out "$OUT/scan-resident-h100.md" 2>&1 | tee "$OUT/scan-resident.log"
+    ;;
+  all)
+    timeout 540 ./.bin/vyre bench scan --corpus "$CORPUS" --backends "$BACKENDS" --rg .bin/rg \
+      --rules-counts "$COUNTS" --max-compile-seconds "$MAX_COMPILE" --window "$WINDOW" --in-flight "$IN_FLIGHT" \
+      --resident-mib "$RESIDENT_MIB" --resident-window "$RESIDENT_WINDOW" \
+      --rules-dir "$OUT/rules" --out "$OUT/scan-h100.md" 2>&1 | tee "$OUT/scan.log"
+    ;;
+esac

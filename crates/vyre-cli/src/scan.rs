@@ -133,7 +133,8 @@ struct Printer<'a> {
     names: &'a [String],
     json: bool,
     count: bool,
-    counts: BTreeMap<u32, u64>,
+    /// Per file in flight (readers interleave files): rule → count.
+    counts: BTreeMap<PathBuf, BTreeMap<u32, u64>>,
     error: Option<io::Error>,
     bar: Option<ProgressBar>,
     last_tick: Instant,
@@ -173,7 +174,7 @@ impl<'a> Printer<'a> {
     }
 
     fn flush_counts(&mut self, path: &Path) {
-        let counts = std::mem::take(&mut self.counts);
+        let counts = self.counts.remove(path).unwrap_or_default();
         for (rule, n) in counts {
             let name = &self.names[rule as usize];
             if self.json {
@@ -225,7 +226,12 @@ impl<'a> Printer<'a> {
 impl Sink for Printer<'_> {
     fn matched(&mut self, path: &Path, end: u64, rule: u32) {
         if self.count {
-            *self.counts.entry(rule).or_default() += 1;
+            *self
+                .counts
+                .entry(path.to_path_buf())
+                .or_default()
+                .entry(rule)
+                .or_default() += 1;
             return;
         }
         let name = &self.names[rule as usize];

@@ -27,7 +27,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 use vyre_runtime::Megakernel;
@@ -58,6 +58,8 @@ pub struct ScanOptions {
     pub batch: usize,
     /// Batches in flight (each holds one data buffer and one hit buffer).
     pub in_flight: usize,
+    /// Reader threads; each reads whole files, so several files are read at once.
+    pub readers: usize,
     /// Hits one slot's region holds before the slot is rescanned with a larger one.
     pub hit_capacity: u32,
     /// How directories are walked.
@@ -70,6 +72,7 @@ impl ScanOptions {
         match name {
             "cpu" => ScanOptions {
                 window: 1 << 20,
+                readers: 1,
                 ..ScanOptions::default()
             },
             _ => ScanOptions {
@@ -89,6 +92,7 @@ impl Default for ScanOptions {
             segment: 1 << 20,
             batch: 8 << 20,
             in_flight: 4,
+            readers: 4,
             hit_capacity: 64,
             walk: WalkOptions::default(),
         }
@@ -190,6 +194,7 @@ pub fn scan(
     if opts.window == 0
         || opts.segment == 0
         || opts.in_flight == 0
+        || opts.readers == 0
         || opts.batch > limit
         || opts.batch < opts.segment + overlap
     {
@@ -199,7 +204,7 @@ pub fn scan(
             opts.segment, opts.window, opts.batch, opts.in_flight
         )));
     }
-    let (path_tx, path_rx) = sync_channel::<Result<PathBuf, FileError>>(1024);
+    let (path_tx, path_rx) = sync_channel::<(u64, Result<PathBuf, FileError>)>(1024);
     let (item_tx, item_rx) = sync_channel::<Item>(opts.in_flight.max(2));
     let walk = {
         let paths = paths.to_vec();
@@ -209,24 +214,34 @@ pub fn scan(
             .spawn(move || walk_paths(&paths, &w, &path_tx))
             .expect("spawn walker")
     };
-    let read = {
-        let segment = opts.segment;
-        thread::Builder::new()
-            .name("vyre-scan-read".into())
-            .spawn(move || read_files(path_rx, item_tx, segment, overlap))
-            .expect("spawn reader")
-    };
+    let path_rx = Arc::new(Mutex::new(path_rx));
+    let readers: Vec<_> = (0..opts.readers)
+        .map(|i| {
+            let (paths, tx, segment) = (path_rx.clone(), item_tx.clone(), opts.segment);
+            thread::Builder::new()
+                .name(format!("vyre-scan-read-{i}"))
+                .spawn(move || read_files(&paths, tx, segment, overlap))
+                .expect("spawn reader")
+        })
+        .collect();
+    drop(item_tx);
     let mut driver = driver::Driver::new(mk, rules, opts)?;
     let result = driver.run(item_rx, sink);
     // On error the receivers are gone and the threads stop at their next send.
-    let _ = read.join();
+    for r in readers {
+        let _ = r.join();
+    }
     let _ = walk.join();
     let mut summary = result?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-fn walk_paths(paths: &[PathBuf], opts: &WalkOptions, tx: &SyncSender<Result<PathBuf, FileError>>) {
+fn walk_paths(
+    paths: &[PathBuf],
+    opts: &WalkOptions,
+    tx: &SyncSender<(u64, Result<PathBuf, FileError>)>,
+) {
     let Some((first, rest)) = paths.split_first() else {
         return;
     };
@@ -243,13 +258,13 @@ fn walk_paths(paths: &[PathBuf], opts: &WalkOptions, tx: &SyncSender<Result<Path
         .require_git(false)
         .follow_links(opts.follow)
         .sort_by_file_path(|a, b| a.cmp(b));
-    for entry in b.build() {
+    for (seq, entry) in b.build().enumerate() {
         let item = match entry {
             Ok(e) if e.file_type().is_some_and(|t| t.is_file()) => Ok(e.into_path()),
             Ok(_) => continue,
             Err(e) => Err(walk_error(e)),
         };
-        if tx.send(item).is_err() {
+        if tx.send((seq as u64, item)).is_err() {
             return;
         }
     }
@@ -277,26 +292,24 @@ fn walk_error(e: ignore::Error) -> FileError {
 }
 
 fn read_files(
-    paths: Receiver<Result<PathBuf, FileError>>,
+    paths: &Mutex<Receiver<(u64, Result<PathBuf, FileError>)>>,
     tx: SyncSender<Item>,
     window: usize,
     overlap: usize,
 ) {
-    for (seq, p) in paths.into_iter().enumerate() {
+    loop {
+        let next = paths.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok((seq, p)) = next else {
+            return;
+        };
         let (path, r) = match p {
             Ok(path) => {
-                let file = Arc::new(FileMeta {
-                    path,
-                    seq: seq as u64,
-                });
+                let file = Arc::new(FileMeta { path, seq });
                 let r = read_one(&file, &tx, window, overlap);
                 (file, r)
             }
             Err(e) => (
-                Arc::new(FileMeta {
-                    path: e.path,
-                    seq: seq as u64,
-                }),
+                Arc::new(FileMeta { path: e.path, seq }),
                 Err(io::Error::other(e.message)),
             ),
         };

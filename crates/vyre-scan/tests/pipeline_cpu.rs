@@ -177,6 +177,7 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
             segment,
             batch,
             in_flight,
+            readers: 1 + window % 3,
             hit_capacity,
             walk: WalkOptions::default(),
         };
@@ -211,6 +212,7 @@ fn a_file_larger_than_everything_in_flight_streams() {
         segment: 8192,
         batch: 3 * 8192,
         in_flight: 3,
+        readers: 2,
         hit_capacity: 64,
         walk: WalkOptions::default(),
     };
@@ -290,6 +292,7 @@ fn thousands_of_literal_rules_agree_with_the_reference() {
         segment: 3000,
         batch: 10_000,
         in_flight: 4,
+        readers: 3,
         hit_capacity: 256,
         walk: WalkOptions::default(),
     };

@@ -7,13 +7,14 @@
 # .git/info/exclude and travels as a carried path):
 #   cargo build --release -p vyre-cli
 #   cargo test --release -p vyre-wgpu --no-run
-#       # prints target/release/deps/conformance-<hash> and target/release/deps/backend-<hash>
-#       # (the ones under "Executable tests/conformance.rs" and "Executable tests/backend.rs")
+#       # prints target/release/deps/{conformance,backend,pipeline_cache}-<hash> (the lines
+#       # "Executable tests/conformance.rs", "tests/backend.rs", "tests/pipeline_cache.rs")
 #   mkdir -p .bin
 #   cp target/release/vyre .bin/vyre
 #   cp target/release/deps/conformance-<hash> .bin/wgpu-conformance
 #   cp target/release/deps/backend-<hash> .bin/wgpu-backend
-#   strip .bin/vyre .bin/wgpu-conformance .bin/wgpu-backend
+#   cp target/release/deps/pipeline_cache-<hash> .bin/wgpu-pipeline-cache
+#   strip .bin/vyre .bin/wgpu-conformance .bin/wgpu-backend .bin/wgpu-pipeline-cache
 # and carry .bin and .gl (the Vulkan loader and NVIDIA ICD packages, *.deb).
 # Usage there: bash bench/gpu-wgpu.sh {smoke|test|bench|all}
 set -uo pipefail
@@ -42,6 +43,8 @@ case "${1:-all}" in
     timeout ${TEST_TIMEOUT:-300} ./.bin/wgpu-conformance --nocapture 2>&1 | tee "$OUT/wgpu-conformance.log"
     step "wgpu backend tests (pages, random slots vs cpu, concurrent publishers, shutdown)"
     timeout ${TEST_TIMEOUT:-300} ./.bin/wgpu-backend --nocapture --test-threads 1 2>&1 | tee "$OUT/wgpu-backend.log"
+    step "driver pipeline cache through vyre's pipeline cache (cold, memory, disk, corrupt blob rebuilt)"
+    timeout ${TEST_TIMEOUT:-300} ./.bin/wgpu-pipeline-cache --nocapture 2>&1 | tee "$OUT/wgpu-pipeline-cache.log"
     ;;
   bench)
     step "bench ring (wgpu epochs vs one dispatch + readback per op)"

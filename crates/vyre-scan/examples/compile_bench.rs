@@ -178,6 +178,20 @@ fn run(label: &str, rules: &RuleSet, limits: &Limits, corpus: &[String]) {
         want.len(),
     );
     let _ = n;
+    if c.groups.len() > 1 {
+        let sizes: Vec<String> = c
+            .groups
+            .iter()
+            .map(|g| {
+                format!(
+                    "{}×{:.0}K",
+                    g.rules.len(),
+                    (g.table.len() * 4) as f64 / 1024.0
+                )
+            })
+            .collect();
+        println!("\ngroups (rules×table): {}\n", sizes.join(", "));
+    }
 }
 
 fn word_set(ws: &[String]) -> RuleSet {

@@ -36,6 +36,10 @@ pub const OVERLAP_CAP: u32 = 4096;
 /// tables before it is halved.
 const UNION_GROWTH: usize = 8;
 
+/// A regex rule whose own table exceeds `max_table_bytes / ALONE_FRACTION` gets a group
+/// of its own.
+const ALONE_FRACTION: usize = 16;
+
 /// Size limits for compilation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -227,7 +231,20 @@ impl Builder<'_> {
                 .map_err(|e| self.error(e, &[m]))?;
             solo.insert(m, g);
         }
-        self.merge(members, &solo, out)
+        // A rule whose own table is already large stays alone: a union with it would run
+        // to the limits before failing. The rest are merged smallest first.
+        let alone = self.limits.max_table_bytes / ALONE_FRACTION;
+        let (big, mut small): (Vec<u32>, Vec<u32>) = members
+            .iter()
+            .partition(|m| solo[m].table.len() * 4 > alone);
+        small.sort_by_key(|m| solo[m].table.len());
+        for m in big {
+            out.push(solo[&m].clone());
+        }
+        if small.is_empty() {
+            return Ok(());
+        }
+        self.merge(&small, &solo, out)
     }
 
     fn merge(

@@ -296,7 +296,7 @@ fn scan_matches_cpu(passed: &mut u32, failed: &mut u32) {
         .expect("launch");
         let mut c = Collect::default();
         let t = std::time::Instant::now();
-        let summary = scan(&mk, &compiled, &[dir.clone()], opts, &mut c).expect("scan");
+        let summary = scan(&mk, &compiled, std::slice::from_ref(&dir), opts, &mut c).expect("scan");
         let secs = t.elapsed().as_secs_f64();
         mk.shutdown().expect("shutdown");
         (c, summary, secs)

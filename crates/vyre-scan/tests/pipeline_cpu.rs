@@ -182,7 +182,7 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
             walk: WalkOptions::default(),
         };
         let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
-        let (got, summary) = run(backend, &rules, &[dir.clone()], &opts);
+        let (got, summary) = run(backend, &rules, std::slice::from_ref(&dir), &opts);
         assert!(got.errors.is_empty(), "{:?}", got.errors);
         expect_reference(&rules, &files, &got);
         assert_eq!(summary.files, files.len() as u64);
@@ -217,7 +217,7 @@ fn a_file_larger_than_everything_in_flight_streams() {
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
-    let (got, _) = run(backend, &rules, &[p.clone()], &opts);
+    let (got, _) = run(backend, &rules, std::slice::from_ref(&p), &opts);
     expect_reference(&rules, &[(p, data)], &got);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -297,7 +297,7 @@ fn thousands_of_literal_rules_agree_with_the_reference() {
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
-    let (got, summary) = run(backend, &rules, &[p.clone()], &opts);
+    let (got, summary) = run(backend, &rules, std::slice::from_ref(&p), &opts);
     assert!(summary.matches > 1000, "{summary:?}");
     expect_reference(&rules, &[(p, data)], &got);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -92,7 +92,7 @@ impl Gpu {
 
 static SHARED: OnceLock<Result<Arc<Gpu>, BackendError>> = OnceLock::new();
 
-/// The process's device, created (adapter, canary, pipeline) on first use.
+/// The process's device, created (adapter, limits, canary) on first use.
 pub fn shared() -> Result<Arc<Gpu>, BackendError> {
     SHARED.get_or_init(|| open().map(Arc::new)).clone()
 }

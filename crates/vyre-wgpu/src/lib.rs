@@ -87,18 +87,26 @@ pub struct WgpuMegakernelDispatcher {
 
 fn capabilities(gpu: &Gpu, page_bytes: u64, pipeline: &str) -> Capabilities {
     let default_workers = if gpu.is_cpu() { 256 } else { 8192 };
+    let page = if page_bytes >= 1 << 20 {
+        format!("{} MiB", page_bytes >> 20)
+    } else {
+        format!("{} KiB", page_bytes >> 10)
+    };
+    // A software adapter (lavapipe) is emulation on the host's cores: routing ranks it after
+    // the native cpu backend.
+    let kind = if gpu.is_cpu() {
+        BackendKind::Cpu
+    } else {
+        BackendKind::Gpu
+    };
     Capabilities {
         device: format!(
-            "wgpu: {}; epochs of up to {MAX_EPOCH_SLOTS} slots; heap {} bindings of {}; pipeline: {pipeline}",
+            "wgpu: {}; epochs of up to {MAX_EPOCH_SLOTS} slots; heap {} bindings of {page}; \
+             pipeline: {pipeline}",
             gpu.describe(),
             shader::MAX_PAGES,
-            if page_bytes >= 1 << 20 {
-                format!("{} MiB", page_bytes >> 20)
-            } else {
-                format!("{} KiB", page_bytes >> 10)
-            },
         ),
-        kind: if gpu.is_cpu() { BackendKind::Cpu } else { BackendKind::Gpu },
+        kind,
         model: ExecutionModel::Epoch,
         ops: SlotOp::ALL.to_vec(),
         default_workers,

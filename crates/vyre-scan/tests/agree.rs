@@ -182,7 +182,7 @@ fn random_set(cands: Vec<(Pattern, bool)>) -> Option<RuleSet> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(cases(300)))]
 
     #[test]
     fn windows_and_carried_state_match_the_reference(
@@ -339,4 +339,12 @@ fn groups_over_the_table_limit_are_halved_and_still_agree() {
     assert!(want.len() > 200);
     assert_eq!(scan_whole(&split, &text), want);
     assert_eq!(scan_whole(&whole, &text), want);
+}
+
+/// Proptest cases: `PROPTEST_CASES` when set (for long runs), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

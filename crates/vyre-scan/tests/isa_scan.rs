@@ -81,7 +81,7 @@ enum StartArg {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(500))]
+    #![proptest_config(ProptestConfig::with_cases(cases(500)))]
 
     #[test]
     fn scan_slice_matches_the_reference_dfa_scan(
@@ -133,7 +133,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(500))]
+    #![proptest_config(ProptestConfig::with_cases(cases(500)))]
 
     /// A table that `check_table` accepts never faults in the reference scan from a
     /// look-behind start, and `scan_slice` (which does not check) gives the same words.
@@ -187,4 +187,12 @@ fn check_table_names_the_bad_word() {
     let mi = 329 + states * stride;
     assert_eq!(bad(mi, t[6]), Err(mi), "a match entry past the list");
     assert_eq!(check_table(&t[..t.len() - 1]).map_err(|e| e.word), Err(6));
+}
+
+/// Proptest cases: `PROPTEST_CASES` when set (for long runs), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -2,7 +2,7 @@
 //! memory, launching and stopping the persistent kernel, health.
 
 use crate::compile::{self, CompiledKernel};
-use crate::driver::{self, DeviceAlloc, MappedHost, RegisteredHost};
+use crate::driver::{self, Bounce, DeviceAlloc, MappedHost, RegisteredHost};
 use crate::ds;
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig as CuLaunch, PushKernelArg,
@@ -238,6 +238,10 @@ struct Running {
     ring: Arc<MappedRing>,
 }
 
+/// Writes to device buffers of at least this many bytes go through pinned staging (two
+/// halves of this size) rather than the driver's path for pageable memory.
+const STAGED_WRITE_BYTES: usize = 4 << 20;
+
 /// The cuda backend.
 #[derive(Debug)]
 pub struct CudaBackend {
@@ -258,6 +262,9 @@ pub struct CudaBackend {
     tuning: Tuning,
     ring: Mutex<Option<Arc<MappedRing>>>,
     running: OnceLock<Running>,
+    /// Pinned staging for large writes to device buffers (allocated before any launch:
+    /// allocations are kept away from a running kernel).
+    bounce: Mutex<Bounce>,
     failure: Mutex<Option<String>>,
 }
 
@@ -321,6 +328,8 @@ impl CudaBackend {
                 .map_err(|e| launch_err("allocating device memory", e))
         };
         let state = alloc(ds::WORDS * 4)?;
+        let bounce = Bounce::new(&ctx, STAGED_WRITE_BYTES)
+            .map_err(|e| launch_err("allocating pinned staging memory", e))?;
         let buffer_table = alloc(MAX_BUFFERS as usize * TABLE_ENTRY_BYTES)?;
         let program_table = alloc(MAX_PROGRAMS as usize * TABLE_ENTRY_BYTES)?;
         let workers = (max_blocks * WARPS_PER_BLOCK - 1) as usize;
@@ -363,6 +372,7 @@ impl CudaBackend {
             tuning,
             ring: Mutex::new(None),
             running: OnceLock::new(),
+            bounce: Mutex::new(bounce),
             failure: Mutex::new(None),
         })
     }
@@ -507,6 +517,11 @@ impl Backend for CudaBackend {
 
     fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         self.with_buffer(handle, offset, data.len() as u64, |b| match &b.storage {
+            Storage::Device(d) if data.len() >= STAGED_WRITE_BYTES => {
+                let mut bounce = self.bounce.lock().unwrap_or_else(|e| e.into_inner());
+                d.write_staged(&self.copies, &mut bounce, offset as usize, data)
+                    .map_err(|e| launch_err("copying to the device", e))
+            }
             Storage::Device(d) => d
                 .write(&self.copies, offset as usize, data)
                 .map_err(|e| launch_err("copying to the device", e)),

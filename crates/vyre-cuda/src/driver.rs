@@ -77,6 +77,43 @@ impl DeviceAlloc {
         }
     }
 
+    /// Copies `src` to `offset` through the page-locked `bounce` buffer and waits: the
+    /// host copies into one half while the copy engine reads the other, instead of the
+    /// driver's slower path for pageable memory.
+    pub(crate) fn write_staged(
+        &self,
+        stream: &CudaStream,
+        bounce: &mut Bounce,
+        offset: usize,
+        src: &[u8],
+    ) -> Result<(), DriverError> {
+        assert!(
+            offset + src.len() <= self.bytes,
+            "device write out of range"
+        );
+        self.ctx.bind_to_thread()?;
+        for (i, chunk) in src.chunks(bounce.half).enumerate() {
+            let h = i % 2;
+            // SAFETY: the half is `bounce.half` bytes inside the pinned allocation; before it
+            // is overwritten, the event recorded after the copy that last read it has
+            // completed; the destination range is inside this allocation (asserted).
+            unsafe {
+                if bounce.recorded[h] {
+                    result::event::synchronize(bounce.events[h])?;
+                }
+                let staged = bounce.host.add(h * bounce.half);
+                std::ptr::copy_nonoverlapping(chunk.as_ptr(), staged, chunk.len());
+                let staged = std::slice::from_raw_parts(staged as *const u8, chunk.len());
+                let dst = self.ptr + (offset + i * bounce.half) as u64;
+                result::memcpy_htod_async(dst, staged, stream.cu_stream())?;
+                result::event::record(bounce.events[h], stream.cu_stream())?;
+            }
+            bounce.recorded[h] = true;
+        }
+        // SAFETY: waits for every copy issued above.
+        unsafe { result::stream::synchronize(stream.cu_stream()) }
+    }
+
     /// Copies `dst.len()` bytes from `offset` and waits for the copy.
     pub(crate) fn read(
         &self,
@@ -104,6 +141,59 @@ impl Drop for DeviceAlloc {
         // SAFETY: allocated by malloc_sync in `zeroed`, freed only here. The backend drops
         // allocations only after the kernel has stopped.
         let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
+
+/// Page-locked host memory for staging large host-to-device copies: two halves, each with an
+/// event recorded after the copy that reads it.
+#[derive(Debug)]
+pub(crate) struct Bounce {
+    host: *mut u8,
+    half: usize,
+    events: [sys::CUevent; 2],
+    recorded: [bool; 2],
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the pinned memory and events are owned by this value and used under `&mut self`.
+unsafe impl Send for Bounce {}
+
+impl Bounce {
+    /// Two halves of `half` bytes.
+    pub(crate) fn new(ctx: &Arc<CudaContext>, half: usize) -> Result<Bounce, DriverError> {
+        ctx.bind_to_thread()?;
+        // SAFETY: a plain pinned allocation, freed exactly once in Drop.
+        let host = unsafe { result::malloc_host(2 * half, 0)? } as *mut u8;
+        let mut b = Bounce {
+            host,
+            half,
+            events: [std::ptr::null_mut(); 2],
+            recorded: [false; 2],
+            ctx: ctx.clone(),
+        };
+        for e in &mut b.events {
+            *e = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)?;
+        }
+        Ok(b)
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        for (e, recorded) in self.events.iter().zip(self.recorded) {
+            if !e.is_null() {
+                // SAFETY: created in `new`, destroyed only here, after its copy completed.
+                unsafe {
+                    if recorded {
+                        let _ = result::event::synchronize(*e);
+                    }
+                    let _ = result::event::destroy(*e);
+                }
+            }
+        }
+        // SAFETY: allocated by malloc_host in `new`, freed only here, with no copy reading it.
+        let _ = unsafe { result::free_host(self.host.cast()) };
     }
 }
 

@@ -150,7 +150,7 @@ fn regex_strategy() -> impl Strategy<Value = String> {
 fn rule_strategy() -> impl Strategy<Value = (Pattern, bool)> {
     prop_oneof![
         (
-            prop::collection::vec(prop::sample::select(b"abcAB -".to_vec()), 1..4),
+            prop::collection::vec(prop::sample::select(b"abcAB -\xff\xc3".to_vec()), 1..4),
             any::<bool>()
         )
             .prop_map(|(b, ci)| (Pattern::Literal(b), ci)),
@@ -162,7 +162,7 @@ fn data_strategy() -> impl Strategy<Value = Vec<u8>> {
     let byte = prop_oneof![
         10 => prop::sample::select(b"abcAB -\n".to_vec()),
         1 => any::<u8>(),
-        1 => prop::sample::select(vec![0xC3u8, 0xA9]),
+        1 => prop::sample::select(vec![0xC3u8, 0xA9, 0xFF]),
     ];
     prop::collection::vec(byte, 0..80)
 }

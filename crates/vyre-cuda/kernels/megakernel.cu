@@ -229,7 +229,8 @@ __device__ bool run_program(const Params& p, const ProgEntry& pe, u64* regs, u64
 // that use it are published); data words are read with ld.global.cg, since pooled data
 // buffers are rewritten between scans.
 
-struct Dfa { const u32* t; u32 stride; u64 rows_end; u64 mi; u64 ml; u64 mw; };
+// last_row: the largest row offset whose C columns all lie inside the transitions.
+struct Dfa { const u32* t; u32 stride; u64 rows_end; u64 last_row; u64 mi; u64 ml; u64 mw; };
 
 __device__ __forceinline__ u32 tword(const Dfa& d, u64 i) { return __ldg(d.t + i); }
 
@@ -260,7 +261,7 @@ __device__ __forceinline__ bool dfa_step(const Dfa& d, const u8* cm, u32* state,
                                          u32* stored, Fault* f) {
     u64 at = VYRE_DFA_TRANS_WORD + (u64)*state + cm[byte];
     u32 next = tword(d, at);
-    if ((u64)(next & ~VYRE_DFA_MATCH_BIT) >= d.rows_end) FAIL(VYRE_F_BAD_PROGRAM, at);
+    if ((u64)(next & ~VYRE_DFA_MATCH_BIT) > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, at);
     if ((next & VYRE_DFA_MATCH_BIT) &&
         !dfa_emit(d, next, end, report_from, hits, cap, found, stored, f)) return false;
     *state = next & ~VYRE_DFA_MATCH_BIT;
@@ -293,6 +294,7 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
     if (d.stride < 2 || d.stride > 257) FAIL(VYRE_F_BAD_PROGRAM, 3);
     if (tword(d, 7) != 0) FAIL(VYRE_F_BAD_PROGRAM, 7);
     d.rows_end = (u64)states * d.stride;
+    d.last_row = d.rows_end - d.stride;
     d.mi = VYRE_DFA_TRANS_WORD + d.rows_end;
     d.ml = d.mi + states;
     d.mw = mwords;
@@ -308,9 +310,9 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
         if (code > VYRE_DFA_START_TEXT) FAIL(VYRE_F_MALFORMED_SLOT, 5);
         u64 at = VYRE_DFA_START_WORD + (u64)code;
         state = tword(d, at);
-        if ((u64)state >= d.rows_end) FAIL(VYRE_F_BAD_PROGRAM, at);
+        if ((u64)state > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, at);
     } else {
-        if ((u64)start >= d.rows_end) FAIL(VYRE_F_MALFORMED_SLOT, 5);
+        if ((u64)start > d.last_row) FAIL(VYRE_F_MALFORMED_SLOT, 5);
         state = start;
     }
     u32 report_from = report & ~VYRE_DFA_REPORT_EOI;
@@ -338,7 +340,7 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
     if (report & VYRE_DFA_REPORT_EOI) {
         u64 at = VYRE_DFA_TRANS_WORD + (u64)state + (d.stride - 1);
         u32 next = tword(d, at);
-        if ((u64)(next & ~VYRE_DFA_MATCH_BIT) >= d.rows_end) FAIL(VYRE_F_BAD_PROGRAM, at);
+        if ((u64)(next & ~VYRE_DFA_MATCH_BIT) > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, at);
         if ((next & VYRE_DFA_MATCH_BIT) &&
             !dfa_emit(d, next, len, report_from, hits, cap, &found, &stored, f)) return false;
     }

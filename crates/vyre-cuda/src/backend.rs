@@ -240,7 +240,7 @@ struct Running {
 
 /// Writes to device buffers of at least this many bytes go through pinned staging (two
 /// halves of this size) rather than the driver's path for pageable memory.
-const STAGED_WRITE_BYTES: usize = 4 << 20;
+const STAGED_WRITE_BYTES: usize = 256 << 10;
 
 /// The cuda backend.
 #[derive(Debug)]

@@ -4,8 +4,9 @@
 //! * A reader thread reads each file in segments of [`ScanOptions::segment`] bytes and
 //!   prefixes every segment with the last `overlap` bytes of the file before it, where
 //!   `overlap` is the longest match of any bounded rule group.
-//! * The driver (the calling thread, `driver.rs`) packs segments into a batch, copies the
-//!   batch into one pooled backend buffer, and publishes its slots in one go:
+//! * The driver (the calling thread, `driver.rs`) packs segments into a batch: each is copied
+//!   into the batch's pooled backend buffer as it arrives, and the batch's slots are
+//!   published in one go:
 //!   - bounded groups: one DFA_SCAN per window of [`ScanOptions::window`] bytes. A window
 //!     owns the match ends in its own bytes; its slot starts `L` bytes early (from the
 //!     look-behind start state of the byte before that) and reports only from its own first

@@ -56,7 +56,8 @@ struct Planned {
 #[derive(Debug)]
 struct Batch {
     bufs: Buffers,
-    staging: Vec<u8>,
+    /// Bytes of the data buffer used so far.
+    used: usize,
     segments: Vec<Segment>,
     slots: Vec<Planned>,
     flushed: bool,
@@ -78,7 +79,7 @@ pub(crate) struct Driver<'a> {
     tables: Vec<u32>,
     unbounded: Vec<usize>,
     bounded: Vec<usize>,
-    free: Vec<(Buffers, Vec<u8>)>,
+    free: Vec<Buffers>,
     fifo: VecDeque<Batch>,
     current: Option<Batch>,
     carry: HashMap<u64, Carry>,
@@ -113,7 +114,7 @@ impl<'a> Driver<'a> {
         for _ in 0..opts.in_flight {
             let data = mk.create_buffer(opts.batch.next_multiple_of(4) as u64)?;
             let hits = mk.create_buffer_with(header.len() as u64, &header)?;
-            free.push((Buffers { data, hits }, Vec::with_capacity(opts.batch)));
+            free.push(Buffers { data, hits });
         }
         let (unbounded, bounded) =
             (0..rules.groups.len()).partition(|&g| rules.groups[g].max_len.is_none());
@@ -226,8 +227,7 @@ impl<'a> Driver<'a> {
         let need_slots =
             self.bounded.len() * self.windows(c.data.len() - c.prefix) + self.unbounded.len();
         let fits = self.current.as_ref().is_some_and(|b| {
-            b.staging.len() + c.data.len() <= self.opts.batch
-                && b.slots.len() + need_slots <= self.max_slots
+            b.used + c.data.len() <= self.opts.batch && b.slots.len() + need_slots <= self.max_slots
         });
         // A segment whose unbounded groups continue from a segment in this same batch must
         // go into a later batch: it can start only after that one has completed.
@@ -239,11 +239,10 @@ impl<'a> Driver<'a> {
             if self.free.is_empty() {
                 self.complete_front(sink)?;
             }
-            let (bufs, mut staging) = self.free.pop().expect("a free batch after completing");
-            staging.clear();
+            let bufs = self.free.pop().expect("a free batch after completing");
             self.current = Some(Batch {
                 bufs,
-                staging,
+                used: 0,
                 segments: Vec::new(),
                 slots: Vec::new(),
                 flushed: false,
@@ -268,10 +267,12 @@ impl<'a> Driver<'a> {
             }
         }
         let b = self.current.as_mut().expect("a current batch");
-        let base = b.staging.len();
+        let base = b.used;
         let n = c.data.len() - c.prefix;
         let segment = b.segments.len();
-        b.staging.extend_from_slice(&c.data);
+        // Straight into the batch's buffer: its slots are published only at the flush.
+        self.mk.write_buffer(b.bufs.data, base as u64, &c.data)?;
+        b.used += c.data.len();
         let region = |slots: &Vec<Planned>| (slots.len() as u64 * self.region) as u32;
         // Bounded groups: one slot per window.
         let windows = n.div_ceil(self.opts.window).max(1);
@@ -353,7 +354,6 @@ impl<'a> Driver<'a> {
         let Some(mut b) = self.current.take() else {
             return Ok(());
         };
-        self.mk.write_buffer(b.bufs.data, 0, &b.staging)?;
         b.flushed = true;
         publish_ready(self.mk, &mut b.slots)?;
         self.fifo.push_back(b);
@@ -446,7 +446,7 @@ impl<'a> Driver<'a> {
             }
         }
         sink.progress(self.summary.bytes, self.summary.files);
-        self.free.push((b.bufs, std::mem::take(&mut b.staging)));
+        self.free.push(b.bufs);
         Ok(())
     }
 

@@ -183,6 +183,17 @@ fn store_byte(base: u32, off: u32, v: u32) {
     }
 }
 
+// Sequential byte reads: one word load per four bytes. `next_byte(base, p)` for p = off, off+1,
+// ... in order; the word is reloaded at p = off and at every word boundary.
+var<private> seq_word: u32;
+
+fn next_byte(base: u32, p: u32, first: bool) -> u32 {
+    if (first || (p & 3u) == 0u) {
+        seq_word = hload(base + (p >> 2u));
+    }
+    return (seq_word >> ((p & 3u) * 8u)) & 0xffu;
+}
+
 // Four bytes at any offset (all four inside the buffer).
 fn rd32(base: u32, off: u32) -> u32 {
     let q = base + (off >> 2u);
@@ -399,7 +410,7 @@ fn op_byte_histogram() -> bool {
     var counts: array<u32, 256>;
     let base = buf(a[0]).base;
     for (var i = 0u; i < a[2]; i++) {
-        let b = load_byte(base, a[1] + i);
+        let b = next_byte(base, a[1] + i, i == 0u);
         counts[b] += 1u;
     }
     let dst = buf(a[3]).base + (a[4] >> 2u);
@@ -418,7 +429,7 @@ fn op_count_byte() -> bool {
     let base = buf(a[0]).base;
     var n = 0u;
     for (var i = 0u; i < a[2]; i++) {
-        n += select(0u, 1u, load_byte(base, a[1] + i) == a[3]);
+        n += select(0u, 1u, next_byte(base, a[1] + i, i == 0u) == a[3]);
     }
     res[0] = n;
     return true;
@@ -579,7 +590,7 @@ fn op_dfa_scan() -> bool {
     dfa_stored = 0u;
     let db = buf(data).base;
     for (var i = 0u; i < len; i++) {
-        let at = DFA_TRANS_WORD + state + dfa_classes[load_byte(db, off + i)];
+        let at = DFA_TRANS_WORD + state + dfa_classes[next_byte(db, off + i, i == 0u)];
         let next = hload(tb + at);
         if ((next & ~DFA_MATCH_BIT) > last_row) { return fail(VYRE_F_BAD_PROGRAM, at); }
         if ((next & DFA_MATCH_BIT) != 0u) {

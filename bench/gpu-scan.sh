@@ -13,14 +13,14 @@
 # Knobs (environment): GB (corpus size, default 1.4), COUNTS (default 10,1000,10000),
 # BACKENDS (default cpu,cuda), MAX_COMPILE (seconds, default 90), WINDOW / IN_FLIGHT (vyre
 # file pipeline; default 1 MiB / 64), RESIDENT_MIB (default 1024), RESIDENT_WINDOW (bytes
-# per DFA_SCAN slot, default 65536).
+# per DFA_SCAN slot, a list: one row each; default 262144,65536,16384).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/vyre-out}; mkdir -p "$OUT"
 CORPUS=${CORPUS:-/tmp/vyre-corpus}
 GB=${GB:-1.4} COUNTS=${COUNTS:-10,1000,10000} BACKENDS=${BACKENDS:-cpu,cuda}
 MAX_COMPILE=${MAX_COMPILE:-90} WINDOW=${WINDOW:-1048576} IN_FLIGHT=${IN_FLIGHT:-64}
-RESIDENT_MIB=${RESIDENT_MIB:-1024} RESIDENT_WINDOW=${RESIDENT_WINDOW:-65536}
+RESIDENT_MIB=${RESIDENT_MIB:-1024} RESIDENT_WINDOW=${RESIDENT_WINDOW:-262144,65536,16384}
 export RUST_LOG=${RUST_LOG:-warn}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; lscpu | head -20; nproc; uname -r; } > "$OUT/machine.txt" 2>&1
 head -3 "$OUT/machine.txt"

@@ -21,21 +21,22 @@ CORPUS=${CORPUS:-/tmp/vyre-corpus}
 GB=${GB:-1.4} COUNTS=${COUNTS:-10,1000,10000} BACKENDS=${BACKENDS:-cpu,cuda}
 MAX_COMPILE=${MAX_COMPILE:-90} WINDOW=${WINDOW:-1048576} IN_FLIGHT=${IN_FLIGHT:-64}
 RESIDENT_MIB=${RESIDENT_MIB:-1024} RESIDENT_WINDOW=${RESIDENT_WINDOW:-262144,65536,16384}
+VYRE=${VYRE:-.bin/vyre}
 export RUST_LOG=${RUST_LOG:-warn}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; lscpu | head -20; nproc; uname -r; } > "$OUT/machine.txt" 2>&1
 head -3 "$OUT/machine.txt"
-chmod +x .bin/vyre .bin/rg
+chmod +x "$VYRE" .bin/rg
 if [ ! -d "$CORPUS/copy0" ]; then
   echo "== corpus"; time bash bench/scan-corpus.sh unpack "$CORPUS" "$GB"
 fi
 case "${1:-all}" in
   resident)
-    timeout 300 ./.bin/vyre bench scan --corpus "$CORPUS" --backends "$BACKENDS" --rules-counts 1000 \
+    timeout 300 "$VYRE" bench scan --corpus "$CORPUS" --backends "$BACKENDS" --rules-counts 1000 \
       --no-regex --resident-only --resident-mib "$RESIDENT_MIB" --resident-window "$RESIDENT_WINDOW" \
       --out "$OUT/scan-resident-h100.md" 2>&1 | tee "$OUT/scan-resident.log"
     ;;
   all)
-    timeout 540 ./.bin/vyre bench scan --corpus "$CORPUS" --backends "$BACKENDS" --rg .bin/rg \
+    timeout 540 "$VYRE" bench scan --corpus "$CORPUS" --backends "$BACKENDS" --rg .bin/rg \
       --rules-counts "$COUNTS" --max-compile-seconds "$MAX_COMPILE" --window "$WINDOW" --in-flight "$IN_FLIGHT" \
       --resident-mib "$RESIDENT_MIB" --resident-window "$RESIDENT_WINDOW" \
       --rules-dir "$OUT/rules" --out "$OUT/scan-h100.md" 2>&1 | tee "$OUT/scan.log"

@@ -11,16 +11,18 @@
 # Results in $OUT: scan-h100.md (the table), scan.log, machine.txt.
 #
 # Knobs (environment): GB (corpus size, default 1.4), COUNTS (default 10,1000,10000),
-# BACKENDS (default cpu,cuda), MAX_COMPILE (seconds, default 90), WINDOW / IN_FLIGHT (vyre
-# file pipeline; default 1 MiB / 64), RESIDENT_MIB (default 1024), RESIDENT_WINDOW (bytes
-# per DFA_SCAN slot, a list: one row each; default 262144,65536,16384).
+# BACKENDS (default cpu,cuda), MAX_COMPILE (seconds, default 90), WINDOW / BATCH / IN_FLIGHT
+# (vyre file pipeline overrides; default: each backend's ScanOptions::for_backend), RESIDENT_MIB (default 1024), RESIDENT_WINDOW (bytes
+# per DFA_SCAN slot, a list: one row each; default 65536,16384,4096).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/vyre-out}; mkdir -p "$OUT"
 CORPUS=${CORPUS:-/tmp/vyre-corpus}
 GB=${GB:-1.4} COUNTS=${COUNTS:-10,1000,10000} BACKENDS=${BACKENDS:-cpu,cuda}
-MAX_COMPILE=${MAX_COMPILE:-90} WINDOW=${WINDOW:-1048576} IN_FLIGHT=${IN_FLIGHT:-64}
-RESIDENT_MIB=${RESIDENT_MIB:-1024} RESIDENT_WINDOW=${RESIDENT_WINDOW:-262144,65536,16384}
+MAX_COMPILE=${MAX_COMPILE:-90}
+PIPE=(); [ -n "${WINDOW:-}" ] && PIPE+=(--window "$WINDOW"); [ -n "${BATCH:-}" ] && PIPE+=(--batch "$BATCH")
+[ -n "${IN_FLIGHT:-}" ] && PIPE+=(--in-flight "$IN_FLIGHT")
+RESIDENT_MIB=${RESIDENT_MIB:-1024} RESIDENT_WINDOW=${RESIDENT_WINDOW:-65536,16384,4096}
 VYRE=${VYRE:-.bin/vyre}
 export RUST_LOG=${RUST_LOG:-warn}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; lscpu | head -20; nproc; uname -r; } > "$OUT/machine.txt" 2>&1
@@ -37,7 +39,7 @@ case "${1:-all}" in
     ;;
   all)
     timeout 540 "$VYRE" bench scan --corpus "$CORPUS" --backends "$BACKENDS" --rg .bin/rg \
-      --rules-counts "$COUNTS" --max-compile-seconds "$MAX_COMPILE" --window "$WINDOW" --in-flight "$IN_FLIGHT" \
+      --rules-counts "$COUNTS" --max-compile-seconds "$MAX_COMPILE" "${PIPE[@]}" \
       --resident-mib "$RESIDENT_MIB" --resident-window "$RESIDENT_WINDOW" \
       --rules-dir "$OUT/rules" --out "$OUT/scan-h100.md" 2>&1 | tee "$OUT/scan.log"
     ;;

@@ -82,12 +82,15 @@ pub struct Args {
     /// Untimed passes of each engine before its timed pass.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Bytes per scan window (vyre).
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
-    pub window: usize,
-    /// Windows in flight (vyre).
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    pub in_flight: usize,
+    /// Bytes per DFA_SCAN window (vyre; default: the backend's, as `vyre scan` uses).
+    #[arg(long, value_name = "BYTES")]
+    pub window: Option<usize>,
+    /// Bytes per batch (vyre; default: the backend's).
+    #[arg(long, value_name = "BYTES")]
+    pub batch: Option<usize>,
+    /// Batches in flight (vyre; default: the backend's).
+    #[arg(long, value_name = "N")]
+    pub in_flight: Option<usize>,
     /// Worker threads for the cpu backend (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -383,16 +386,32 @@ fn header(a: &Args, files: &[(PathBuf, u64)], bytes: u64, threads: usize) -> Str
     );
     let _ = writeln!(
         s,
-        "corpus: `{}`, {} files, {} bytes ({:.3} GB), warm page cache; {} untimed pass(es) per engine before the timed one; vyre window {} bytes, {} in flight",
+        "corpus: `{}`, {} files, {} bytes ({:.3} GB), warm page cache; {} untimed pass(es) per engine before the timed one; vyre pipeline: each backend's `ScanOptions::for_backend` defaults{}",
         a.corpus.display(),
         files.len(),
         bytes,
         bytes as f64 / 1e9,
         a.warmup,
-        a.window,
-        a.in_flight,
+        overrides(a),
     );
     s
+}
+
+/// The pipeline settings given on the command line, as text.
+fn overrides(a: &Args) -> String {
+    let o: Vec<String> = [
+        a.window.map(|w| format!("window {w} bytes")),
+        a.batch.map(|b| format!("batch {b} bytes")),
+        a.in_flight.map(|n| format!("{n} batches in flight")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if o.is_empty() {
+        String::new()
+    } else {
+        format!(", except {}", o.join(", "))
+    }
 }
 
 /// Runs every engine on every rule set.
@@ -642,16 +661,22 @@ fn run_vyre(
     };
     config.workers = a.workers;
     let mk = Megakernel::launch(b, config).map_err(|e| format!("launch failed: {e}"))?;
+    let defaults = ScanOptions::for_backend(&name);
     let opts = ScanOptions {
-        window: a.window,
-        in_flight: a.in_flight,
+        window: a.window.unwrap_or(defaults.window),
+        batch: a.batch.unwrap_or(defaults.batch),
+        in_flight: a.in_flight.unwrap_or(defaults.in_flight),
         walk: WalkOptions {
             hidden: true,
             no_ignore: true,
             follow: false,
         },
-        ..ScanOptions::default()
+        ..defaults
     };
+    eprintln!(
+        "vyre {name}: window {} bytes, batch {} bytes, {} in flight, {} reader(s)",
+        opts.window, opts.batch, opts.in_flight, opts.readers
+    );
     let paths = [a.corpus.clone()];
     let mut result = Err("no pass ran".to_string());
     for pass in 0..=a.warmup {

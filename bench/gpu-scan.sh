@@ -8,7 +8,8 @@
 #   .bin/vyre  .bin/rg  .bin/corpus
 # Run there:  bash bench/gpu-scan.sh            (all steps, ~8 min on 16 cores + H100)
 #             bash bench/gpu-scan.sh resident   (only the resident DFA_SCAN probe, ~1 min)
-# Results in $OUT: scan-h100.md (the table), scan.log, machine.txt.
+# Results in $OUT: scan-h100.md (the table), scan.log (also the rows of every finished rule set,
+# if the 540 s timeout cuts the run short), machine.txt, rules/ (the generated rule files).
 #
 # Knobs (environment): GB (corpus size, default 1.4), COUNTS (default 10,1000,10000),
 # BACKENDS (default cpu,cuda), MAX_COMPILE (seconds, default 90), WINDOW / BATCH / IN_FLIGHT

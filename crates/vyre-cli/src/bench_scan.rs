@@ -655,10 +655,7 @@ fn run_vyre(
     let (b, _) = backends::create(backend, &[SlotOp::DfaScan])
         .map_err(|e| format!("skipped: backend {backend} unavailable: {e}"))?;
     let name = b.name().to_string();
-    let mut config = Config {
-        claim_batch: 1,
-        ..Config::default()
-    };
+    let mut config = vyre_scan::pipeline::megakernel_config(&name);
     config.workers = a.workers;
     let mk = Megakernel::launch(b, config).map_err(|e| format!("launch failed: {e}"))?;
     let defaults = ScanOptions::for_backend(&name);
@@ -1025,10 +1022,9 @@ fn resident(
         };
         let name = b.name().to_string();
         let config = Config {
-            claim_batch: 1,
             capacity: 1 << 16,
             workers: a.workers,
-            ..Config::default()
+            ..vyre_scan::pipeline::megakernel_config(&name)
         };
         let mk = Megakernel::launch(b, config)?;
         let mut tables = Vec::new();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vyre_isa::SlotOp;
-use vyre_runtime::{Config, Megakernel};
+use vyre_runtime::Megakernel;
 use vyre_scan::pipeline::{self, FileError, ScanOptions, Sink, WalkOptions};
 use vyre_scan::{compile, Limits, RuleSet};
 
@@ -84,12 +84,7 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (backend, decision) = backends::create(&a.backend, &[SlotOp::DfaScan])?;
     tracing::info!(backend = decision.backend, reason = %decision.reason, "backend chosen");
     let backend_name = backend.name();
-    // One window per claim: a DFA_SCAN slot is long, and a worker that claimed a batch of
-    // them would leave the other workers idle.
-    let mut config = Config {
-        claim_batch: 1,
-        ..Config::default()
-    };
+    let mut config = pipeline::megakernel_config(backend_name);
     if let Some(w) = a.workers {
         config.workers = Some(w);
     }

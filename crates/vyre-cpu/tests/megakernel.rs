@@ -356,3 +356,31 @@ fn a_hung_megakernel_shuts_down_reporting_every_unfinished_slot_lost() {
     let report = mk.shutdown().unwrap();
     assert_eq!(report.lost.len(), 20, "{report:?}");
 }
+
+#[test]
+fn wait_all_takes_any_subset_in_the_order_given_and_leaves_the_rest() {
+    let mk = launch(Config::default());
+    let buf = mk.create_buffer(4 * 100).unwrap();
+    let slots: Vec<Slot> = (0..100u32)
+        .map(|i| Slot::new(SlotOp::AtomicAdd, &[buf, 4 * i, i + 1]))
+        .collect();
+    let t = mk.publish_batch(&slots).unwrap();
+    // A shuffled subset with gaps: each completion is its own slot's (old value 0 → r0 = 0;
+    // the position tells which slot it was).
+    let pick: Vec<u64> = [97u64, 3, 50, 0, 64, 99]
+        .iter()
+        .map(|&k| t.start + k)
+        .collect();
+    let got = mk.wait_all(&pick).unwrap();
+    assert_eq!(got.len(), pick.len());
+    for (c, &ticket) in got.iter().zip(&pick) {
+        assert!(matches!(c.outcome, Outcome::Done([0, 0, 0, 0])), "{c:?}");
+        assert_eq!(u64::from(c.position), ticket - t.start, "{c:?}");
+    }
+    // The others are still there to take; a taken one is an error, not a hang.
+    let rest: Vec<u64> = t.clone().filter(|x| !pick.contains(x)).collect();
+    assert_eq!(mk.wait_all(&rest).unwrap().len(), 94);
+    assert!(mk.wait_all(&[t.start + 3]).is_err());
+    assert!(mk.wait_all(&[]).unwrap().is_empty());
+    mk.shutdown().unwrap();
+}

@@ -286,14 +286,8 @@ fn scan_matches_cpu(passed: &mut u32, failed: &mut u32) {
         std::fs::write(dir.join(format!("f{i}")), data).unwrap();
     }
     let run = |backend: Arc<dyn Backend>, opts: &ScanOptions| {
-        let mk = Megakernel::launch(
-            backend,
-            Config {
-                claim_batch: 1,
-                ..Config::default()
-            },
-        )
-        .expect("launch");
+        let config = vyre_scan::pipeline::megakernel_config(backend.name());
+        let mk = Megakernel::launch(backend, config).expect("launch");
         let mut c = Collect::default();
         let t = std::time::Instant::now();
         let summary = scan(&mk, &compiled, std::slice::from_ref(&dir), opts, &mut c).expect("scan");

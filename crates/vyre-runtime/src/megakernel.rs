@@ -492,6 +492,30 @@ impl Megakernel {
         }
     }
 
+    /// Waits for every ticket in `tickets` (any order, gaps allowed) and returns their
+    /// completions in the order given. Completions are reaped in ticket order, so this waits
+    /// for the highest one and takes the rest under one lock, instead of one lock per ticket.
+    pub fn wait_all(&self, tickets: &[Ticket]) -> Result<Vec<Completion>, Error> {
+        let Some(&max) = tickets.iter().max() else {
+            return Ok(Vec::new());
+        };
+        let last = self.wait(max)?;
+        let mut host = self.host();
+        tickets
+            .iter()
+            .map(|&t| {
+                if t == max {
+                    return Ok(last);
+                }
+                host.take(t).ok_or_else(|| {
+                    Error::new(ErrorKind::Config(format!(
+                        "ticket {t} was already taken or never published"
+                    )))
+                })
+            })
+            .collect()
+    }
+
     /// Waits for every ticket in a range; completions in ticket order. Takes whatever has
     /// finished under one lock per poll rather than one per ticket.
     pub fn wait_range(&self, tickets: Range<Ticket>) -> Result<Vec<Completion>, Error> {

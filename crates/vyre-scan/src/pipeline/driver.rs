@@ -14,6 +14,10 @@ use vyre_runtime::{Megakernel, Outcome, Ticket};
 /// Extra windows a batch may hold beyond `batch / window`: each small file adds one.
 const SMALL_FILE_WINDOWS: usize = 1024;
 
+/// Segments at least this large are written into the batch buffer directly; smaller ones are
+/// gathered and written together.
+const DIRECT_WRITE_BYTES: usize = 256 << 10;
+
 /// One pooled pair of backend buffers.
 #[derive(Debug, Clone, Copy)]
 struct Buffers {
@@ -58,8 +62,14 @@ struct Batch {
     bufs: Buffers,
     /// Bytes of the data buffer used so far.
     used: usize,
+    /// Small segments not yet copied in: they go in with one write, at `used - staged.len()`.
+    staged: Vec<u8>,
     segments: Vec<Segment>,
     slots: Vec<Planned>,
+    /// How many of `slots` are published, and the highest ticket among them (completions
+    /// are reaped in ticket order, so the batch is done when that one is).
+    published: usize,
+    last: Option<Ticket>,
     flushed: bool,
 }
 
@@ -79,7 +89,7 @@ pub(crate) struct Driver<'a> {
     tables: Vec<u32>,
     unbounded: Vec<usize>,
     bounded: Vec<usize>,
-    free: Vec<Buffers>,
+    free: Vec<(Buffers, Vec<u8>)>,
     fifo: VecDeque<Batch>,
     current: Option<Batch>,
     carry: HashMap<u64, Carry>,
@@ -114,7 +124,7 @@ impl<'a> Driver<'a> {
         for _ in 0..opts.in_flight {
             let data = mk.create_buffer(opts.batch.next_multiple_of(4) as u64)?;
             let hits = mk.create_buffer_with(header.len() as u64, &header)?;
-            free.push(Buffers { data, hits });
+            free.push((Buffers { data, hits }, Vec::new()));
         }
         let (unbounded, bounded) =
             (0..rules.groups.len()).partition(|&g| rules.groups[g].max_len.is_none());
@@ -209,11 +219,11 @@ impl<'a> Driver<'a> {
             .is_some_and(|b| b.segments.iter().any(|s| s.file.seq == seq))
     }
 
+    /// Whether every slot of `b` has completed: completions are reaped in ticket order, so
+    /// the batch is done when all its slots are published and its highest ticket is. (One
+    /// check, not one per slot: this runs for every segment the readers deliver.)
     fn finished(&self, b: &Batch) -> bool {
-        b.slots.iter().all(|p| match p.state {
-            State::Published(t) => self.mk.is_finished(t),
-            _ => false,
-        })
+        b.published == b.slots.len() && b.last.is_none_or(|t| self.mk.is_finished(t))
     }
 
     /// Windows of a segment's own bytes (at least one, for the end-of-input transition).
@@ -239,12 +249,15 @@ impl<'a> Driver<'a> {
             if self.free.is_empty() {
                 self.complete_front(sink)?;
             }
-            let bufs = self.free.pop().expect("a free batch after completing");
+            let (bufs, staged) = self.free.pop().expect("a free batch after completing");
             self.current = Some(Batch {
                 bufs,
                 used: 0,
+                staged,
                 segments: Vec::new(),
                 slots: Vec::new(),
+                published: 0,
+                last: None,
                 flushed: false,
             });
         }
@@ -270,8 +283,15 @@ impl<'a> Driver<'a> {
         let base = b.used;
         let n = c.data.len() - c.prefix;
         let segment = b.segments.len();
-        // Straight into the batch's buffer: its slots are published only at the flush.
-        self.mk.write_buffer(b.bufs.data, base as u64, &c.data)?;
+        // Into the batch's buffer (its slots are published only at the flush): a large
+        // segment straight in, small ones gathered into one write, since every write is a
+        // synchronous copy.
+        if c.data.len() >= DIRECT_WRITE_BYTES {
+            write_staged(self.mk, b)?;
+            self.mk.write_buffer(b.bufs.data, base as u64, &c.data)?;
+        } else {
+            b.staged.extend_from_slice(&c.data);
+        }
         b.used += c.data.len();
         let region = |slots: &Vec<Planned>| (slots.len() as u64 * self.region) as u32;
         // Bounded groups: one slot per window.
@@ -354,8 +374,9 @@ impl<'a> Driver<'a> {
         let Some(mut b) = self.current.take() else {
             return Ok(());
         };
+        write_staged(self.mk, &mut b)?;
         b.flushed = true;
-        publish_ready(self.mk, &mut b.slots)?;
+        publish_ready(self.mk, &mut b)?;
         self.fifo.push_back(b);
         Ok(())
     }
@@ -366,13 +387,20 @@ impl<'a> Driver<'a> {
             return self.flush();
         }
         let mut b = self.fifo.pop_front().expect("a batch");
-        let mut results = Vec::with_capacity(b.slots.len());
-        for p in &b.slots {
-            let State::Published(t) = p.state else {
-                unreachable!("a batch completes after its predecessors published everything")
-            };
-            results.push(self.mk.wait(t)?.outcome);
-        }
+        let tickets: Vec<Ticket> = b
+            .slots
+            .iter()
+            .map(|p| match p.state {
+                State::Published(t) => t,
+                _ => unreachable!("a batch completes after its predecessors published everything"),
+            })
+            .collect();
+        let results: Vec<Outcome> = self
+            .mk
+            .wait_all(&tickets)?
+            .into_iter()
+            .map(|c| c.outcome)
+            .collect();
         // One read covers every region that holds hits.
         let last = results
             .iter()
@@ -446,7 +474,7 @@ impl<'a> Driver<'a> {
             }
         }
         sink.progress(self.summary.bytes, self.summary.files);
-        self.free.push(b.bufs);
+        self.free.push((b.bufs, std::mem::take(&mut b.staged)));
         Ok(())
     }
 
@@ -479,7 +507,7 @@ impl<'a> Driver<'a> {
                 }
             }
             if b.flushed {
-                publish_ready(mk, &mut b.slots)?;
+                publish_ready(mk, b)?;
             }
             return Ok(());
         }
@@ -491,8 +519,19 @@ impl<'a> Driver<'a> {
     }
 }
 
-fn publish_ready(mk: &Megakernel, slots: &mut [Planned]) -> Result<(), ScanError> {
-    let ready: Vec<Slot> = slots
+/// Copies the batch's gathered small segments in.
+fn write_staged(mk: &Megakernel, b: &mut Batch) -> Result<(), ScanError> {
+    if !b.staged.is_empty() {
+        let at = b.used - b.staged.len();
+        mk.write_buffer(b.bufs.data, at as u64, &b.staged)?;
+        b.staged.clear();
+    }
+    Ok(())
+}
+
+fn publish_ready(mk: &Megakernel, b: &mut Batch) -> Result<(), ScanError> {
+    let ready: Vec<Slot> = b
+        .slots
         .iter()
         .filter(|p| matches!(p.state, State::Ready))
         .map(|p| p.slot)
@@ -501,7 +540,13 @@ fn publish_ready(mk: &Megakernel, slots: &mut [Planned]) -> Result<(), ScanError
         return Ok(());
     }
     let mut tickets = mk.publish_batch(&ready)?;
-    for p in slots.iter_mut().filter(|p| matches!(p.state, State::Ready)) {
+    b.published += ready.len();
+    b.last = b.last.max(Some(tickets.end - 1));
+    for p in b
+        .slots
+        .iter_mut()
+        .filter(|p| matches!(p.state, State::Ready))
+    {
         p.state = State::Published(tickets.next().expect("one ticket per slot"));
     }
     Ok(())

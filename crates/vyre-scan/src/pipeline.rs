@@ -93,17 +93,21 @@ impl ScanOptions {
 
 /// The megakernel settings a scan wants on a backend. On cpu a worker thread runs the slots
 /// it claims one after another, so it claims one window at a time (a worker holding a batch
-/// of long slots would leave the others idle); on a GPU a warp runs one claimed slot per
-/// lane, so it claims a full batch (claiming one would leave 31 of 32 lanes idle).
+/// of long slots would leave the others idle). On a GPU a warp runs one claimed slot per
+/// lane, so it claims a full batch (claiming one would leave 31 of 32 lanes idle), and the
+/// ring holds 65,536 slots, enough windows in flight for every lane of a full grid.
 pub fn megakernel_config(backend: &str) -> vyre_runtime::Config {
     let default = vyre_runtime::Config::default();
-    vyre_runtime::Config {
-        claim_batch: if backend == "cpu" {
-            1
-        } else {
-            default.claim_batch
-        },
-        ..default
+    if backend == "cpu" {
+        vyre_runtime::Config {
+            claim_batch: 1,
+            ..default
+        }
+    } else {
+        vyre_runtime::Config {
+            capacity: 1 << 16,
+            ..default
+        }
     }
 }
 
@@ -227,7 +231,9 @@ pub fn scan(
         )));
     }
     let (path_tx, path_rx) = sync_channel::<(u64, Result<PathBuf, FileError>)>(1024);
-    let (item_tx, item_rx) = sync_channel::<Item>(opts.in_flight.max(2));
+    // Deep enough that the driver takes many small files per wake-up (a context switch per
+    // file cost more than reading it); at most 256 segments (256 MiB of 1 MiB segments).
+    let (item_tx, item_rx) = sync_channel::<Item>(256);
     let walk = {
         let paths = paths.to_vec();
         let w = opts.walk.clone();

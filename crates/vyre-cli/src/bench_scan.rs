@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use vyre_isa::dfa::{HIT_HEADER_BYTES, START_LOOKBEHIND, START_TEXT};
 use vyre_isa::{Slot, SlotOp};
 use vyre_runtime::{Config, Megakernel};
-use vyre_scan::pipeline::{self, FileError, ScanOptions, Sink, WalkOptions};
+use vyre_scan::pipeline::{self, FileError, Sink, WalkOptions};
 use vyre_scan::{compile, Compiled, Limits, RuleSet};
 
 /// Arguments of `vyre bench scan`.
@@ -82,18 +82,9 @@ pub struct Args {
     /// Untimed passes of each engine before its timed pass.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Bytes per DFA_SCAN window (vyre; default: the backend's, as `vyre scan` uses).
-    #[arg(long, value_name = "BYTES")]
-    pub window: Option<usize>,
-    /// Bytes per batch (vyre; default: the backend's).
-    #[arg(long, value_name = "BYTES")]
-    pub batch: Option<usize>,
-    /// Batches in flight (vyre; default: the backend's).
-    #[arg(long, value_name = "N")]
-    pub in_flight: Option<usize>,
-    /// Worker threads for the cpu backend (default: one per core).
-    #[arg(long)]
-    pub workers: Option<usize>,
+    /// vyre's pipeline settings (default: each backend's, as `vyre scan` uses).
+    #[command(flatten)]
+    pub tuning: crate::scan::Tuning,
     /// Threads for ripgrep and regex-automata (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -400,9 +391,9 @@ fn header(a: &Args, files: &[(PathBuf, u64)], bytes: u64, threads: usize) -> Str
 /// The pipeline settings given on the command line, as text.
 fn overrides(a: &Args) -> String {
     let o: Vec<String> = [
-        a.window.map(|w| format!("window {w} bytes")),
-        a.batch.map(|b| format!("batch {b} bytes")),
-        a.in_flight.map(|n| format!("{n} batches in flight")),
+        a.tuning.window.map(|w| format!("window {w} bytes")),
+        a.tuning.batch.map(|b| format!("batch {b} bytes")),
+        a.tuning.in_flight.map(|n| format!("{n} batches in flight")),
     ]
     .into_iter()
     .flatten()
@@ -655,21 +646,13 @@ fn run_vyre(
     let (b, _) = backends::create(backend, &[SlotOp::DfaScan])
         .map_err(|e| format!("skipped: backend {backend} unavailable: {e}"))?;
     let name = b.name().to_string();
-    let mut config = vyre_scan::pipeline::megakernel_config(&name);
-    config.workers = a.workers;
-    let mk = Megakernel::launch(b, config).map_err(|e| format!("launch failed: {e}"))?;
-    let defaults = ScanOptions::for_backend(&name);
-    let opts = ScanOptions {
-        window: a.window.unwrap_or(defaults.window),
-        batch: a.batch.unwrap_or(defaults.batch),
-        in_flight: a.in_flight.unwrap_or(defaults.in_flight),
-        walk: WalkOptions {
-            hidden: true,
-            no_ignore: true,
-            follow: false,
-        },
-        ..defaults
+    let walk = WalkOptions {
+        hidden: true,
+        no_ignore: true,
+        follow: false,
     };
+    let (config, opts) = a.tuning.apply(&name, walk);
+    let mk = Megakernel::launch(b, config).map_err(|e| format!("launch failed: {e}"))?;
     eprintln!(
         "vyre {name}: window {} bytes, batch {} bytes, {} in flight, {} reader(s)",
         opts.window, opts.batch, opts.in_flight, opts.readers
@@ -1023,7 +1006,7 @@ fn resident(
         let name = b.name().to_string();
         let config = Config {
             capacity: 1 << 16,
-            workers: a.workers,
+            workers: a.tuning.workers,
             ..vyre_scan::pipeline::megakernel_config(&name)
         };
         let mk = Megakernel::launch(b, config)?;

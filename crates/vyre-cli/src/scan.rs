@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vyre_isa::SlotOp;
-use vyre_runtime::Megakernel;
+use vyre_runtime::{Config, Megakernel};
 use vyre_scan::pipeline::{self, FileError, ScanOptions, Sink, WalkOptions};
 use vyre_scan::{compile, Limits, RuleSet};
 
@@ -47,18 +47,46 @@ pub struct Args {
     /// Exit 0/1 by matches even if some files could not be read (they are still reported).
     #[arg(long)]
     pub no_fail_on_file_errors: bool,
+    /// Pipeline settings.
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+/// The scan pipeline's knobs (shared with `vyre bench scan`); unset ones take the backend's
+/// defaults (`ScanOptions::for_backend`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Tuning {
     /// Bytes of file data per DFA_SCAN slot (default: 1 MiB on cpu, 16 KiB on a GPU).
     #[arg(long, value_name = "BYTES")]
     pub window: Option<usize>,
-    /// Bytes per backend transfer (default: 8 MiB on cpu, 16 MiB on a GPU).
+    /// Bytes per backend transfer (default: 8 MiB on cpu, 64 MiB on a GPU).
     #[arg(long, value_name = "BYTES")]
     pub batch: Option<usize>,
-    /// Batches in flight.
+    /// Batches in flight (default: 4 on cpu, 8 on a GPU).
     #[arg(long, value_name = "N")]
     pub in_flight: Option<usize>,
     /// Worker threads for the cpu backend (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+}
+
+impl Tuning {
+    /// The megakernel settings and pipeline options for `backend` with these overrides.
+    pub fn apply(&self, backend: &str, walk: WalkOptions) -> (Config, ScanOptions) {
+        let mut config = pipeline::megakernel_config(backend);
+        if self.workers.is_some() {
+            config.workers = self.workers;
+        }
+        let defaults = ScanOptions::for_backend(backend);
+        let opts = ScanOptions {
+            window: self.window.unwrap_or(defaults.window),
+            batch: self.batch.unwrap_or(defaults.batch),
+            in_flight: self.in_flight.unwrap_or(defaults.in_flight),
+            walk,
+            ..defaults
+        };
+        (config, opts)
+    }
 }
 
 /// Runs the scan; exit 0 if anything matched, 1 if nothing did, 2 on error.
@@ -84,23 +112,13 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (backend, decision) = backends::create(&a.backend, &[SlotOp::DfaScan])?;
     tracing::info!(backend = decision.backend, reason = %decision.reason, "backend chosen");
     let backend_name = backend.name();
-    let mut config = pipeline::megakernel_config(backend_name);
-    if let Some(w) = a.workers {
-        config.workers = Some(w);
-    }
-    let mk = Megakernel::launch(backend, config)?;
-    let defaults = ScanOptions::for_backend(backend_name);
-    let opts = ScanOptions {
-        window: a.window.unwrap_or(defaults.window),
-        batch: a.batch.unwrap_or(defaults.batch),
-        in_flight: a.in_flight.unwrap_or(defaults.in_flight),
-        walk: WalkOptions {
-            hidden: a.hidden,
-            no_ignore: a.no_ignore,
-            follow: a.follow,
-        },
-        ..defaults
+    let walk = WalkOptions {
+        hidden: a.hidden,
+        no_ignore: a.no_ignore,
+        follow: a.follow,
     };
+    let (config, opts) = a.tuning.apply(backend_name, walk);
+    let mk = Megakernel::launch(backend, config)?;
     let mut out = Printer::new(&a, &compiled.names);
     let result = pipeline::scan(&mk, &compiled, &a.paths, &opts, &mut out);
     out.finish_progress();

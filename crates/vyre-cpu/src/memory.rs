@@ -148,13 +148,7 @@ pub type Programs = Table<Program>;
 impl Buffers {
     /// Registers a zero-filled buffer.
     pub fn create(&self, size: u64, max: u64) -> Result<u32, BackendError> {
-        if size > max {
-            return Err(BackendError::Limit {
-                what: "buffer size in bytes",
-                requested: size,
-                limit: max,
-            });
-        }
+        BackendError::check_limit("buffer size in bytes", size, max)?;
         self.insert(CpuBuffer::new(size))
     }
 
@@ -165,13 +159,7 @@ impl Buffers {
         max: u64,
     ) -> Result<u32, BackendError> {
         let size = region.words().len() as u64 * 4;
-        if size > max {
-            return Err(BackendError::Limit {
-                what: "host region size in bytes",
-                requested: size,
-                limit: max,
-            });
-        }
+        BackendError::check_limit("host region size in bytes", size, max)?;
         self.insert(CpuBuffer::region(region))
     }
 

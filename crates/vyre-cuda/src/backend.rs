@@ -404,21 +404,13 @@ impl CudaBackend {
         size: u64,
         placement: BufferPlacement,
     ) -> Result<u32, BackendError> {
-        if size > MAX_BUFFER_BYTES {
-            return Err(BackendError::Limit {
-                what: "buffer size in bytes",
-                requested: size,
-                limit: MAX_BUFFER_BYTES,
-            });
-        }
+        BackendError::check_limit("buffer size in bytes", size, MAX_BUFFER_BYTES)?;
         let mut buffers = lock(&self.buffers);
-        if buffers.len() >= MAX_BUFFERS as usize {
-            return Err(BackendError::Limit {
-                what: "registered buffers",
-                requested: buffers.len() as u64 + 1,
-                limit: MAX_BUFFERS.into(),
-            });
-        }
+        BackendError::check_limit(
+            "registered buffers",
+            buffers.len() as u64 + 1,
+            u64::from(MAX_BUFFERS),
+        )?;
         let (storage, ptr) = match placement {
             BufferPlacement::Device => {
                 let d = DeviceAlloc::zeroed(&self.ctx, &self.copies, size as usize)
@@ -553,21 +545,13 @@ impl Backend for CudaBackend {
     fn register_host_region(&self, region: Arc<dyn HostRegion>) -> Result<u32, BackendError> {
         // The kernel reads the region through its mapped device address: zero copy.
         let size = region.words().len() as u64 * 4;
-        if size > MAX_BUFFER_BYTES {
-            return Err(BackendError::Limit {
-                what: "host region size in bytes",
-                requested: size,
-                limit: MAX_BUFFER_BYTES,
-            });
-        }
+        BackendError::check_limit("host region size in bytes", size, MAX_BUFFER_BYTES)?;
         let mut buffers = lock(&self.buffers);
-        if buffers.len() >= MAX_BUFFERS as usize {
-            return Err(BackendError::Limit {
-                what: "registered buffers",
-                requested: buffers.len() as u64 + 1,
-                limit: MAX_BUFFERS.into(),
-            });
-        }
+        BackendError::check_limit(
+            "registered buffers",
+            buffers.len() as u64 + 1,
+            u64::from(MAX_BUFFERS),
+        )?;
         let r = RegisteredHost::register(&self.ctx, region)
             .map_err(|e| launch_err("registering a host region (cuMemHostRegister)", e))?;
         let ptr = r.dev_ptr();
@@ -577,13 +561,11 @@ impl Backend for CudaBackend {
     fn load_program(&self, program: Program) -> Result<u32, BackendError> {
         let bytes = program.encode();
         let mut programs = lock(&self.programs);
-        if programs.len() >= MAX_PROGRAMS as usize {
-            return Err(BackendError::Limit {
-                what: "loaded programs",
-                requested: programs.len() as u64 + 1,
-                limit: MAX_PROGRAMS.into(),
-            });
-        }
+        BackendError::check_limit(
+            "loaded programs",
+            programs.len() as u64 + 1,
+            u64::from(MAX_PROGRAMS),
+        )?;
         let d = DeviceAlloc::zeroed(&self.ctx, &self.copies, bytes.len())
             .map_err(|e| launch_err("allocating a program", e))?;
         d.write(&self.copies, 0, &bytes)

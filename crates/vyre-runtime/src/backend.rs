@@ -127,6 +127,18 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// `Limit` when `requested` exceeds `limit` (a size, or a count including the new one).
+    pub fn check_limit(what: &'static str, requested: u64, limit: u64) -> Result<(), BackendError> {
+        if requested > limit {
+            return Err(BackendError::Limit {
+                what,
+                requested,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// Checks a host read or write of `len` bytes at `offset` against a buffer of `size` bytes.
     pub fn check_range(handle: u32, offset: u64, len: u64, size: u64) -> Result<(), BackendError> {
         match offset.checked_add(len) {

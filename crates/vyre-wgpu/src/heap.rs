@@ -185,29 +185,15 @@ impl Heap {
         size: u64,
         max_buffers: u32,
     ) -> Result<u32, BackendError> {
-        if self.bufs.len() as u32 >= max_buffers {
-            return Err(BackendError::Limit {
-                what: "registered buffers",
-                requested: self.bufs.len() as u64 + 1,
-                limit: max_buffers.into(),
-            });
-        }
-        if size > 1 << 32 {
-            return Err(BackendError::Limit {
-                what: "buffer size in bytes (offsets are 32-bit)",
-                requested: size,
-                limit: 1 << 32,
-            });
-        }
+        BackendError::check_limit(
+            "registered buffers",
+            self.bufs.len() as u64 + 1,
+            u64::from(max_buffers),
+        )?;
+        BackendError::check_limit("buffer size in bytes (offsets are 32-bit)", size, 1 << 32)?;
         let words = size.div_ceil(4);
         let top = self.top_words + words;
-        if top * 4 > self.capacity_bytes() {
-            return Err(BackendError::Limit {
-                what: "wgpu heap bytes (all buffers together; 4 storage bindings of the adapter's max_storage_buffer_binding_size, rounded down to a power of two)",
-                requested: top * 4,
-                limit: self.capacity_bytes(),
-            });
-        }
+        BackendError::check_limit("wgpu heap bytes (all buffers together; 4 storage bindings of the adapter's max_storage_buffer_binding_size, rounded down to a power of two)", top * 4, self.capacity_bytes())?;
         self.grow_pages(device, queue, top * 4);
         self.bufs.push((self.top_words, size));
         self.top_words = top;
@@ -253,13 +239,11 @@ impl Heap {
         program: &Program,
         max_programs: u32,
     ) -> Result<u32, BackendError> {
-        if self.progs.len() as u32 >= max_programs {
-            return Err(BackendError::Limit {
-                what: "loaded programs",
-                requested: self.progs.len() as u64 + 1,
-                limit: max_programs.into(),
-            });
-        }
+        BackendError::check_limit(
+            "loaded programs",
+            self.progs.len() as u64 + 1,
+            u64::from(max_programs),
+        )?;
         let at = self.code.len() as u32;
         for insn in program.insns() {
             let b = insn.encode();

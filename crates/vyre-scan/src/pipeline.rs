@@ -253,6 +253,8 @@ pub fn scan(
         })
         .collect();
     drop(item_tx);
+    // Once the readers are gone, the walker's next send fails and it stops.
+    drop(path_rx);
     let mut driver = driver::Driver::new(mk, rules, opts)?;
     let result = driver.run(item_rx, sink);
     // On error the receivers are gone and the threads stop at their next send.
@@ -333,7 +335,12 @@ fn read_files(
         let (path, r) = match p {
             Ok(path) => {
                 let file = Arc::new(FileMeta { path, seq });
-                let r = read_one(&file, &tx, window, overlap);
+                let r = match read_one(&file, &tx, window, overlap) {
+                    Ok(true) => Ok(()),
+                    // The driver stopped: read nothing more.
+                    Ok(false) => return,
+                    Err(e) => Err(e),
+                };
                 (file, r)
             }
             Err(e) => (
@@ -349,13 +356,13 @@ fn read_files(
     }
 }
 
-/// Reads one file as windows. A send failure (the driver stopped) ends quietly.
+/// Reads one file as segments; `Ok(false)` when the driver has stopped taking them.
 fn read_one(
     file: &Arc<FileMeta>,
     tx: &SyncSender<Item>,
     window: usize,
     overlap: usize,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let mut f = File::open(&file.path)?;
     // The last `overlap + 1` bytes read so far.
     let mut tail: Vec<u8> = Vec::with_capacity(overlap + 1);
@@ -379,11 +386,11 @@ fn read_one(
             last,
         };
         if tx.send(Item::Chunk(chunk)).is_err() {
-            return Ok(());
+            return Ok(false);
         }
         at += n as u64;
         if last {
-            return Ok(());
+            return Ok(true);
         }
     }
 }

@@ -302,3 +302,71 @@ fn thousands_of_literal_rules_agree_with_the_reference() {
     expect_reference(&rules, &[(p, data)], &got);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_faulting_scan_fails_its_file_once_and_the_others_go_on() {
+    // Corrupt the unbounded group's table so that consuming 'Z' faults (a row out of range):
+    // the file with a 'Z' in its second segment is reported once, with no matches after the
+    // fault, and nothing hangs or panics; the other files are scanned in full.
+    let rules = RuleSet::parse_toml(RULES, "test").unwrap();
+    let mut compiled = compile(&rules, &Limits::default()).unwrap();
+    let g = compiled
+        .groups
+        .iter()
+        .position(|g| g.max_len.is_none())
+        .expect("an unbounded group");
+    let t = &mut compiled.groups[g].table;
+    let (states, stride) = (t[2] as usize, t[3] as usize);
+    let class =
+        (t[vyre_isa::dfa::CLASS_MAP_WORD + usize::from(b'Z') / 4] >> (8 * (b'Z' % 4))) & 0xff;
+    for s in 0..states {
+        t[vyre_isa::dfa::TRANS_WORD + s * stride + class as usize] = 0x7fff_fff0;
+    }
+    // Every byte in Z's class faults; the good files use none of them.
+    let class_of =
+        |b: u8| (t[vyre_isa::dfa::CLASS_MAP_WORD + usize::from(b) / 4] >> (8 * (b % 4))) & 0xff;
+    let poisoned: Vec<bool> = (0..=255u8).map(|b| class_of(b) == class).collect();
+    let safe = (0..=255u8).find(|&b| !poisoned[usize::from(b)]).unwrap();
+    let dir = temp_dir("fault");
+    let mut rng = Rng(99);
+    let mut good = Vec::new();
+    for i in 0..5 {
+        let data = corpus(&mut rng, 300, &[10, 100, 200]);
+        let data: Vec<u8> = data
+            .into_iter()
+            .map(|b| if poisoned[usize::from(b)] { safe } else { b })
+            .collect();
+        let p = dir.join(format!("good{i}"));
+        std::fs::write(&p, &data).unwrap();
+        good.push((p, data));
+    }
+    let mut bad = vec![safe; 300];
+    bad[100] = b'Z';
+    let bad_path = dir.join("bad");
+    std::fs::write(&bad_path, &bad).unwrap();
+    let opts = ScanOptions {
+        window: 16,
+        segment: 64,
+        batch: 200,
+        in_flight: 2,
+        readers: 2,
+        hit_capacity: 4,
+        walk: WalkOptions::default(),
+    };
+    let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();
+    let mut sink = Collect::default();
+    let summary = scan(&mk, &compiled, std::slice::from_ref(&dir), &opts, &mut sink).unwrap();
+    mk.shutdown().unwrap();
+    assert_eq!(sink.errors.len(), 1, "{:?}", sink.errors);
+    assert_eq!(sink.errors[0].path, bad_path);
+    assert!(
+        sink.errors[0].message.contains("bad_program"),
+        "{}",
+        sink.errors[0].message
+    );
+    assert_eq!(summary.file_errors, 1);
+    assert_eq!(summary.files, 5);
+    assert!(!sink.done.contains_key(&bad_path));
+    expect_reference(&rules, &good, &sink);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

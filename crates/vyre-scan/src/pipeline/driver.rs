@@ -80,6 +80,8 @@ enum Carry {
     Pending,
     /// The previous segment ended in these rows (indexed like `Driver::unbounded`).
     Known(Vec<u32>),
+    /// A scan of the file faulted: its later segments run no unbounded slots.
+    Failed,
 }
 
 pub(crate) struct Driver<'a> {
@@ -115,6 +117,13 @@ impl<'a> Driver<'a> {
         let groups = rules.groups.len().max(1);
         let max_slots = groups * (opts.batch.div_ceil(opts.window) + SMALL_FILE_WINDOWS);
         let region = HIT_HEADER_BYTES + 8 * u64::from(opts.hit_capacity);
+        if max_slots as u64 * region > u64::from(u32::MAX) {
+            return Err(ScanError::Options(format!(
+                "{} rule groups × {max_slots} slots per batch × {region}-byte hit regions pass \
+                 DFA_SCAN's 32-bit offsets; use a larger --window or a smaller --batch",
+                rules.groups.len()
+            )));
+        }
         // Every region starts with its capacity; the kernel never writes the header.
         let mut header = vec![0u8; max_slots * region as usize];
         for r in header.chunks_exact_mut(region as usize) {
@@ -196,11 +205,14 @@ impl<'a> Driver<'a> {
                         self.complete_front(sink)?;
                     }
                     self.carry.remove(&file.seq);
-                    self.summary.file_errors += 1;
-                    sink.file_error(&FileError {
-                        path: file.path.clone(),
-                        message,
-                    });
+                    // A file whose scan faulted was reported then; say it once.
+                    if !self.failed.remove(&file.seq) {
+                        self.summary.file_errors += 1;
+                        sink.file_error(&FileError {
+                            path: file.path.clone(),
+                            message,
+                        });
+                    }
                 }
             }
         }
@@ -261,6 +273,8 @@ impl<'a> Driver<'a> {
                 flushed: false,
             });
         }
+        let failed =
+            self.failed.contains(&seq) || matches!(self.carry.get(&seq), Some(Carry::Failed));
         let rows = if c.at == 0 {
             Some(vec![
                 START_LOOKBEHIND | START_TEXT as u32;
@@ -275,6 +289,8 @@ impl<'a> Driver<'a> {
         if !self.unbounded.is_empty() {
             if c.last {
                 self.carry.remove(&seq);
+            } else if failed {
+                self.carry.insert(seq, Carry::Failed);
             } else {
                 self.carry.insert(seq, Carry::Pending);
             }
@@ -345,10 +361,14 @@ impl<'a> Driver<'a> {
                 start,
                 region(&b.slots),
             );
-            let state = if rows.is_some() {
-                State::Ready
+            // After a fault in this file the state is unknown: keep the slot harmless (the
+            // file's results are dropped and its error already reported).
+            let (slot, state) = if failed {
+                (Slot::new(SlotOp::Nop, &[]), State::Ready)
+            } else if rows.is_some() {
+                (slot, State::Ready)
             } else {
-                State::Waiting
+                (slot, State::Waiting)
             };
             b.slots.push(Planned {
                 slot,
@@ -430,6 +450,9 @@ impl<'a> Driver<'a> {
             };
             if self.rules.groups[p.group].max_len.is_none() {
                 rows[p.segment].push(r[1]);
+            }
+            if p.slot.op != SlotOp::DfaScan as u16 {
+                continue; // a NOP standing in for a slot of a failed file
             }
             let origin = seg.at - seg.prefix as u64 + (p.slot.args[2] as usize - seg.base) as u64;
             let group = &self.rules.groups[p.group];
@@ -513,7 +536,7 @@ impl<'a> Driver<'a> {
         }
         match rows {
             Some(r) => self.carry.insert(seq, Carry::Known(r)),
-            None => self.carry.remove(&seq),
+            None => self.carry.insert(seq, Carry::Failed),
         };
         Ok(())
     }

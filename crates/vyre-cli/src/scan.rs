@@ -59,10 +59,10 @@ pub struct Tuning {
     /// Bytes of file data per DFA_SCAN slot (default: 1 MiB on cpu, 16 KiB on a GPU).
     #[arg(long, value_name = "BYTES")]
     pub window: Option<usize>,
-    /// Bytes per backend transfer (default: 8 MiB on cpu, 64 MiB on a GPU).
+    /// Bytes per backend transfer (default: 8 MiB on cpu, 16 MiB on a GPU).
     #[arg(long, value_name = "BYTES")]
     pub batch: Option<usize>,
-    /// Batches in flight (default: 4 on cpu, 8 on a GPU).
+    /// Batches in flight (default: 4 on cpu, 6 on a GPU).
     #[arg(long, value_name = "N")]
     pub in_flight: Option<usize>,
     /// Worker threads for the cpu backend (default: one per core).

@@ -77,12 +77,13 @@ impl ScanOptions {
                 ..ScanOptions::default()
             },
             // 16 KiB windows scanned fastest with data already on an H100 (80 GB/s against
-            // 46 GB/s at 64 KiB and 70 GB/s at 4 KiB; bench/results/scan-h100.md); 8 batches
-            // of 64 MiB keep about 32,000 windows in flight, one per lane of a full grid.
+            // 46 GB/s at 64 KiB and 70 GB/s at 4 KiB; bench/results/scan-h100.md). Through
+            // files the host is the bottleneck, and 16 MiB batches pipelined better than
+            // 64 MiB ones (3.4-3.8 against 2.4-2.5 GB/s on four large files, same run).
             _ => ScanOptions {
                 window: 16 << 10,
-                batch: 64 << 20,
-                in_flight: 8,
+                batch: 16 << 20,
+                in_flight: 6,
                 readers: 8,
                 hit_capacity: 256,
                 ..ScanOptions::default()

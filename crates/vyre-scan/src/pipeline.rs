@@ -365,15 +365,20 @@ fn read_one(
     overlap: usize,
 ) -> io::Result<bool> {
     let mut f = File::open(&file.path)?;
+    // Buffers are sized by the file's length (one byte more, to see the end in the same
+    // read), not by the segment: a 1 MiB buffer per small file cost more in page faults
+    // than reading the file. A file that grows past its length still reads to its end.
+    let size = f.metadata().map_or(0, |m| m.len());
     // The last `overlap + 1` bytes read so far.
     let mut tail: Vec<u8> = Vec::with_capacity(overlap + 1);
     let mut at = 0u64;
     loop {
         let prefix = tail.len().min(overlap);
         let before = (tail.len() > prefix).then(|| tail[tail.len() - prefix - 1]);
-        let mut data = Vec::with_capacity(prefix + window);
+        let hint = usize::try_from(size.saturating_sub(at).saturating_add(1)).unwrap_or(window);
+        let mut data = Vec::with_capacity(prefix + hint.min(window));
         data.extend_from_slice(&tail[tail.len() - prefix..]);
-        let n = read_full(&mut f, &mut data, window)?;
+        let n = read_full(&mut f, &mut data, window, hint)?;
         let last = n < window;
         let keep = (overlap + 1).min(data.len());
         tail.clear();
@@ -396,13 +401,18 @@ fn read_one(
     }
 }
 
-/// Appends up to `want` bytes; fewer only at the end of the file.
-fn read_full(f: &mut File, out: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+/// Appends up to `want` bytes; fewer only at the end of the file. The buffer starts at
+/// `hint` bytes and doubles (up to `want`) only if the file has more.
+fn read_full(f: &mut File, out: &mut Vec<u8>, want: usize, hint: usize) -> io::Result<usize> {
     let start = out.len();
-    out.resize(start + want, 0);
+    let mut room = hint.clamp(1, want);
     let mut got = 0;
     while got < want {
-        match f.read(&mut out[start + got..]) {
+        if got == room {
+            room = (room * 2).min(want);
+        }
+        out.resize(start + room, 0);
+        match f.read(&mut out[start + got..start + room]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -414,4 +424,32 @@ fn read_full(f: &mut File, out: &mut Vec<u8>, want: usize) -> io::Result<usize> 
     }
     out.truncate(start + got);
     Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_full;
+    use std::io::Write;
+
+    #[test]
+    fn read_full_grows_past_a_short_hint_and_stops_at_the_end() {
+        let path = std::env::temp_dir().join(format!("vyre-read-full-{}", std::process::id()));
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&data)
+            .unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        // A hint far below the file (a file that grew since its length was read).
+        let mut out = vec![9u8; 2];
+        assert_eq!(read_full(&mut f, &mut out, 600, 3).unwrap(), 600);
+        assert_eq!(out[..2], [9, 9]);
+        assert_eq!(out[2..], data[..600]);
+        // The rest, with a hint past the end: a short read, then the end.
+        let mut rest = Vec::new();
+        assert_eq!(read_full(&mut f, &mut rest, 600, 1000).unwrap(), 400);
+        assert_eq!(rest, data[600..]);
+        assert_eq!(read_full(&mut f, &mut rest, 600, 1).unwrap(), 0);
+        std::fs::remove_file(&path).unwrap();
+    }
 }

@@ -58,6 +58,11 @@ define_faults! {
     /// The slot was claimed by a worker that stopped or a device that was lost before it
     /// finished; the host reports it rather than dropping it. Detail: the slot's position.
     Lost = 10, "lost";
+    /// IO_READ names a file id that is 0 or above the number of files the host registered.
+    /// Detail: the file id.
+    BadFile = 11, "bad_file";
+    /// The host's read for IO_READ failed. Detail: the OS errno (0 if the OS gave none).
+    Io = 12, "io";
 }
 
 impl fmt::Display for FaultCode {

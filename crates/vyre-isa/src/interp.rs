@@ -55,6 +55,22 @@ pub trait Env {
     fn request_shutdown(&self);
     /// Most instructions one EXEC slot may execute.
     fn step_budget(&self) -> u64;
+    /// How many files the host registered for IO_READ (valid ids are `1..=io_files()`).
+    /// Environments without an I/O queue have none (the default), so IO_READ faults
+    /// `bad_file` there after its buffer checks.
+    fn io_files(&self) -> u32 {
+        0
+    }
+}
+
+/// What executing a slot's first (or only) phase produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The slot finished with these result words.
+    Done(Results),
+    /// An IO_READ passed its checks: the worker queues the request and the slot waits in
+    /// status WAIT_IO until [`crate::io::resume`] completes it.
+    WaitIo(crate::io::IoRead),
 }
 
 /// Result words of a completed slot.
@@ -68,7 +84,12 @@ fn buffer_size<M: Memory>(mem: &M, handle: u32) -> Result<u64, Fault> {
 }
 
 /// Checks that `[off, off + len)` lies in buffer `handle`.
-fn check_range<M: Memory>(mem: &M, handle: u32, off: u64, len: u64) -> Result<(), Fault> {
+pub(crate) fn check_range<M: Memory>(
+    mem: &M,
+    handle: u32,
+    off: u64,
+    len: u64,
+) -> Result<(), Fault> {
     let size = buffer_size(mem, handle)?;
     match off.checked_add(len) {
         Some(end) if end <= size => Ok(()),
@@ -102,14 +123,29 @@ fn byte_arg(slot: &Slot, index: usize) -> Result<u8, Fault> {
     u8::try_from(v).map_err(|_| Fault::new(FaultCode::MalformedSlot, index as u32))
 }
 
-/// Executes one slot. `tenant_reserved` is the reserved half of the tenant word (it must be
-/// zero), `position` the ring position it was claimed at (for DEBUG_LOG records).
+/// Executes one slot where no I/O queue exists: like [`step_slot`], but an IO_READ that
+/// passes its checks faults `unsupported` (detail: the opcode) instead of waiting.
 pub fn exec_slot<E: Env>(
     env: &E,
     slot: &Slot,
     tenant_reserved: u32,
     position: u32,
 ) -> Result<Results, Fault> {
+    match step_slot(env, slot, tenant_reserved, position)? {
+        Step::Done(r) => Ok(r),
+        Step::WaitIo(_) => Err(Fault::new(FaultCode::Unsupported, u32::from(slot.op))),
+    }
+}
+
+/// Executes one slot (for IO_READ, its first phase). `tenant_reserved` is the reserved half
+/// of the tenant word (it must be zero), `position` the ring position it was claimed at (for
+/// DEBUG_LOG records).
+pub fn step_slot<E: Env>(
+    env: &E,
+    slot: &Slot,
+    tenant_reserved: u32,
+    position: u32,
+) -> Result<Step, Fault> {
     let op = slot
         .check(tenant_reserved)
         .map_err(|(code, detail)| Fault::new(code, detail))?;
@@ -203,8 +239,9 @@ pub fn exec_slot<E: Env>(
             r[1] = (r0 >> 32) as u32;
             r[2] = u32::try_from(steps).unwrap_or(u32::MAX);
         }
+        SlotOp::IoRead => return Ok(Step::WaitIo(crate::io::begin(env, a)?)),
     }
-    Ok(r)
+    Ok(Step::Done(r))
 }
 
 fn memcpy<M: Memory>(

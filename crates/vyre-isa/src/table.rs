@@ -92,6 +92,20 @@ macro_rules! for_each_slot_op {
                 [table: Buffer, data: Buffer, off: Value, len: Value, report: Value,
                  start: Value, hits: Buffer, hits_off: Value],
                 "r0 = matches found, r1 = state row after the last byte, r2 = matches stored (min(r0, K))";
+            /// Reads `len` bytes (at most `crate::io::MAX_READ_BYTES`) of registered file
+            /// `file` (ids from 1) at the 64-bit offset `off_hi:off_lo` into `buf` at
+            /// `buf_off`, through the host's I/O queue (PROTOCOL.md, "I/O queue"). The slot
+            /// waits with status WAIT_IO while the host reads; a read past the end of the
+            /// file is short, not a fault. Checks, in order: `len` (`malformed_slot`, detail
+            /// 3), the buffer (`bad_handle`), the range (`out_of_bounds`), the file
+            /// (`bad_file`), the continuation (`bad_program`). An I/O error faults `io` with
+            /// the OS errno. With `then` = 0 the slot completes with the byte count; else
+            /// program `then` runs as EXEC does, with r1 = bytes read, r2 = buf, r3 =
+            /// buf_off, r4 = file, r5 = off_lo, r6 = off_hi and every other register zero.
+            IoRead = 0x24, "IO_READ",
+                [file: Value, off_lo: Value, off_hi: Value, len: Value, buf: Buffer,
+                 buf_off: Value, then: Program],
+                "then = 0: r0 = bytes read; else as EXEC (r0 low, r1 high, r2 = steps)";
             /// Runs a loaded program with r1..r7 set from the arguments and every other
             /// register zero, under the runtime's per-slot step budget.
             Exec = 0x30, "EXEC",

@@ -554,7 +554,7 @@ fn line_numbers_count_every_line() {
 
 #[test]
 fn slot_check_unknown_opcode() {
-    for op in [0x05u16, 0x0f, 0x16, 0x24, 0x31, 0x00ff, 0x0100, 0xffff] {
+    for op in [0x05u16, 0x0f, 0x16, 0x25, 0x31, 0x00ff, 0x0100, 0xffff] {
         let s = Slot {
             op,
             ..Slot::default()

@@ -423,7 +423,7 @@ fn reference_shape_table_matches_op_table() {
             assert!(op.args().len() <= ARG_WORDS);
         }
     }
-    assert_eq!(SlotOp::ALL.len(), 16);
+    assert_eq!(SlotOp::ALL.len(), 17);
 }
 
 #[test]

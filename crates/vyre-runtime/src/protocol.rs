@@ -25,7 +25,8 @@ pub mod status {
     /// Finished with a fault; bits 8..16 hold the fault code, result 0 the detail, result 1
     /// the location.
     pub const FAULT: u32 = 4;
-    /// Reserved for the I/O queue (waiting on host I/O).
+    /// An IO_READ passed its checks and queued a request; it waits for the host's read and
+    /// is completed by the worker that takes its resume entry (PROTOCOL.md, "I/O queue").
     pub const WAIT_IO: u32 = 5;
 }
 
@@ -73,6 +74,19 @@ pub mod control {
     pub const OP_COUNTERS: usize = 80;
     /// Counts slots whose opcode is not below [`vyre_isa::slot::COUNTED_OPCODES`].
     pub const OTHER_OP_COUNTER: usize = OP_COUNTERS + vyre_isa::slot::COUNTED_OPCODES;
+    /// Files registered for IO_READ: valid file ids are `1..=IO_FILES` (line 10,
+    /// host-written, release store before `register_file` returns the id).
+    pub const IO_FILES: usize = 160;
+    /// Next I/O request record index the host will read (host-written; informational: the
+    /// host reads records by their sequence word, workers never read it).
+    pub const IO_REQ_READ: usize = 161;
+    /// Next resume entry index the host will write (host-written, release store after the
+    /// entry's words).
+    pub const RESUME_TAIL: usize = 162;
+    /// Next I/O request record index (workers fetch-add it; line 11, worker-written).
+    pub const IO_REQ_WRITE: usize = 176;
+    /// Next resume entry index a worker will take (workers CAS it).
+    pub const RESUME_HEAD: usize = 177;
     /// Words in the control block.
     pub const WORDS: usize = 192;
 }
@@ -91,6 +105,47 @@ pub mod debug_record {
     pub const WORDS: usize = 4;
     /// Words per record.
     pub const RECORD_WORDS: usize = 8;
+}
+
+/// The I/O queue region: `capacity` request records of [`io_request::RECORD_WORDS`] words,
+/// then `capacity` resume entries of [`io_resume::ENTRY_WORDS`] words
+/// ([`IO_QUEUE_WORDS_PER_SLOT`] words per ring slot in all).
+pub const IO_QUEUE_WORDS_PER_SLOT: usize = io_request::RECORD_WORDS + io_resume::ENTRY_WORDS;
+
+/// I/O request record layout (worker-written, host-read): eight words each, at word
+/// `(index & (capacity - 1)) * 8` of the I/O queue region.
+pub mod io_request {
+    /// Record index + 1, stored last with release ordering (0 or stale = not written yet).
+    pub const SEQ: usize = 0;
+    /// The ring position of the waiting IO_READ slot.
+    pub const POSITION: usize = 1;
+    /// The file id.
+    pub const FILE: usize = 2;
+    /// File offset, low 32 bits.
+    pub const OFF_LO: usize = 3;
+    /// File offset, high 32 bits.
+    pub const OFF_HI: usize = 4;
+    /// Bytes to read.
+    pub const LEN: usize = 5;
+    /// Destination buffer handle.
+    pub const BUF: usize = 6;
+    /// Destination offset in the buffer.
+    pub const BUF_OFF: usize = 7;
+    /// Words per record.
+    pub const RECORD_WORDS: usize = 8;
+}
+
+/// Resume entry layout (host-written, worker-read): two words each, at word
+/// `capacity * 8 + (index & (capacity - 1)) * 2` of the I/O queue region.
+pub mod io_resume {
+    /// The ring position of the IO_READ slot to complete.
+    pub const POSITION: usize = 0;
+    /// Bytes read, or [`ERROR`] | errno.
+    pub const RESULT: usize = 1;
+    /// Words per entry.
+    pub const ENTRY_WORDS: usize = 2;
+    /// Bit 31 of RESULT: the read failed; bits 0..31 are the errno.
+    pub const ERROR: u32 = vyre_isa::io::RESULT_ERROR;
 }
 
 /// The protocol's constants as `#define` lines, for CUDA C++ sources; WGSL gets the same
@@ -148,7 +203,30 @@ fn constants() -> Vec<(String, u64)> {
             "CB_OTHER_OP_COUNTER".into(),
             control::OTHER_OP_COUNTER as u64,
         ),
+        ("CB_IO_FILES".into(), control::IO_FILES as u64),
+        ("CB_IO_REQ_READ".into(), control::IO_REQ_READ as u64),
+        ("CB_RESUME_TAIL".into(), control::RESUME_TAIL as u64),
+        ("CB_IO_REQ_WRITE".into(), control::IO_REQ_WRITE as u64),
+        ("CB_RESUME_HEAD".into(), control::RESUME_HEAD as u64),
         ("CB_WORDS".into(), control::WORDS as u64),
+        ("IOREQ_SEQ".into(), io_request::SEQ as u64),
+        ("IOREQ_POSITION".into(), io_request::POSITION as u64),
+        ("IOREQ_FILE".into(), io_request::FILE as u64),
+        ("IOREQ_OFF_LO".into(), io_request::OFF_LO as u64),
+        ("IOREQ_OFF_HI".into(), io_request::OFF_HI as u64),
+        ("IOREQ_LEN".into(), io_request::LEN as u64),
+        ("IOREQ_BUF".into(), io_request::BUF as u64),
+        ("IOREQ_BUF_OFF".into(), io_request::BUF_OFF as u64),
+        ("IOREQ_WORDS".into(), io_request::RECORD_WORDS as u64),
+        ("IORES_POSITION".into(), io_resume::POSITION as u64),
+        ("IORES_RESULT".into(), io_resume::RESULT as u64),
+        ("IORES_WORDS".into(), io_resume::ENTRY_WORDS as u64),
+        ("IO_RESULT_ERROR".into(), io_resume::ERROR.into()),
+        ("IO_MAX_READ".into(), vyre_isa::io::MAX_READ_BYTES.into()),
+        (
+            "IO_QUEUE_WORDS_PER_SLOT".into(),
+            IO_QUEUE_WORDS_PER_SLOT as u64,
+        ),
         ("DBG_RECORD_WORDS".into(), debug_record::RECORD_WORDS as u64),
         (
             "COUNTED_OPCODES".into(),

@@ -7,12 +7,14 @@
 //! visible. Each slot's sequence word must equal its position when claimed, which catches a
 //! stale lap (ABA) instead of executing it.
 
-use crate::protocol::{control, debug_record, slot_word, status, SLOT_WORDS};
+use crate::protocol::{
+    control, debug_record, slot_word, status, IO_QUEUE_WORDS_PER_SLOT, SLOT_WORDS,
+};
 use crate::sync::{fence, AtomicU32, Ordering};
 use vyre_isa::slot::COUNTED_OPCODES;
 use vyre_isa::{Fault, FaultCode, Slot};
 
-/// The three regions of ring memory, as words. Where they live is the backend's choice
+/// The four regions of ring memory, as words. Where they live is the backend's choice
 /// (heap for cpu, mapped pinned memory for cuda).
 pub trait RingMemory: Send + Sync + std::fmt::Debug {
     /// The control block ([`control::WORDS`] words).
@@ -21,6 +23,12 @@ pub trait RingMemory: Send + Sync + std::fmt::Debug {
     fn slots(&self) -> &[AtomicU32];
     /// The debug log (debug capacity × 8 words).
     fn debug_log(&self) -> &[AtomicU32];
+    /// The I/O queue (capacity × [`IO_QUEUE_WORDS_PER_SLOT`] words: the request records, then
+    /// the resume entries; PROTOCOL.md, "I/O queue"). Ring memory without one returns an empty
+    /// slice (the default), and its workers fault IO_READ `unsupported`.
+    fn io_queue(&self) -> &[AtomicU32] {
+        &[]
+    }
 }
 
 /// Ring memory on the heap.
@@ -29,6 +37,7 @@ pub struct HeapRing {
     control: Box<[AtomicU32]>,
     slots: Box<[AtomicU32]>,
     debug: Box<[AtomicU32]>,
+    io: Box<[AtomicU32]>,
 }
 
 fn zeroed(n: usize) -> Box<[AtomicU32]> {
@@ -42,6 +51,7 @@ impl HeapRing {
             control: zeroed(control::WORDS),
             slots: zeroed(capacity as usize * SLOT_WORDS),
             debug: zeroed(debug_capacity as usize * debug_record::RECORD_WORDS),
+            io: zeroed(capacity as usize * IO_QUEUE_WORDS_PER_SLOT),
         }
     }
 }
@@ -55,6 +65,9 @@ impl RingMemory for HeapRing {
     }
     fn debug_log(&self) -> &[AtomicU32] {
         &self.debug
+    }
+    fn io_queue(&self) -> &[AtomicU32] {
+        &self.io
     }
 }
 
@@ -86,6 +99,11 @@ pub fn initialize(mem: &dyn RingMemory, capacity: u32, debug_capacity: u32, star
         mem.slots()[base + slot_word::SEQ].store(p, Ordering::Relaxed);
     }
     for w in mem.debug_log() {
+        w.store(0, Ordering::Relaxed);
+    }
+    let io = mem.io_queue();
+    assert!(io.is_empty() || io.len() == capacity as usize * IO_QUEUE_WORDS_PER_SLOT);
+    for w in io {
         w.store(0, Ordering::Relaxed);
     }
     fence(Ordering::SeqCst);

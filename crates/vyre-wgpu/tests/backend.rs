@@ -394,6 +394,22 @@ fn random_slots_of_every_opcode_match_the_cpu_oracle() {
                     ],
                 )
             }
+            SlotOp::IoRead => {
+                // No files are registered here: the buffer checks, then `bad_file`.
+                let len = rng.below(300);
+                Slot::new(
+                    op,
+                    &[
+                        rng.below(3),
+                        rng.next() as u32,
+                        0,
+                        len,
+                        1 + rng.below(3),
+                        off(&mut rng, 4096 - len),
+                        rng.below(3),
+                    ],
+                )
+            }
             SlotOp::Exec => {
                 let mut a = vec![1 + rng.below(programs.len() as u64)];
                 a.extend((0..7).map(|_| rng.next() as u32));

@@ -6,7 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use vyre_isa::{exec_slot, Env, Fault, FaultCode, Program, Slot};
+use vyre_isa::{step_slot, Env, Fault, FaultCode, Program, Slot, SlotOp, Step};
+use vyre_runtime::io_queue;
 use vyre_runtime::protocol::control;
 use vyre_runtime::ring::{self, BatchCounters, RingMemory};
 
@@ -89,6 +90,52 @@ impl Env for WorkerEnv<'_> {
     fn step_budget(&self) -> u64 {
         self.step_budget
     }
+    fn io_files(&self) -> u32 {
+        io_queue::files(self.ring)
+    }
+}
+
+/// Runs a claimed slot's first phase; an IO_READ that passes its checks queues its request
+/// and is left in WAIT_IO (`None`: not completed, not counted).
+fn execute(env: &WorkerEnv<'_>, c: &ring::ClaimedSlot) -> Option<Result<[u32; 4], Fault>> {
+    if !c.seq_ok {
+        return Some(Err(Fault::new(FaultCode::Lost, c.position)));
+    }
+    match step_slot(env, &c.slot, c.tenant_reserved, c.position) {
+        Ok(Step::Done(r)) => Some(Ok(r)),
+        Err(f) => Some(Err(f)),
+        Ok(Step::WaitIo(_)) if !io_queue::supported(env.ring) => Some(Err(Fault::new(
+            FaultCode::Unsupported,
+            SlotOp::IoRead as u32,
+        ))),
+        Ok(Step::WaitIo(req)) => {
+            io_queue::request(env.ring, c.position, &req);
+            None
+        }
+    }
+}
+
+/// Completes IO_READ slots whose reads the host finished (at most `max`); returns how many.
+fn resume_waiting(env: &WorkerEnv<'_>, counters: &mut BatchCounters, max: u32) -> u32 {
+    let mut n = 0;
+    while n < max {
+        let Some(r) = io_queue::take_resume(env.ring) else {
+            break;
+        };
+        n += 1;
+        let c = ring::read_claimed(env.ring, r.position);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if c.seq_ok && c.slot.op == SlotOp::IoRead as u16 {
+                vyre_isa::io::resume(env, &c.slot.args, r.result)
+            } else {
+                Err(Fault::new(FaultCode::Lost, r.position))
+            }
+        }))
+        .unwrap_or(Err(Fault::new(FaultCode::Lost, r.position)));
+        counters.record(SlotOp::IoRead as u16, outcome.is_err());
+        ring::complete(env.ring, r.position, outcome);
+    }
+    n
 }
 
 /// Decrements the running-workers word however the worker exits (panics included).
@@ -120,6 +167,12 @@ pub fn run(shared: Arc<Shared>, ring: Arc<dyn RingMemory>, step_budget: u64, cla
     let mut idle_since: Option<Instant> = None;
     let mut idle_polls = 0u32;
     while !shutdown() {
+        // Slots whose reads finished go first: they hold ring places already.
+        if resume_waiting(&env, &mut counters, claim_batch) > 0 {
+            counters.flush(mem);
+            idle_since = None;
+            idle_polls = 0;
+        }
         let Some(claim) = ring::claim(mem, claim_batch) else {
             let since = *idle_since.get_or_insert_with(Instant::now);
             idle_polls = idle_polls.wrapping_add(1);
@@ -134,7 +187,9 @@ pub fn run(shared: Arc<Shared>, ring: Arc<dyn RingMemory>, step_budget: u64, cla
             } else if idle < YIELD_FOR {
                 std::thread::yield_now();
             } else {
-                shared.parking.park(|| ring::has_work(mem) || shutdown());
+                shared
+                    .parking
+                    .park(|| ring::has_work(mem) || io_queue::has_resume(mem) || shutdown());
                 idle_since = None;
             }
             continue;
@@ -161,13 +216,10 @@ pub fn run(shared: Arc<Shared>, ring: Arc<dyn RingMemory>, step_budget: u64, cla
                 if c.finished {
                     continue;
                 }
-                let outcome = if c.seq_ok {
-                    exec_slot(&env, &c.slot, c.tenant_reserved, p)
-                } else {
-                    Err(Fault::new(FaultCode::Lost, p))
-                };
-                counters.record(c.slot.op, outcome.is_err());
-                ring::complete(mem, p, outcome);
+                if let Some(outcome) = execute(&env, &c) {
+                    counters.record(c.slot.op, outcome.is_err());
+                    ring::complete(mem, p, outcome);
+                }
             }
             next = claim.count;
         }));

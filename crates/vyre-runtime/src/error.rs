@@ -36,6 +36,13 @@ pub enum ErrorKind {
     Config(String),
     /// The watchdog declared the device hung; nothing more runs until a restart.
     Hung(crate::megakernel::HangReport),
+    /// A file could not be registered for IO_READ.
+    File {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 /// Why a slot was refused at publish.
@@ -100,6 +107,11 @@ impl fmt::Display for Error {
                 r.claimed.len(),
                 r.unclaimed.len()
             ),
+            ErrorKind::File { path, source } => write!(
+                f,
+                "cannot register {} for IO_READ: {source}; check that the file exists and is readable by this process",
+                path.display()
+            ),
         }
     }
 }
@@ -110,6 +122,7 @@ impl std::error::Error for Error {
             ErrorKind::Backend(e) => Some(e),
             ErrorKind::Routing(e) => Some(e),
             ErrorKind::Program(e) => Some(e),
+            ErrorKind::File { source, .. } => Some(source),
             _ => None,
         }
     }

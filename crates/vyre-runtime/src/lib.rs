@@ -1,5 +1,7 @@
 //! vyre's runtime: the ring protocol and control block ([`protocol`], [`ring`]), the
-//! backend trait ([`backend`]), routing ([`routing`]) and the host API ([`Megakernel`]).
+//! backend trait ([`backend`]), routing ([`routing`]) and the host API ([`Megakernel`]);
+//! [`io_queue`] and [`io_service`] are IO_READ's request and resume queues and the host I/O
+//! thread that serves them through an [`IoService`].
 //!
 //! Nothing here knows which backend is in use; backends live in their own crates.
 
@@ -7,6 +9,8 @@
 
 pub mod backend;
 pub mod error;
+pub mod io_queue;
+pub mod io_service;
 pub mod megakernel;
 pub mod pipeline_cache;
 pub mod protocol;
@@ -20,6 +24,7 @@ pub use backend::{
     HostRegion, LaunchConfig,
 };
 pub use error::{Error, ErrorKind, PublishRejection};
+pub use io_service::{FileRead, IoService, PreadService};
 pub use megakernel::{
     Config, HangReport, Megakernel, RestartReport, ShutdownReport, Stats, Ticket,
 };

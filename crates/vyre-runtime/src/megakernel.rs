@@ -181,6 +181,8 @@ pub(crate) struct Inner {
     publisher: Mutex<()>,
     pub(crate) config: Config,
     stopped: AtomicBool,
+    /// Registered files and the I/O thread that serves IO_READ (PROTOCOL.md, "I/O queue").
+    pub(crate) io: crate::io_service::IoHost,
 }
 
 impl Inner {
@@ -262,11 +264,13 @@ impl Megakernel {
             hung: None,
             retired: Vec::new(),
         };
+        let io = crate::io_service::IoHost::new(host.mem.clone(), host.backend.clone());
         let inner = Arc::new(Inner {
             host: Mutex::new(host),
             publisher: Mutex::new(()),
             config,
             stopped: AtomicBool::new(false),
+            io,
         });
         let watchdog = inner
             .config
@@ -338,6 +342,53 @@ impl Megakernel {
     pub fn read_buffer(&self, handle: u32, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
         let backend = self.backend();
         Ok(backend.read_buffer(handle, offset, len)?)
+    }
+
+    /// Opens a file for IO_READ and returns its id (ids count from 1). The first call starts
+    /// the I/O thread that serves the ring's read requests. Fails with the path and the OS's
+    /// reason if the file cannot be opened.
+    pub fn register_file(&self, path: impl AsRef<std::path::Path>) -> Result<u32, Error> {
+        use crate::io_service::{RegisterError, MAX_FILES};
+        let path = path.as_ref();
+        let host = self.host();
+        self.inner
+            .io
+            .register(path, host.mem.as_ref())
+            .map_err(|e| match e {
+                RegisterError::Open(source) => Error::new(ErrorKind::File {
+                    path: path.to_path_buf(),
+                    source,
+                }),
+                RegisterError::Limit => Error::new(ErrorKind::Config(format!(
+                    "cannot register {}: this megakernel already has {MAX_FILES} files, the most it serves",
+                    path.display()
+                ))),
+                RegisterError::Thread(e) => Error::new(ErrorKind::Backend(
+                    crate::backend::BackendError::Launch(format!(
+                        "cannot start the I/O thread for IO_READ: {e}"
+                    )),
+                )),
+            })
+    }
+
+    /// Files registered with [`Megakernel::register_file`].
+    pub fn registered_files(&self) -> u32 {
+        self.inner.io.files()
+    }
+
+    /// Replaces the service that performs IO_READ's reads (default: [`crate::PreadService`];
+    /// `vyre-ingest` has an io_uring one). Only before the first
+    /// [`Megakernel::register_file`], which starts the I/O thread.
+    pub fn set_io_service(&self, service: Arc<dyn crate::IoService>) -> Result<(), Error> {
+        let name = service.name().to_string();
+        if self.inner.io.set_service(service) {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Config(format!(
+                "the I/O service cannot change to `{name}` once files are registered (the `{}` service already runs); set it right after launch",
+                self.inner.io.service_name()
+            ))))
+        }
     }
 
     /// Validates bytecode and loads it into the program table; returns its id for EXEC.
@@ -651,6 +702,8 @@ impl Megakernel {
         }
         host.backend.doorbell();
         let stopped = host.backend.stop();
+        // The workers are gone: nothing takes a resume entry any more.
+        self.inner.io.stop(self.inner.config.drain_timeout);
         report.lost = host.fail_unfinished();
         if stopped.is_ok() {
             host.retired.clear();
@@ -721,7 +774,8 @@ pub struct HangReport {
 pub struct RestartReport {
     /// Positions put back into the ring to run again.
     pub requeued: Vec<u32>,
-    /// Of those, the ones a worker had claimed: they may have run partly before the hang.
+    /// Of those, the ones a worker had claimed (they may have run partly before the hang) or
+    /// that waited on I/O (WAIT_IO: their IO_READ runs again, and its read is repeated).
     pub possibly_partial: Vec<u32>,
     /// Buffers copied to the new backend.
     pub buffers: usize,

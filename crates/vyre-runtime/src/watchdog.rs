@@ -56,7 +56,11 @@ fn watch(inner: Weak<Inner>, stop: Arc<AtomicBool>, bound: Duration, period: Dur
         }
         let beat = host.mem.control()[control::HEARTBEAT].load(Ordering::Acquire);
         let unfinished = host.ring.unfinished(host.mem.as_ref());
-        if unfinished.is_empty() || last_beat != Some(beat) {
+        // Slots waiting on the host's I/O thread are the host's work, not the device's,
+        // unless their resume entries wait for a worker.
+        let device_idle = unfinished.iter().all(|&(_, st)| st == status::WAIT_IO)
+            && !crate::io_queue::has_resume(host.mem.as_ref());
+        if device_idle || last_beat != Some(beat) {
             // Idle, or alive: restart the clock.
             last_beat = Some(beat);
             since = Instant::now();
@@ -109,9 +113,10 @@ pub(crate) fn restart(inner: &Inner, new: Arc<dyn Backend>) -> Result<RestartRep
         .ring
         .transplant(old_mem.as_ref(), new_mem.as_ref(), config.debug_capacity);
     report.requeued = requeued.iter().map(|(p, _)| *p).collect();
+    // A WAIT_IO slot runs IO_READ again from its first phase: its read is repeated.
     report.possibly_partial = requeued
         .iter()
-        .filter(|(_, st)| *st == status::CLAIMED)
+        .filter(|(_, st)| *st == status::CLAIMED || *st == status::WAIT_IO)
         .map(|(p, _)| *p)
         .collect();
     // 3. Buffers and programs, under the same handles and ids.
@@ -148,7 +153,9 @@ pub(crate) fn restart(inner: &Inner, new: Arc<dyn Backend>) -> Result<RestartRep
         }
         report.programs += 1;
     }
-    // 4. Launch.
+    // 4. The I/O thread drops the old ring's requests and serves the new one (its IO_FILES
+    //    is set before any worker runs), then launch.
+    inner.io.retarget(new_mem.clone(), new.clone());
     new.launch(new_mem.clone(), &launch_config(new.as_ref(), config))?;
     tracing::warn!(
         requeued = report.requeued.len(),

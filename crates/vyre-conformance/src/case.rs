@@ -84,6 +84,17 @@ pub struct Expect {
     pub epoch: Option<u32>,
 }
 
+/// A file fixture: written to a temporary directory and registered for IO_READ before any
+/// slot runs, in declaration order (the first gets file id 1).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Its name (for reports and the file name on disk).
+    pub name: String,
+    /// Its contents, written like `expect.buffers` (`hex:`, `u32:`, `ascii:`).
+    pub bytes: String,
+}
+
 /// A case file as written.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +110,9 @@ pub struct CaseSpec {
     pub config: CaseConfig,
     /// The module, in `.vasm`.
     pub vasm: String,
+    /// File fixtures for IO_READ (`[[file]]` tables), ids 1, 2, ... in order.
+    #[serde(default)]
+    pub file: Vec<FileSpec>,
     /// Expectations.
     pub expect: Expect,
 }
@@ -179,6 +193,21 @@ fn load_case(path: &Path) -> Result<Case, CaseError> {
             )));
         }
         parse_bytes(s).map_err(|e| parse(format!("expect.buffers.{name}: {e}")))?;
+    }
+    for (i, f) in spec.file.iter().enumerate() {
+        if f.name.is_empty()
+            || !f
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            || spec.file[..i].iter().any(|g| g.name == f.name)
+        {
+            return Err(parse(format!(
+                "[[file]] {}: a file name is unique and made of letters, digits, `_`, `-`, `.`",
+                i + 1
+            )));
+        }
+        parse_bytes(&f.bytes).map_err(|e| parse(format!("[[file]] {}: {e}", f.name)))?;
     }
     for e in &spec.expect.slot {
         match (e.status.as_str(), &e.fault) {

@@ -32,6 +32,52 @@ pub struct Observed {
     pub epoch: u32,
 }
 
+/// A case's file fixtures in a fresh temporary directory, removed on drop.
+struct FixtureDir {
+    dir: Option<std::path::PathBuf>,
+    paths: Vec<std::path::PathBuf>,
+}
+
+impl FixtureDir {
+    fn new(case: &Case) -> Result<FixtureDir, String> {
+        if case.spec.file.is_empty() {
+            return Ok(FixtureDir {
+                dir: None,
+                paths: Vec::new(),
+            });
+        }
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vyre-conformance-{}-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            case.name
+        ));
+        let mut fixtures = FixtureDir {
+            dir: Some(dir.clone()),
+            paths: Vec::new(),
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {} for file fixtures: {e}", dir.display()))?;
+        for f in &case.spec.file {
+            let path = dir.join(&f.name);
+            let bytes = parse_bytes(&f.bytes).expect("checked at load");
+            std::fs::write(&path, bytes)
+                .map_err(|e| format!("cannot write fixture {}: {e}", path.display()))?;
+            fixtures.paths.push(path);
+        }
+        Ok(fixtures)
+    }
+}
+
+impl Drop for FixtureDir {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// Runs one case on a fresh backend.
 pub fn run_case(case: &Case, backend: Arc<dyn Backend>) -> Result<Observed, String> {
     let c = &case.spec.config;
@@ -46,6 +92,19 @@ pub fn run_case(case: &Case, backend: Arc<dyn Backend>) -> Result<Observed, Stri
         ..d
     };
     let mk = Megakernel::launch(backend, config).map_err(|e| format!("launch: {e}"))?;
+    let files = FixtureDir::new(case)?;
+    for (i, path) in files.paths.iter().enumerate() {
+        let id = mk
+            .register_file(path)
+            .map_err(|e| format!("file {}: {e}", case.spec.file[i].name))?;
+        if id as usize != i + 1 {
+            return Err(format!(
+                "file {} got id {id}, expected {} (ids follow declaration order)",
+                case.spec.file[i].name,
+                i + 1
+            ));
+        }
+    }
     let mut obs = Observed::default();
     let mut handles = Vec::new();
     for b in &case.module.buffers {

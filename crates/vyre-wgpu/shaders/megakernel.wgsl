@@ -9,9 +9,11 @@
 //
 // Bindings:
 //   io      the epoch: a header (count, active invocations, debug read cursor, step budget,
-//           page shift, buffer and program counts, claim counter) and 16 words per slot
-//           (position, status, op, tenant, args, results); results and status are written
-//           back in place
+//           page shift, buffer, program and file counts, claim counter) and 16 words per
+//           slot (position, status, op, tenant, args, results); results and status are
+//           written back in place. A slot staged with status WAIT_IO is an IO_READ whose read
+//           the host finished (RES0 = its result word): it runs phase 2. An IO_READ that
+//           passes phase 1 comes back with status WAIT_IO: the driver queues its request.
 //   tables    read-only: buffer table (base word, size lo, size hi, 0) per handle, then the
 //           program table (code word, instruction count) per id, then the code words
 //   st      persistent device state: epoch, debug write cursor, dropped records, shutdown,
@@ -34,7 +36,7 @@ struct Io {
     nbufs: u32,
     nprogs: u32,
     prog_base: u32,
-    reserved0: u32,
+    io_files: u32,
     reserved1: u32,
     reserved2: u32,
     reserved3: u32,
@@ -735,6 +737,43 @@ fn run_program(code: u32) -> bool {
     return false;
 }
 
+// ---------------------------------------------------------------- IO_READ (crates/vyre-isa/src/io.rs)
+
+var<private> wait_io: bool;
+
+// Phase 1: the checks, in the interpreter's order; passing leaves the slot WAIT_IO.
+fn op_io_read() -> bool {
+    if (a[3] > VYRE_IO_MAX_READ) { return fail(VYRE_F_MALFORMED_SLOT, 3u); }
+    if (!check_range(a[4], a[5], a[3])) { return false; }
+    if (a[0] == 0u || a[0] > io.io_files) { return fail(VYRE_F_BAD_FILE, a[0]); }
+    if (a[6] != 0u && a[6] > io.nprogs) { return fail(VYRE_F_BAD_PROGRAM, a[6]); }
+    wait_io = true;
+    return true;
+}
+
+// Phase 2: `result` is the resume entry's word (bytes read, or VYRE_IO_RESULT_ERROR | errno).
+fn io_resume(result: u32) -> bool {
+    if ((result & VYRE_IO_RESULT_ERROR) != 0u) {
+        return fail(VYRE_F_IO, result & ~VYRE_IO_RESULT_ERROR);
+    }
+    let id = a[6];
+    if (id == 0u) {
+        res[0] = result;
+        return true;
+    }
+    if (id > io.nprogs) { return fail(VYRE_F_BAD_PROGRAM, id); }
+    for (var i = 0u; i < 16u; i++) {
+        regs[i] = vec2<u32>(0u, 0u);
+    }
+    regs[1] = vec2<u32>(result, 0u);
+    regs[2] = vec2<u32>(a[4], 0u);
+    regs[3] = vec2<u32>(a[5], 0u);
+    regs[4] = vec2<u32>(a[0], 0u);
+    regs[5] = vec2<u32>(a[1], 0u);
+    regs[6] = vec2<u32>(a[2], 0u);
+    return run_program(tables[io.prog_base + 2u * (id - 1u)]);
+}
+
 fn op_exec() -> bool {
     let id = a[0];
     if (id == 0u || id > io.nprogs) { return fail(VYRE_F_BAD_PROGRAM, id); }
@@ -811,6 +850,7 @@ fn exec_slot(position: u32, op_word: u32, tenant_word: u32) -> bool {
         case VYRE_OP_COUNT_BYTE: { return op_count_byte(); }
         case VYRE_OP_DFA_SCAN: { return op_dfa_scan(); }
         case VYRE_OP_EXEC: { return op_exec(); }
+        case VYRE_OP_IO_READ: { return op_io_read(); }
         default: { return fail(VYRE_F_UNKNOWN_OPCODE, op); }
     }
 }
@@ -832,8 +872,16 @@ fn megakernel(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var i = 0u; i < 4u; i++) {
             res[i] = 0u;
         }
-        let ok = exec_slot(io.w[s + VYRE_SLOT_SEQ], io.w[s + VYRE_SLOT_OP], io.w[s + VYRE_SLOT_TENANT]);
-        if (ok) {
+        wait_io = false;
+        var ok: bool;
+        if (io.w[s + VYRE_SLOT_STATUS] == VYRE_ST_WAIT_IO) {
+            ok = io_resume(io.w[s + VYRE_SLOT_RES0]);
+        } else {
+            ok = exec_slot(io.w[s + VYRE_SLOT_SEQ], io.w[s + VYRE_SLOT_OP], io.w[s + VYRE_SLOT_TENANT]);
+        }
+        if (ok && wait_io) {
+            io.w[s + VYRE_SLOT_STATUS] = VYRE_ST_WAIT_IO;
+        } else if (ok) {
             for (var i = 0u; i < 4u; i++) {
                 io.w[s + VYRE_SLOT_RES0 + i] = res[i];
             }

@@ -18,6 +18,15 @@
 //! control block after each epoch, before its slots are completed, so the host never sees a
 //! DONE slot before its effects on the control block. The shader sees the host's DEBUG_READ
 //! as of the epoch's staging.
+//!
+//! IO_READ (PROTOCOL.md, "I/O queue"): the shader runs phase 1 on the staged copy of the slot
+//! and, when the checks pass, hands it back with status WAIT_IO; the staged slot words are the
+//! request, and the driver appends its record to the ring's I/O queue after the epoch
+//! (`io_queue::request`, which also marks the ring slot WAIT_IO). Before claiming new slots,
+//! the driver takes the resume entries the host's I/O thread pushed and stages those slots
+//! again with status WAIT_IO and RES0 = the entry's result word; the shader runs phase 2 on
+//! them in the next epoch, and they complete and are counted like any other slot. The
+//! number of registered files reaches the shader in the epoch header.
 
 use crate::heap::Heap;
 use crate::shader::{io, st, IO_HEADER_WORDS, MAX_PAGES, WORKGROUP_SIZE};
@@ -26,7 +35,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vyre_isa::{Fault, FaultCode, SlotOp};
+use vyre_isa::{io::IoRead, Fault, FaultCode, SlotOp};
+use vyre_runtime::io_queue;
 use vyre_runtime::protocol::{control, debug_record, slot_word, status, SLOT_WORDS};
 use vyre_runtime::ring::{self, BatchCounters, RingMemory};
 use vyre_runtime::BackendError;
@@ -53,8 +63,9 @@ struct IoSet {
 #[derive(Debug)]
 struct InFlight {
     set: usize,
-    /// (position, opcode) of every staged slot, in staging order.
-    staged: Vec<(u32, u16)>,
+    /// (position, opcode, resumed: staged for IO_READ's phase 2) of every staged slot, in
+    /// staging order.
+    staged: Vec<(u32, u16, bool)>,
     debug: bool,
     index: wgpu::SubmissionIndex,
     rx: std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
@@ -146,6 +157,7 @@ impl Driver {
                 let ring = self.ring.clone();
                 self.shared.doorbell.wait(|| {
                     ring::has_work(ring.as_ref())
+                        || io_queue::has_resume(ring.as_ref())
                         || ring.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0
                         || ring.control()[control::ABORT].load(Ordering::Acquire) != 0
                 });
@@ -158,10 +170,26 @@ impl Driver {
     fn stage(&mut self, set: usize) -> Result<Option<InFlight>, BackendError> {
         let mem = self.ring.clone();
         let mem = mem.as_ref();
-        let Some(claim) = ring::claim(mem, MAX_EPOCH_SLOTS) else {
-            return Ok(None);
+        // Slots whose reads the host finished go first: they hold ring places already.
+        let mut resumes = Vec::new();
+        while resumes.len() < MAX_EPOCH_SLOTS as usize {
+            match io_queue::take_resume(mem) {
+                Some(r) => resumes.push(r),
+                None => break,
+            }
+        }
+        let room = MAX_EPOCH_SLOTS - resumes.len() as u32;
+        let claim = if room > 0 {
+            ring::claim(mem, room)
+        } else {
+            None
         };
-        if self.control(control::FAULT_INJECT) != 0 {
+        let claim = match claim {
+            Some(c) => c,
+            None if resumes.is_empty() => return Ok(None),
+            None => ring::Claim { start: 0, count: 0 },
+        };
+        if claim.count > 0 && self.control(control::FAULT_INJECT) != 0 {
             // A simulated hang: hold the claim, beat no more, leave only on ABORT.
             for k in 0..claim.count {
                 ring::read_claimed(mem, claim.start.wrapping_add(k));
@@ -174,8 +202,30 @@ impl Driver {
             ));
         }
         let mut words = vec![0u32; IO_HEADER_WORDS];
-        let mut staged = Vec::with_capacity(claim.count as usize);
+        let mut staged = Vec::with_capacity(claim.count as usize + resumes.len());
         let mut debug = false;
+        for r in resumes {
+            let s = ring::read_claimed(mem, r.position);
+            if !s.seq_ok || s.slot.op != SlotOp::IoRead as u16 {
+                // Not a waiting IO_READ of this lap: a corrupt entry, reported, never run.
+                self.counters.record(SlotOp::IoRead as u16, true);
+                ring::complete(
+                    mem,
+                    r.position,
+                    Err(Fault::new(FaultCode::Lost, r.position)),
+                );
+                continue;
+            }
+            let mut w = [0u32; SLOT_WORDS];
+            w[slot_word::SEQ] = r.position;
+            w[slot_word::STATUS] = status::WAIT_IO;
+            w[slot_word::OP] = s.slot.op_word();
+            w[slot_word::TENANT] = s.slot.tenant_word() | s.tenant_reserved << 16;
+            w[slot_word::ARG0..slot_word::RES0].copy_from_slice(&s.slot.args);
+            w[slot_word::RES0] = r.result;
+            words.extend_from_slice(&w);
+            staged.push((r.position, s.slot.op, true));
+        }
         for k in 0..claim.count {
             let p = claim.start.wrapping_add(k);
             let s = ring::read_claimed(mem, p);
@@ -195,7 +245,7 @@ impl Driver {
             w[slot_word::TENANT] = s.slot.tenant_word() | s.tenant_reserved << 16;
             w[slot_word::ARG0..slot_word::RES0].copy_from_slice(&s.slot.args);
             words.extend_from_slice(&w);
-            staged.push((p, s.slot.op));
+            staged.push((p, s.slot.op, false));
         }
         if staged.is_empty() {
             self.counters.flush(mem);
@@ -217,6 +267,7 @@ impl Driver {
         words[io::NBUFS] = heap.buffers();
         words[io::NPROGS] = heap.programs();
         words[io::PROG_BASE] = heap.prog_base;
+        words[io::IO_FILES] = io_queue::files(mem);
         words[io::CLAIM] = 0;
         self.ensure_set(set, n, &heap);
         let io_set = &self.sets[set];
@@ -349,9 +400,23 @@ impl Driver {
         self.mirror(state, epoch.debug);
         let mem = self.ring.clone();
         let mem = mem.as_ref();
-        for (k, &(p, op)) in epoch.staged.iter().enumerate() {
+        for (k, &(p, op, resumed)) in epoch.staged.iter().enumerate() {
             let w = &words[IO_HEADER_WORDS + k * SLOT_WORDS..][..SLOT_WORDS];
             let st_word = w[slot_word::STATUS];
+            if st_word & 0xff == status::WAIT_IO && !resumed {
+                // Phase 1 passed: queue the request; the slot is neither completed nor
+                // counted until its resume entry comes back.
+                if io_queue::supported(mem) {
+                    let args: &[u32; 8] = w[slot_word::ARG0..slot_word::RES0]
+                        .try_into()
+                        .expect("8 argument words");
+                    io_queue::request(mem, p, &IoRead::from_args(args));
+                    continue;
+                }
+                self.counters.record(op, true);
+                ring::complete(mem, p, Err(Fault::new(FaultCode::Unsupported, op.into())));
+                continue;
+            }
             let r: [u32; 4] = w[slot_word::RES0..].try_into().expect("4 result words");
             let outcome = match st_word & 0xff {
                 status::DONE => Ok(r),

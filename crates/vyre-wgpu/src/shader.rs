@@ -52,6 +52,8 @@ pub mod io {
     pub const NPROGS: usize = 8;
     /// Word of the program table in `meta`.
     pub const PROG_BASE: usize = 9;
+    /// Files registered for IO_READ (the ring's IO_FILES when the epoch was staged).
+    pub const IO_FILES: usize = 10;
     /// The claim counter.
     pub const CLAIM: usize = 15;
 }

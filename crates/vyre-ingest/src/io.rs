@@ -255,3 +255,283 @@ pub(crate) fn clear_direct(fd: RawFd) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Where a [`BatchRing`] read lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Landing {
+    /// Caller memory (given to [`BatchRing::push_into`]).
+    Caller,
+    /// One of the ring's own bounce buffers.
+    Bounce(u32),
+}
+
+/// State of one bounce buffer: the ring hands out bytes only of a buffer whose read has
+/// completed, and reuses only one given back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BounceState {
+    Free,
+    InFlight,
+    Completed,
+}
+
+/// One completion of a [`BatchRing`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchDone {
+    /// The caller's tag.
+    pub tag: u64,
+    /// Bytes read, or a negated errno.
+    pub result: i32,
+    /// The bounce buffer the bytes are in (read them with [`BatchRing::bounce_bytes`], then
+    /// give it back with [`BatchRing::put_bounce`]).
+    pub bounce: Option<u32>,
+}
+
+/// The io_uring side of [`crate::UringIoService`]: a ring of `depth` entries with as many
+/// page-aligned bounce buffers (registered where RLIMIT_MEMLOCK allows). Reads go either
+/// into a bounce buffer (safe: the ring owns those and tracks each one's state) or into
+/// caller memory ([`BatchRing::push_into`], whose contract makes the caller keep that
+/// memory alive and untouched until the completion arrives).
+pub(crate) struct BatchRing {
+    // Declared before `bounce`: the ring (and with it the buffer registration) goes first.
+    ring: io_uring::IoUring,
+    bounce: Arc<Region>,
+    fixed: bool,
+    state: Vec<BounceState>,
+    free: Vec<u32>,
+    /// In flight, by ring user_data: (tag, landing).
+    ops: Vec<Option<(u64, Landing)>>,
+    free_ops: Vec<u32>,
+    inflight: u32,
+    caller_inflight: u32,
+}
+
+impl std::fmt::Debug for BatchRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchRing")
+            .field("depth", &self.ops.len())
+            .field("block", &self.bounce.block())
+            .field("fixed", &self.fixed)
+            .field("inflight", &self.inflight)
+            .finish()
+    }
+}
+
+impl BatchRing {
+    /// A ring of `depth` entries and `depth` bounce buffers of `block` bytes (a multiple
+    /// of 4096). Fails when io_uring or the mapping is unavailable; a refused buffer
+    /// registration only turns fixed buffers off.
+    pub(crate) fn new(depth: u32, block: usize) -> std::io::Result<BatchRing> {
+        let depth = depth.max(1);
+        let ring = io_uring::IoUring::builder()
+            .setup_cqsize(depth.saturating_mul(2).max(8))
+            .build(depth)?;
+        let bounce = Arc::new(Region::new(block, depth as usize)?);
+        let iovecs = bounce.iovecs();
+        // SAFETY: every iovec points into `bounce`, which lives in this struct and is
+        // dropped after `ring` (field order), so the registration never outlives it.
+        let fixed = match unsafe { ring.submitter().register_buffers(&iovecs) } {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(error = %e, "io_uring service: bounce buffer registration refused (RLIMIT_MEMLOCK?); reading into unregistered bounce buffers");
+                false
+            }
+        };
+        Ok(BatchRing {
+            ring,
+            bounce,
+            fixed,
+            state: vec![BounceState::Free; depth as usize],
+            free: (0..depth).rev().collect(),
+            ops: vec![None; depth as usize],
+            free_ops: (0..depth).rev().collect(),
+            inflight: 0,
+            caller_inflight: 0,
+        })
+    }
+
+    /// Bytes per bounce buffer.
+    pub(crate) fn block(&self) -> usize {
+        self.bounce.block()
+    }
+
+    /// Whether the bounce buffers are registered.
+    pub(crate) fn fixed_buffers(&self) -> bool {
+        self.fixed
+    }
+
+    /// Reads in flight.
+    pub(crate) fn inflight(&self) -> u32 {
+        self.inflight
+    }
+
+    /// Reads in flight into caller memory.
+    pub(crate) fn caller_inflight(&self) -> u32 {
+        self.caller_inflight
+    }
+
+    /// Whether another read can be queued now (an entry and a bounce buffer are free).
+    pub(crate) fn has_room(&self) -> bool {
+        !self.free_ops.is_empty() && !self.free.is_empty()
+    }
+
+    fn queue(&mut self, entry: io_uring::squeue::Entry, tag: u64, landing: Landing) {
+        let slot = self.free_ops.pop().expect("has_room checked by the caller");
+        self.ops[slot as usize] = Some((tag, landing));
+        let entry = entry.user_data(slot as u64);
+        self.inflight += 1;
+        if landing == Landing::Caller {
+            self.caller_inflight += 1;
+        }
+        loop {
+            // SAFETY: the entry's target memory is either a bounce buffer marked InFlight
+            // (not handed out again until its completion is reaped: `bounce_bytes` and
+            // `put_bounce` check the state) or caller memory under `push_into`'s contract;
+            // the descriptor stays open until the completion (callers keep the `File`).
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            // The submission queue is full of unsubmitted entries: hand them over. Errors
+            // surface from the next `wait`.
+            if self.ring.submit().is_err() {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Queues a read of `len` bytes (at most [`BatchRing::block`]) at `offset` of `fd` into
+    /// a free bounce buffer; returns it. Panics without room ([`BatchRing::has_room`]).
+    pub(crate) fn push_bounce(&mut self, fd: RawFd, offset: u64, len: u32, tag: u64) -> u32 {
+        assert!(
+            len as usize <= self.bounce.block(),
+            "read beyond a bounce buffer"
+        );
+        let buf = self.free.pop().expect("has_room checked by the caller");
+        self.state[buf as usize] = BounceState::InFlight;
+        let ptr = self.bounce.ptr(buf);
+        let entry = if self.fixed {
+            io_uring::opcode::ReadFixed::new(io_uring::types::Fd(fd), ptr, len, buf as u16)
+                .offset(offset)
+                .build()
+        } else {
+            io_uring::opcode::Read::new(io_uring::types::Fd(fd), ptr, len)
+                .offset(offset)
+                .build()
+        };
+        self.queue(entry, tag, Landing::Bounce(buf));
+        buf
+    }
+
+    /// Queues a read of `len` bytes at `offset` of `fd` straight into `dst`.
+    ///
+    /// # Safety
+    /// `dst..dst + len` must be valid for writes, and neither read, written, moved nor freed
+    /// by anyone until this read's completion has been returned by [`BatchRing::wait`]: the
+    /// kernel writes it until then. `fd` must stay open until then.
+    pub(crate) unsafe fn push_into(
+        &mut self,
+        fd: RawFd,
+        offset: u64,
+        dst: *mut u8,
+        len: u32,
+        tag: u64,
+    ) {
+        assert!(!self.free_ops.is_empty(), "has_room checked by the caller");
+        let entry = io_uring::opcode::Read::new(io_uring::types::Fd(fd), dst, len)
+            .offset(offset)
+            .build();
+        self.queue(entry, tag, Landing::Caller);
+    }
+
+    /// Submits what is queued and waits for at least one completion (none when nothing is
+    /// in flight); appends every completion there is. An error leaves the reads in flight.
+    pub(crate) fn wait(&mut self, out: &mut Vec<BatchDone>) -> std::io::Result<()> {
+        if self.inflight == 0 {
+            return Ok(());
+        }
+        let mut transient = 0u32;
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // Completion queue full or the kernel short of memory for a moment: reap
+                // what is there (if anything), else back off briefly and retry.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => {
+                    if !self.ring.completion().is_empty() {
+                        break;
+                    }
+                    transient += 1;
+                    if transient > 10_000 {
+                        return Err(e);
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let cqes: Vec<io_uring::cqueue::Entry> = self.ring.completion().collect();
+        for cqe in cqes {
+            let slot = cqe.user_data() as usize;
+            let Some((tag, landing)) = self.ops.get_mut(slot).and_then(Option::take) else {
+                tracing::error!(
+                    user_data = slot,
+                    "io_uring service: completion of an unknown read; ignored"
+                );
+                continue;
+            };
+            self.free_ops.push(slot as u32);
+            self.inflight -= 1;
+            let bounce = match landing {
+                Landing::Caller => {
+                    self.caller_inflight -= 1;
+                    None
+                }
+                Landing::Bounce(b) => {
+                    self.state[b as usize] = BounceState::Completed;
+                    Some(b)
+                }
+            };
+            out.push(BatchDone {
+                tag,
+                result: cqe.result(),
+                bounce,
+            });
+        }
+        Ok(())
+    }
+
+    /// The first `len` bytes of bounce buffer `buf`, whose read has completed.
+    pub(crate) fn bounce_bytes(&self, buf: u32, len: usize) -> &[u8] {
+        assert_eq!(
+            self.state[buf as usize],
+            BounceState::Completed,
+            "bounce buffer read before its completion"
+        );
+        // SAFETY: the buffer's read has completed (state Completed) and it is not queued
+        // again until `put_bounce` (which needs `&mut self`, so this borrow has ended).
+        unsafe { self.bounce.bytes(buf, len) }
+    }
+
+    /// Gives a completed bounce buffer back.
+    pub(crate) fn put_bounce(&mut self, buf: u32) {
+        assert_eq!(self.state[buf as usize], BounceState::Completed);
+        self.state[buf as usize] = BounceState::Free;
+        self.free.push(buf);
+    }
+}
+
+impl Drop for BatchRing {
+    fn drop(&mut self) {
+        // Bounce buffers belong to their reads until the completions arrive: wait for them
+        // (caller memory is the caller's to wait for, by `push_into`'s contract). If the
+        // ring cannot be waited on, the mapping is leaked rather than unmapped under a read.
+        let mut sink = Vec::new();
+        while self.inflight > 0 {
+            sink.clear();
+            if let Err(e) = self.wait(&mut sink) {
+                tracing::error!(error = %e, inflight = self.inflight, "io_uring service: cannot wait for reads in flight; leaking the bounce buffers");
+                std::mem::forget(self.bounce.clone());
+                return;
+            }
+        }
+    }
+}

@@ -7,6 +7,12 @@
 //! after one warning. [`GpuStream`] turns chunks into ring slots on a
 //! [`vyre_runtime::Megakernel`] that read the staging memory in place.
 //!
+//! [`UringIoService`] serves the megakernel's IO_READ requests (its host I/O thread,
+//! [`vyre_runtime::IoService`]) on io_uring: batches submitted and reaped together,
+//! O_DIRECT where alignment allows it (through page-aligned bounce buffers when the
+//! destination is not aligned), buffered otherwise. [`io_service`] gives it, or after one
+//! warning positional reads where io_uring is unavailable or `VYRE_INGEST_NO_URING=1`.
+//!
 //! Only this crate knows io_uring.
 
 mod cpu_time;
@@ -14,9 +20,13 @@ mod engine;
 mod io;
 mod pool;
 mod region;
+mod service;
 mod stream;
 
 pub use cpu_time::CpuTimes;
+pub use service::{
+    io_service, io_service_with, UringIoService, UringServiceConfig, UringServiceStats,
+};
 pub use stream::{GpuStream, StreamEvent, StreamReport};
 
 use pool::Pool;

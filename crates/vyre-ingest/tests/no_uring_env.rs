@@ -28,3 +28,9 @@ fn env_knob_forces_the_plain_reader_and_loses_nothing() {
         assert!(got[&(i as u64)].end.is_some());
     }
 }
+
+#[test]
+fn env_knob_gives_io_read_the_pread_service() {
+    std::env::set_var("VYRE_INGEST_NO_URING", "1");
+    assert_eq!(vyre_ingest::io_service().name(), "pread");
+}

@@ -6,6 +6,10 @@ use vyre_runtime::{route, Backend, BackendChoice, BackendProvider, Decision};
 
 /// Every backend provider in this build.
 pub fn providers() -> Vec<Box<dyn BackendProvider>> {
+    #[cfg_attr(
+        not(any(feature = "cuda", feature = "wgpu")),
+        allow(unused_mut, reason = "a cpu-only build pushes nothing")
+    )]
     let mut p: Vec<Box<dyn BackendProvider>> = vec![Box::new(vyre_cpu::CpuProvider)];
     #[cfg(feature = "cuda")]
     p.push(Box::new(vyre_cuda::CudaProvider));

@@ -12,6 +12,13 @@
 //! vyre and std, from fio's own accounting for fio), and vyre/fio ratios. fio skips files
 //! smaller than its block size, so on the small set it reads with `bs` = the file size:
 //! both do one read per file there.
+//!
+//! With `--backend cuda` (a build with the `cuda` feature) it measures instead, in one run
+//! on the large set: the disk read rate (vyre ingest alone, O_DIRECT, and fio with the same
+//! parameters), the host-to-device copy rate from pinned memory, and the end-to-end path
+//! file → io_uring O_DIRECT → ingest region registered with the CUDA backend → HASH64 slots
+//! reading it in place on the GPU, every hash checked against the host's xxh64 of the same
+//! file bytes (`bench_ingest_cuda.rs`).
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -24,49 +31,64 @@ use vyre_ingest::{CpuTimes, EngineKind, Event, Ingest, IngestConfig};
 pub struct Args {
     /// Where to generate the files (reused when they are already there).
     #[arg(long, default_value = "/var/tmp/vyre-bench-ingest")]
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Large files.
     #[arg(long, default_value_t = 4)]
-    large_files: usize,
+    pub(crate) large_files: usize,
     /// Size of each large file, MiB.
     #[arg(long, default_value_t = 512)]
-    large_mib: u64,
+    pub(crate) large_mib: u64,
     /// Small files.
     #[arg(long, default_value_t = 12_000)]
-    small_files: usize,
+    pub(crate) small_files: usize,
     /// Size of each small file, KiB (a multiple of 4).
     #[arg(long, default_value_t = 64)]
-    small_kib: u64,
+    pub(crate) small_kib: u64,
     /// Block size, KiB.
     #[arg(long, default_value_t = 1024)]
-    bs_kib: usize,
+    pub(crate) bs_kib: usize,
     /// Queue depth.
     #[arg(long, default_value_t = 32)]
-    qd: u32,
+    pub(crate) qd: u32,
     /// The fio binary.
     #[arg(long, default_value = "fio")]
-    fio: PathBuf,
+    pub(crate) fio: PathBuf,
     /// Also write the table (markdown) to this file.
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
+    /// `cpu`: ingest alone against fio and a read loop. `cuda`: disk rate, host-to-device
+    /// rate and file → GPU end to end in one run (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub(crate) backend: String,
+    /// cuda: staging buffers held by chunks on the GPU, beyond the queue depth (chunks in
+    /// flight on the GPU at once).
+    #[arg(long, default_value_t = 224)]
+    pub(crate) in_flight: u32,
+    /// cuda: HASH64 slots per chunk (`auto`: the fewest whose in-place GPU rate, measured
+    /// first, exceeds the disk and copy rates with margin).
+    #[arg(long, default_value = "auto")]
+    pub(crate) split: String,
+    /// cuda: bytes per host-to-device copy when measuring its rate, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) htod_mib: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-struct Measure {
-    bytes: u64,
-    secs: f64,
-    user: f64,
-    sys: f64,
+pub(crate) struct Measure {
+    pub(crate) bytes: u64,
+    pub(crate) secs: f64,
+    pub(crate) user: f64,
+    pub(crate) sys: f64,
     /// vyre only: CPU (user + system) of `Ingest::new` (mapping and pinning the staging
     /// buffers), not included in `user`/`sys` (fio's accounting leaves its setup out too).
-    setup_cpu: f64,
+    pub(crate) setup_cpu: f64,
 }
 
 impl Measure {
-    fn gbps(&self) -> f64 {
+    pub(crate) fn gbps(&self) -> f64 {
         self.bytes as f64 / self.secs / 1e9
     }
-    fn gib(&self) -> f64 {
+    pub(crate) fn gib(&self) -> f64 {
         self.bytes as f64 / (1u64 << 30) as f64
     }
     fn cpu_per_gib(&self) -> (f64, f64) {
@@ -74,9 +96,9 @@ impl Measure {
     }
 }
 
-struct Set {
+pub(crate) struct Set {
     name: &'static str,
-    paths: Vec<PathBuf>,
+    pub(crate) paths: Vec<PathBuf>,
     /// fio's file arguments.
     fio_files: Vec<String>,
     fio_bs: String,
@@ -105,16 +127,39 @@ fn ensure_file(p: &Path, len: u64, seed: u64) -> std::io::Result<()> {
 }
 
 fn generate(a: &Args) -> std::io::Result<(Set, Set)> {
+    Ok((large_set(a)?, small_set(a)?))
+}
+
+/// The large files (generated, or reused when they are already there).
+pub(crate) fn large_set(a: &Args) -> std::io::Result<Set> {
     let large_dir = a.dir.join("large");
-    let small_dir = a.dir.join("small");
     std::fs::create_dir_all(&large_dir)?;
-    std::fs::create_dir_all(&small_dir)?;
     let mut large = Vec::new();
     for i in 0..a.large_files {
         let p = large_dir.join(format!("large{i}"));
         ensure_file(&p, a.large_mib << 20, i as u64 + 1)?;
         large.push(p);
     }
+    let large_files = vec![format!(
+        "--filename={}",
+        large
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    )];
+    Ok(Set {
+        name: "large",
+        paths: large,
+        fio_files: [large_files, vec!["--file_service_type=sequential".into()]].concat(),
+        fio_bs: format!("{}k", a.bs_kib),
+    })
+}
+
+/// The small files (generated, or reused when they are already there).
+fn small_set(a: &Args) -> std::io::Result<Set> {
+    let small_dir = a.dir.join("small");
+    std::fs::create_dir_all(&small_dir)?;
     let mut small = Vec::new();
     for i in 0..a.small_files {
         let p = small_dir.join(format!("s{i:06}"));
@@ -128,32 +173,16 @@ fn generate(a: &Args) -> std::io::Result<(Set, Set)> {
             std::fs::remove_file(&p)?;
         }
     }
-    let large_files = vec![format!(
-        "--filename={}",
-        large
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":")
-    )];
-    Ok((
-        Set {
-            name: "large",
-            paths: large,
-            fio_files: [large_files, vec!["--file_service_type=sequential".into()]].concat(),
-            fio_bs: format!("{}k", a.bs_kib),
-        },
-        Set {
-            name: "small",
-            paths: small,
-            fio_files: vec![format!("--opendir={}", small_dir.display())],
-            fio_bs: format!("{}k", a.small_kib),
-        },
-    ))
+    Ok(Set {
+        name: "small",
+        paths: small,
+        fio_files: vec![format!("--opendir={}", small_dir.display())],
+        fio_bs: format!("{}k", a.small_kib),
+    })
 }
 
 /// Drops the page cache; `false` where not permitted.
-fn drop_caches() -> bool {
+pub(crate) fn drop_caches() -> bool {
     let _ = std::process::Command::new("sync").status();
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
@@ -240,7 +269,7 @@ fn json_num(s: &str, key: &str, from: usize) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
-fn run_fio(a: &Args, set: &Set) -> Result<(Measure, String), String> {
+pub(crate) fn run_fio(a: &Args, set: &Set) -> Result<(Measure, String), String> {
     let mut cmd = std::process::Command::new(&a.fio);
     cmd.args([
         "--name=vyre-compare",
@@ -299,6 +328,21 @@ fn run_fio(a: &Args, set: &Set) -> Result<(Measure, String), String> {
 pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if a.small_kib % 4 != 0 || a.bs_kib % 4 != 0 {
         return Err("--small-kib and --bs-kib must be multiples of 4 (O_DIRECT)".into());
+    }
+    match a.backend.as_str() {
+        "cpu" => {}
+        #[cfg(feature = "cuda")]
+        "cuda" => return crate::bench_ingest_cuda::main(&a),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => {
+            return Err(
+                "--backend cuda: this vyre was built without the `cuda` feature; rebuild with `cargo build --release -p vyre-cli --features cuda`"
+                    .into(),
+            )
+        }
+        other => {
+            return Err(format!("--backend {other}: expected `cpu` or `cuda`").into());
+        }
     }
     eprintln!(
         "generating (or reusing) files under {} ...",

@@ -6,6 +6,8 @@ mod backends;
 #[cfg(feature = "cuda")]
 mod bench_cuda;
 mod bench_ingest;
+#[cfg(feature = "cuda")]
+mod bench_ingest_cuda;
 mod bench_ring;
 mod bench_scan;
 #[cfg(feature = "wgpu")]

@@ -1,7 +1,8 @@
 //! Round-trip baselines measured on the same GPU in the same process as the megakernel:
 //! one kernel launch + 4-byte readback + sync per op, CUDA-graph replay + sync per op, and a
 //! raw mapped-memory ping-pong (the floor for any host<->GPU handshake). Run them while no
-//! megakernel holds the GPU.
+//! megakernel holds the GPU. [`htod_rate`] is the host-to-device copy rate from pinned
+//! memory, the ceiling `vyre bench ingest --backend cuda` compares file ingest with.
 
 use crate::driver::{DeviceAlloc, MappedHost};
 use cudarc::driver::{sys, LaunchConfig, PushKernelArg};
@@ -130,6 +131,104 @@ pub fn baselines(iters: usize) -> Result<Baselines, BackendError> {
     }
     stream.synchronize().map_err(|e| err("pingpong sync", e))?;
     Ok(b)
+}
+
+/// Page-locked host memory from `cuMemHostAlloc` (flags 0), freed on drop.
+struct Pinned {
+    ptr: *mut u8,
+    len: usize,
+    ctx: std::sync::Arc<cudarc::driver::CudaContext>,
+}
+
+impl Pinned {
+    fn new(
+        ctx: &std::sync::Arc<cudarc::driver::CudaContext>,
+        len: usize,
+    ) -> Result<Pinned, BackendError> {
+        ctx.bind_to_thread().map_err(|e| err("bind context", e))?;
+        // SAFETY: a plain pinned allocation of a positive size, freed exactly once in Drop.
+        let ptr = unsafe { cudarc::driver::result::malloc_host(len, 0) }
+            .map_err(|e| err("pinned host allocation (cuMemHostAlloc)", e))?
+            .cast::<u8>();
+        Ok(Pinned {
+            ptr,
+            len,
+            ctx: ctx.clone(),
+        })
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `len` bytes allocated in `new`, owned by `self`, borrowed exclusively here.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: as in `bytes_mut`, shared.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by malloc_host in `new`, freed only here; every copy reading it
+        // was synchronised before `htod_rate` returned.
+        let _ = unsafe { cudarc::driver::result::free_host(self.ptr.cast()) };
+    }
+}
+
+/// The host-to-device copy rate from page-locked host memory, in bytes per second, with the
+/// driver calls the backend uses: `cuMemHostAlloc`'d source, `cuMemAlloc`'d destination, one
+/// `cuMemcpyHtoDAsync` of `bytes` (at least 1 MiB) on a stream, then a stream
+/// synchronise. The median of five timed copies after one warm-up copy; the first and last
+/// 64 KiB are read back and compared, so a copy that moved nothing is an error, not a rate.
+/// Copies run on the copy engines, so a running megakernel does not stop them, but it shares
+/// the PCIe link: measure before launching one for a clean figure.
+pub fn htod_rate(bytes: usize) -> Result<f64, BackendError> {
+    let bytes = bytes.max(1 << 20);
+    let (ctx, _) = crate::backend::open_device()?;
+    let stream = ctx.new_stream().map_err(|e| err("stream", e))?;
+    let dev = DeviceAlloc::zeroed(&ctx, &stream, bytes)
+        .map_err(|e| err(&format!("device allocation of {bytes} bytes"), e))?;
+    let mut host = Pinned::new(&ctx, bytes)?;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for w in host.bytes_mut().chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+    }
+    let mut rates = Vec::new();
+    for i in 0..6 {
+        ctx.bind_to_thread().map_err(|e| err("bind context", e))?;
+        let t = Instant::now();
+        // SAFETY: the destination is `bytes` of device memory (`dev`), the source `bytes` of
+        // pinned host memory that lives until the stream is synchronised right after.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(dev.ptr(), host.bytes(), stream.cu_stream())
+                .map_err(|e| err("host-to-device copy (cuMemcpyHtoDAsync)", e))?;
+            cudarc::driver::result::stream::synchronize(stream.cu_stream())
+                .map_err(|e| err("stream synchronise", e))?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        if i > 0 {
+            rates.push(bytes as f64 / secs);
+        }
+    }
+    let check = bytes.min(64 << 10);
+    let mut back = vec![0u8; check];
+    for at in [0, bytes - check] {
+        dev.read(&stream, at, &mut back)
+            .map_err(|e| err("reading the copy back", e))?;
+        if back[..] != host.bytes()[at..at + check] {
+            return Err(err(
+                "host-to-device copy check",
+                format!("the device holds other bytes than were copied at offset {at}"),
+            ));
+        }
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
 }
 
 /// Cold start (NVRTC compile, no cache) and two starts through the pipeline cache, for

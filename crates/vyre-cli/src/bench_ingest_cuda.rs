@@ -1,0 +1,863 @@
+//! `vyre bench ingest --backend cuda`: issue 5's end-to-end evidence, in one run, on the same
+//! files with the same block size and queue depth:
+//!
+//! 1. the disk read rate: vyre ingest alone (io_uring, O_DIRECT, registered buffers), and fio
+//!    with the same parameters where it is installed; cold page cache where permitted;
+//! 2. the host-to-device copy rate from pinned memory ([`vyre_cuda::bench::htod_rate`]);
+//! 3. the GPU's own rate reading the registered ingest region in place (no disk), for a few
+//!    slot sizes: HASH64 is one GPU lane per slot reading mapped host memory across PCIe, so
+//!    a lane's rate is bounded by round trips, and the rate of the whole comes from slots in
+//!    flight (chunks in flight × slots per chunk). `--split auto` takes the fewest slots per
+//!    chunk whose in-place rate clears the disk and copy rates with margin;
+//! 4. end to end: io_uring O_DIRECT reads into the ingest region registered with the CUDA
+//!    backend, [`GpuStream`] publishing HASH64 slots over each chunk as it arrives, many
+//!    chunks in flight, the GPU reading the bytes where the disk put them (zero copy); every
+//!    slot's hash is then checked against the host's xxh64 of the same file bytes.
+//!
+//! Setup (mapping and pinning the staging region, registering it with io_uring and CUDA) is
+//! timed apart: the reader waits for a go signal before opening the first file.
+//!
+//! Why the cuda test `ingest_zero_copy_hashes_match_plain_reads` saw 0.39 GB/s: it published
+//! one HASH64 slot per 1 MiB chunk, i.e. one GPU lane hashing a whole MiB serially out of
+//! mapped host memory (every 32-byte xxh64 round waits for its loads to cross PCIe), with
+//! the default 64 staging buffers, half of them held by reads: a few dozen lanes busy on a
+//! GPU of thousands. Here many chunks stay in flight (`--in-flight`, 224 beyond the queue
+//! depth by default) and each chunk is cut into as many slots as the measured in-place rate
+//! needs (`--split`).
+
+use crate::bench_ingest::{drop_caches, large_set, run_fio, Args, Measure};
+use crate::bench_ring::machine;
+use std::fmt::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use vyre_ingest::{CpuTimes, EngineKind, Event, GpuStream, Ingest, IngestConfig, StreamEvent};
+use vyre_isa::{Slot, SlotOp};
+use vyre_runtime::{Backend, Config, Megakernel, Outcome};
+
+/// HASH64's seed in every slot.
+const SEED: u32 = 0x5eed_1e55;
+/// Slots per chunk measured in place.
+const SPLITS: [u32; 4] = [1, 4, 16, 64];
+/// Smallest slot: a HASH64 below a page is all overhead.
+const MIN_SLOT: usize = 4096;
+/// How long a gated reader waits for its go signal before it starts anyway (reached only
+/// when a setup step failed and dropped the ingest before the go).
+const GATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The in-place rate must exceed min(disk, copy) by this factor for `--split auto`.
+const MARGIN: f64 = 1.25;
+
+/// Files for an [`Ingest`] whose reader opens the first one only after the returned sender
+/// says go (or is dropped), so setup stays out of the timed part.
+fn gated(
+    paths: &[PathBuf],
+) -> (
+    impl Iterator<Item = (u64, PathBuf)> + Send + 'static,
+    mpsc::Sender<()>,
+) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let mut rx = Some(rx);
+    // Owned: the reader thread pulls from this iterator after the caller's borrow ends.
+    let owned: Vec<PathBuf> = paths.to_vec();
+    let files = owned.into_iter().enumerate().map(move |(i, p)| {
+        if let Some(r) = rx.take() {
+            let _ = r.recv_timeout(GATE_TIMEOUT);
+        }
+        (i as u64, p)
+    });
+    (files, tx)
+}
+
+fn ingest_config(a: &Args) -> IngestConfig {
+    IngestConfig {
+        queue_depth: a.qd,
+        block_size: a.bs_kib << 10,
+        buffers: a.qd + a.in_flight,
+        ..IngestConfig::default()
+    }
+}
+
+/// Progress on stderr, at most once a second.
+struct Progress {
+    label: &'static str,
+    total: u64,
+    start: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(label: &'static str, total: u64) -> Progress {
+        let now = Instant::now();
+        Progress {
+            label,
+            total,
+            start: now,
+            last: now,
+        }
+    }
+    fn tick(&mut self, bytes: u64) {
+        if self.last.elapsed() >= Duration::from_secs(1) {
+            self.last = Instant::now();
+            eprintln!(
+                "    {}: {:.2} of {:.2} GiB, {:.2} GB/s",
+                self.label,
+                bytes as f64 / (1u64 << 30) as f64,
+                self.total as f64 / (1u64 << 30) as f64,
+                bytes as f64 / self.start.elapsed().as_secs_f64() / 1e9
+            );
+        }
+    }
+}
+
+/// A timed pass: its measure, the setup time it excludes and what it noticed.
+struct Pass {
+    m: Measure,
+    setup_secs: f64,
+    notes: Vec<String>,
+}
+
+/// The disk alone: vyre ingest with O_DIRECT, every byte touched once.
+fn disk_vyre(a: &Args, paths: &[PathBuf], total: u64) -> Result<Pass, String> {
+    let (files, go) = gated(paths);
+    let setup = Instant::now();
+    let mut ing = Ingest::new(ingest_config(a), files).map_err(|e| format!("vyre ingest: {e}"))?;
+    let mut notes = Vec::new();
+    match ing.engine() {
+        EngineKind::Plain { reason } => {
+            return Err(format!(
+                "vyre ingest is not on io_uring here ({reason}); the disk rate needs it (unset VYRE_INGEST_NO_URING, or allow io_uring_setup)"
+            ));
+        }
+        EngineKind::Uring {
+            fixed_buffers: false,
+        } => notes.push(
+            "io_uring refused to register the staging buffers (RLIMIT_MEMLOCK: run `ulimit -l unlimited` as root); reads went into unregistered buffers".to_string(),
+        ),
+        EngineKind::Uring { .. } => {}
+    }
+    let setup_secs = setup.elapsed().as_secs_f64();
+    let cpu0 = CpuTimes::now();
+    let t = Instant::now();
+    drop(go);
+    let mut bytes = 0u64;
+    let mut check = 0u8;
+    let mut progress = Progress::new("disk (vyre ingest)", total);
+    while let Some(e) = ing.next_event() {
+        match e {
+            Event::Chunk(c) => {
+                bytes += c.len as u64;
+                check ^= c.bytes()[c.len - 1];
+                progress.tick(bytes);
+            }
+            Event::End(_) => {}
+            Event::Error(e) => return Err(format!("vyre ingest: {e}")),
+        }
+    }
+    let stats = ing.stats();
+    drop(ing);
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = CpuTimes::now().since(cpu0);
+    std::hint::black_box(check);
+    if stats.direct_reads == 0 {
+        notes.push(format!(
+            "the disk pass read without O_DIRECT ({stats:?}): the filesystem refused it, so the rate may be the page cache's"
+        ));
+    }
+    Ok(Pass {
+        m: Measure {
+            bytes,
+            secs,
+            user: cpu.user.as_secs_f64(),
+            sys: cpu.system.as_secs_f64(),
+            setup_cpu: 0.0,
+        },
+        setup_secs,
+        notes,
+    })
+}
+
+/// `(offset, len)` of each of up to `split` slots over a chunk of `len` bytes.
+fn pieces(len: usize, split: u32) -> impl Iterator<Item = (usize, usize)> {
+    let step = len.div_ceil(split as usize).max(1);
+    (0..len).step_by(step).map(move |o| (o, step.min(len - o)))
+}
+
+fn hash_of(outcome: Outcome) -> Result<u64, String> {
+    match outcome {
+        Outcome::Done(r) => Ok(u64::from(r[0]) | u64::from(r[1]) << 32),
+        Outcome::Fault(f) => Err(format!("slot faulted: {f}")),
+    }
+}
+
+/// One chunk hashed on the GPU: the hashes of its pieces, in order.
+struct Hashed {
+    file: u64,
+    offset: u64,
+    len: usize,
+    hashes: Vec<u64>,
+}
+
+/// An end-to-end pass.
+struct E2e {
+    pass: Pass,
+    chunks: Vec<Hashed>,
+    slots: u64,
+    /// Faults and file errors seen during the pass.
+    errors: Vec<String>,
+    /// The staging region's buffer handle (it stays registered after the pass).
+    handle: u32,
+}
+
+/// Files → io_uring O_DIRECT → the registered region → HASH64 slots on the GPU.
+fn e2e(
+    mk: &Megakernel,
+    a: &Args,
+    paths: &[PathBuf],
+    split: u32,
+    label: &'static str,
+) -> Result<E2e, String> {
+    let total: u64 = paths
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    let (files, go) = gated(paths);
+    let setup = Instant::now();
+    let ing = Ingest::new(ingest_config(a), files).map_err(|e| format!("vyre ingest: {e}"))?;
+    if let EngineKind::Plain { reason } = ing.engine() {
+        return Err(format!("vyre ingest is not on io_uring here ({reason})"));
+    }
+    let stream = GpuStream::new(mk, ing).map_err(|e| {
+        format!("registering the ingest region with the CUDA backend (cuMemHostRegister): {e}")
+    })?;
+    let handle = stream.handle();
+    let setup_secs = setup.elapsed().as_secs_f64();
+    let mut chunks = Vec::new();
+    let mut errors = Vec::new();
+    let mut bytes = 0u64;
+    let mut progress = Progress::new(label, total);
+    let cpu0 = CpuTimes::now();
+    let t = Instant::now();
+    drop(go);
+    let report = stream
+        .run(
+            |chunk, handle| {
+                let base = chunk.region_offset() as u32;
+                pieces(chunk.len, split)
+                    .map(|(o, n)| {
+                        Slot::new(SlotOp::Hash64, &[handle, base + o as u32, n as u32, SEED])
+                    })
+                    .collect()
+            },
+            |e| match e {
+                StreamEvent::ChunkDone {
+                    file_id,
+                    file_offset,
+                    len,
+                    completions,
+                } => {
+                    let mut hashes = Vec::with_capacity(completions.len());
+                    for c in completions {
+                        match hash_of(c.outcome) {
+                            Ok(h) => hashes.push(h),
+                            Err(e) => {
+                                errors.push(format!("file {file_id} at {file_offset}: {e}"));
+                                hashes.push(0);
+                            }
+                        }
+                    }
+                    bytes += len as u64;
+                    progress.tick(bytes);
+                    chunks.push(Hashed {
+                        file: file_id,
+                        offset: file_offset,
+                        len,
+                        hashes,
+                    });
+                }
+                StreamEvent::Error(e) => errors.push(e.to_string()),
+                StreamEvent::End(_) => {}
+            },
+        )
+        .map_err(|e| format!("{label}: {e}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = CpuTimes::now().since(cpu0);
+    Ok(E2e {
+        pass: Pass {
+            m: Measure {
+                bytes: report.bytes,
+                secs,
+                user: cpu.user.as_secs_f64(),
+                sys: cpu.system.as_secs_f64(),
+                setup_cpu: 0.0,
+            },
+            setup_secs,
+            notes: Vec::new(),
+        },
+        chunks,
+        slots: report.slots,
+        errors,
+        handle,
+    })
+}
+
+/// Checks every hash of a pass against the host's xxh64 of the same file bytes, and that the
+/// chunks cover every file exactly; returns the problems (empty: all good).
+fn verify(paths: &[PathBuf], chunks: &[Hashed], split: u32) -> Vec<String> {
+    let mut by_file: Vec<Vec<&Hashed>> = vec![Vec::new(); paths.len()];
+    let mut problems = Vec::new();
+    for c in chunks {
+        match by_file.get_mut(c.file as usize) {
+            Some(v) => v.push(c),
+            None => problems.push(format!("a chunk of unknown file {}", c.file)),
+        }
+    }
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let work: Vec<(usize, Vec<&Hashed>)> = by_file.into_iter().enumerate().collect();
+    let per = work.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = work
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut bad = Vec::new();
+                    let mut buf = Vec::new();
+                    for (k, list) in part {
+                        let path = &paths[*k];
+                        let file = match std::fs::File::open(path) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                bad.push(format!("{}: {e}", path.display()));
+                                continue;
+                            }
+                        };
+                        let size = file.metadata().map_or(0, |m| m.len());
+                        let mut next = 0u64;
+                        for c in list {
+                            if c.offset != next {
+                                bad.push(format!(
+                                    "{}: chunk at {} where {next} was expected",
+                                    path.display(),
+                                    c.offset
+                                ));
+                            }
+                            next = c.offset + c.len as u64;
+                            buf.resize(c.len, 0);
+                            if let Err(e) = file.read_exact_at(&mut buf, c.offset) {
+                                bad.push(format!("{}: reading back: {e}", path.display()));
+                                continue;
+                            }
+                            for ((o, n), &h) in pieces(c.len, split).zip(&c.hashes) {
+                                let want = vyre_isa::hash::xxh64(&buf[o..o + n], u64::from(SEED));
+                                if want != h {
+                                    bad.push(format!(
+                                        "{} at {}+{n}: GPU hash {h:#018x}, host xxh64 {want:#018x}",
+                                        path.display(),
+                                        c.offset + o as u64
+                                    ));
+                                }
+                            }
+                        }
+                        if next != size {
+                            bad.push(format!(
+                                "{}: chunks cover {next} of {size} bytes",
+                                path.display()
+                            ));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(bad) => problems.extend(bad),
+                Err(_) => problems.push("a verification thread panicked".into()),
+            }
+        }
+    });
+    problems
+}
+
+/// The GPU reading the registered region in place (no disk): HASH64 over every staging
+/// buffer in `split` slots each, published at once, rounds until about half a second has
+/// passed. Every round's hashes must equal the host's xxh64 of the region's bytes.
+fn in_place(
+    mk: &Megakernel,
+    handle: u32,
+    region: &[u8],
+    block: usize,
+    split: u32,
+) -> Result<Measure, String> {
+    let mut slots = Vec::new();
+    let mut want = Vec::new();
+    for (b, bytes) in region.chunks(block).enumerate() {
+        for (o, n) in pieces(bytes.len(), split) {
+            let off = (b * block + o) as u32;
+            slots.push(Slot::new(SlotOp::Hash64, &[handle, off, n as u32, SEED]));
+            want.push(vyre_isa::hash::xxh64(&bytes[o..o + n], u64::from(SEED)));
+        }
+    }
+    let round = || -> Result<(), String> {
+        let tickets = mk
+            .publish_batch(&slots)
+            .map_err(|e| format!("in place, split {split}: publish: {e}"))?;
+        for (t, w) in tickets.zip(&want) {
+            let c = mk
+                .wait(t)
+                .map_err(|e| format!("in place, split {split}: wait: {e}"))?;
+            let h = hash_of(c.outcome).map_err(|e| format!("in place, split {split}: {e}"))?;
+            if h != *w {
+                return Err(format!(
+                    "in place, split {split}: slot {t}: GPU hash {h:#018x}, host xxh64 {w:#018x}"
+                ));
+            }
+        }
+        Ok(())
+    };
+    round()?;
+    let cpu0 = CpuTimes::now();
+    let t = Instant::now();
+    let mut rounds = 0u64;
+    while rounds < 3 || (t.elapsed() < Duration::from_millis(500) && rounds < 50) {
+        round()?;
+        rounds += 1;
+    }
+    let cpu = CpuTimes::now().since(cpu0);
+    Ok(Measure {
+        bytes: rounds * region.len() as u64,
+        secs: t.elapsed().as_secs_f64(),
+        user: cpu.user.as_secs_f64(),
+        sys: cpu.system.as_secs_f64(),
+        setup_cpu: 0.0,
+    })
+}
+
+/// Drops the page cache before `what`, or notes that it could not.
+fn cold(what: &str, notes: &mut Vec<String>) {
+    if !drop_caches() {
+        notes.push(format!(
+            "{what}: the page cache could not be dropped (not permitted); O_DIRECT reads bypass it anyway"
+        ));
+    }
+}
+
+fn cpu_cell(m: &Measure) -> String {
+    let (u, s) = (m.user / m.gib(), m.sys / m.gib());
+    format!("{:.3} ({u:.3} + {s:.3})", u + s)
+}
+
+fn size_name(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes.div_ceil(1024))
+    }
+}
+
+/// The GPU side of a run: the copy rate measured first, and the backend the megakernel
+/// runs on.
+pub(crate) struct Gpu {
+    /// Host-to-device bytes per second.
+    pub(crate) htod: f64,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) device: String,
+    /// Drop the page cache before each timed pass (where permitted).
+    pub(crate) drop_caches: bool,
+}
+
+pub fn main(a: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    check_args(a)?;
+    eprintln!(
+        "[1/5] host-to-device copy rate from pinned memory ({} MiB copies) ...",
+        a.htod_mib
+    );
+    let htod = vyre_cuda::bench::htod_rate(a.htod_mib << 20)
+        .map_err(|e| format!("measuring the host-to-device copy rate: {e}"))?;
+    eprintln!("    {:.2} GB/s", htod / 1e9);
+    let cuda = Arc::new(vyre_cuda::CudaBackend::new()?);
+    let device = cuda.capabilities().device.clone();
+    measure(
+        a,
+        Gpu {
+            htod,
+            backend: cuda,
+            device,
+            drop_caches: true,
+        },
+    )
+}
+
+/// Block size, staging buffers and `--split` agree with each other and the slot format.
+fn check_args(a: &Args) -> Result<Option<u32>, String> {
+    let block = a.bs_kib << 10;
+    let buffers = a.qd + a.in_flight;
+    let region_bytes = buffers as u64 * block as u64;
+    if a.in_flight == 0 || buffers > u32::from(u16::MAX) || region_bytes >= 1 << 32 {
+        return Err(format!(
+            "--qd {} + --in-flight {} buffers of --bs-kib {}: need at least one buffer in flight, at most 65535 buffers and a region under 4 GiB (slot offsets are 32-bit); lower --in-flight or --bs-kib",
+            a.qd, a.in_flight, a.bs_kib
+        ));
+    }
+    if a.large_files == 0 || a.large_mib == 0 {
+        return Err("--large-files and --large-mib must be at least 1".into());
+    }
+    let max_split = (block / MIN_SLOT).max(1) as u32;
+    match a.split.as_str() {
+        "auto" => Ok(None),
+        s => match s.parse::<u32>() {
+            Ok(n) if (1..=max_split).contains(&n) => Ok(Some(n)),
+            _ => Err(format!(
+                "--split {s}: expected `auto` or 1..={max_split} (slots of at least 4 KiB of a {} block)",
+                size_name(block)
+            )),
+        },
+    }
+}
+
+/// Steps 2 to 5 (the copy rate is measured before the backend exists) and the report.
+pub(crate) fn measure(a: &Args, gpu: Gpu) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let fixed_split = check_args(a)?;
+    let block = a.bs_kib << 10;
+    let buffers = a.qd + a.in_flight;
+    let region_bytes = buffers as u64 * block as u64;
+    let max_split = (block / MIN_SLOT).max(1) as u32;
+    let Gpu {
+        htod,
+        backend,
+        device,
+        drop_caches,
+    } = gpu;
+    let cold = |what: &str, notes: &mut Vec<String>| {
+        if drop_caches {
+            cold(what, notes);
+        }
+    };
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    eprintln!(
+        "{} files of {} MiB under {} (generated once, then reused)",
+        a.large_files,
+        a.large_mib,
+        a.dir.display()
+    );
+    let set = large_set(a)?;
+    let total: u64 = set
+        .paths
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    let mut notes: Vec<String> = Vec::new();
+
+    eprintln!(
+        "[2/5] disk read rate: vyre ingest alone (io_uring, O_DIRECT, {} KiB blocks, queue depth {}) ...",
+        a.bs_kib, a.qd
+    );
+    cold("disk (vyre ingest)", &mut notes);
+    let disk = disk_vyre(a, &set.paths, total)?;
+    notes.extend(disk.notes.iter().cloned());
+    eprintln!("    {:.2} GB/s", disk.m.gbps());
+    cold("disk (fio)", &mut notes);
+    eprintln!("[2/5] disk read rate: fio with the same parameters ...");
+    let fio = match run_fio(a, &set) {
+        Ok((m, shown)) => {
+            eprintln!("    {:.2} GB/s", m.gbps());
+            Some((m, shown))
+        }
+        Err(e) => {
+            eprintln!("    skipped: {e}");
+            notes.push(format!("fio: {e}"));
+            None
+        }
+    };
+
+    eprintln!("[3/5] starting the megakernel on {device} ...");
+    let capacity = (buffers as usize * max_split.min(64) as usize)
+        .next_power_of_two()
+        .clamp(4096, 1 << 20) as u32;
+    let mk = Megakernel::launch(
+        backend,
+        Config {
+            capacity,
+            ..Config::default()
+        },
+    )?;
+
+    eprintln!("[4/5] warm-up pass (the first file) and the GPU's in-place rate per slot size ...");
+    let warm = e2e(&mk, a, &set.paths[..1], 1, "warm-up")?;
+    let mut problems = warm.errors.clone();
+    problems.extend(verify(&set.paths[..1], &warm.chunks, 1));
+    let region = mk
+        .read_buffer(warm.handle, 0, region_bytes)
+        .map_err(|e| format!("reading the staging region back: {e}"))?;
+    let mut in_place_rows = Vec::new();
+    for split in SPLITS.into_iter().filter(|&s| s <= max_split) {
+        let m = in_place(&mk, warm.handle, &region, block, split)?;
+        eprintln!(
+            "    {} slots per chunk ({} each): {:.2} GB/s",
+            split,
+            size_name(block / split as usize),
+            m.gbps()
+        );
+        in_place_rows.push((split, m));
+    }
+    drop(region);
+    let disk_rate = disk
+        .m
+        .gbps()
+        .max(fio.as_ref().map_or(0.0, |(m, _)| m.gbps()));
+    let ceiling = disk_rate.min(htod / 1e9);
+    let (split, why) = match fixed_split {
+        Some(n) => (n, "--split given".to_string()),
+        None => match in_place_rows
+            .iter()
+            .find(|(_, m)| m.gbps() >= MARGIN * ceiling)
+        {
+            Some((n, m)) => (
+                *n,
+                format!(
+                    "the fewest slots per chunk whose in-place GPU rate ({:.2} GB/s) is at least {MARGIN} x min(disk, host-to-device) = {:.2} GB/s",
+                    m.gbps(),
+                    MARGIN * ceiling
+                ),
+            ),
+            None => {
+                let (n, m) = in_place_rows
+                    .iter()
+                    .max_by(|x, y| x.1.gbps().total_cmp(&y.1.gbps()))
+                    .expect("at least one split is measured");
+                (
+                    *n,
+                    format!(
+                        "no slot size reaches {MARGIN} x min(disk, host-to-device) = {:.2} GB/s in place; the fastest ({:.2} GB/s) was taken: the GPU side limits this run",
+                        MARGIN * ceiling,
+                        m.gbps()
+                    ),
+                )
+            }
+        },
+    };
+    eprintln!("    split: {split} ({why})");
+
+    eprintln!(
+        "[5/5] end to end: {:.2} GiB, file -> io_uring O_DIRECT -> registered region -> HASH64 on the GPU, {split} slot(s) per chunk ...",
+        total as f64 / (1u64 << 30) as f64
+    );
+    cold("end to end", &mut notes);
+    let run = e2e(&mk, a, &set.paths, split, "end to end")?;
+    eprintln!(
+        "    {:.2} GB/s; checking every hash against the host's xxh64 ...",
+        run.pass.m.gbps()
+    );
+    let shutdown = mk.shutdown();
+    problems.extend(run.errors.iter().cloned());
+    problems.extend(verify(&set.paths, &run.chunks, split));
+    if run.pass.m.bytes != total {
+        problems.push(format!(
+            "end to end delivered {} of {total} bytes",
+            run.pass.m.bytes
+        ));
+    }
+    match shutdown {
+        Ok(r) if !r.lost.is_empty() => {
+            problems.push(format!("{} slots lost at shutdown", r.lost.len()))
+        }
+        Ok(_) => {}
+        Err(e) => problems.push(format!("shutdown: {e}")),
+    }
+
+    let ratio = run.pass.m.gbps() / ceiling;
+    let mut t = String::new();
+    writeln!(t, "# vyre bench ingest --backend cuda\n")?;
+    writeln!(t, "GPU: {device}\n\nhost: {}\n", machine())?;
+    writeln!(t, "command: `{command}`\n")?;
+    writeln!(
+        t,
+        "{} files x {} MiB ({:.2} GiB) under {}; block size {} KiB, queue depth {}, {} staging buffers ({} MiB region, {} in flight on the GPU beyond the queue depth)\n",
+        a.large_files,
+        a.large_mib,
+        total as f64 / (1u64 << 30) as f64,
+        a.dir.display(),
+        a.bs_kib,
+        a.qd,
+        buffers,
+        region_bytes >> 20,
+        a.in_flight
+    )?;
+    writeln!(t, "| measure | GiB | s | GB/s | CPU s/GiB (user + sys) |")?;
+    writeln!(t, "|---|---|---|---|---|")?;
+    let row = |t: &mut String, what: &str, m: &Measure| {
+        writeln!(
+            t,
+            "| {what} | {:.2} | {:.2} | {:.2} | {} |",
+            m.gib(),
+            m.secs,
+            m.gbps(),
+            cpu_cell(m)
+        )
+    };
+    row(
+        &mut t,
+        "disk: vyre ingest alone (io_uring, O_DIRECT, registered buffers)",
+        &disk.m,
+    )?;
+    if let Some((m, _)) = &fio {
+        row(&mut t, "disk: fio, same block size and queue depth", m)?;
+    }
+    writeln!(
+        t,
+        "| host-to-device copy from pinned memory ({} MiB copies, median of 5) | | | {:.2} | |",
+        a.htod_mib,
+        htod / 1e9
+    )?;
+    for (s, m) in &in_place_rows {
+        row(
+            &mut t,
+            &format!(
+                "GPU alone: HASH64 in place over the registered region (no disk), {s} slot(s) per chunk of {}",
+                size_name(block / *s as usize)
+            ),
+            m,
+        )?;
+    }
+    row(
+        &mut t,
+        &format!(
+            "**end to end**: file → io_uring O_DIRECT → registered region → HASH64 on the GPU in place, {split} slot(s) per chunk"
+        ),
+        &run.pass.m,
+    )?;
+    writeln!(t)?;
+    writeln!(
+        t,
+        "- disk rate = max(vyre ingest, fio) = {disk_rate:.2} GB/s; host-to-device = {:.2} GB/s; min = {ceiling:.2} GB/s",
+        htod / 1e9
+    )?;
+    writeln!(
+        t,
+        "- **end to end / min(disk, host-to-device) = {ratio:.2}** (target ≥ 0.9: {})",
+        if ratio >= 0.9 { "met" } else { "NOT met" }
+    )?;
+    writeln!(
+        t,
+        "- checks: {} chunks and {} slots end to end (plus the warm-up pass and every in-place round); every HASH64 result compared with the host's xxh64 (vyre_isa::hash) of the same file bytes: {}",
+        run.chunks.len(),
+        run.slots,
+        if problems.is_empty() {
+            "all equal, every byte of every file covered once".to_string()
+        } else {
+            format!("{} PROBLEMS (below)", problems.len())
+        }
+    )?;
+    writeln!(t, "- slots per chunk: {split}: {why}")?;
+    writeln!(
+        t,
+        "- setup, timed apart (the reader waits for it): staging region mapped, registered with io_uring (and with CUDA, cuMemHostRegister): {:.3} s for the disk pass, {:.3} s end to end",
+        disk.setup_secs, run.pass.setup_secs
+    )?;
+    writeln!(
+        t,
+        "- CPU is the whole process's (getrusage) over the timed part; fio's is its own accounting"
+    )?;
+    notes.sort();
+    notes.dedup();
+    for n in &notes {
+        writeln!(t, "- note: {n}")?;
+    }
+    if let Some((_, shown)) = &fio {
+        writeln!(t, "\nfio command:\n\n    {shown}")?;
+    }
+    if !problems.is_empty() {
+        writeln!(t, "\nproblems (first 20):\n")?;
+        for p in problems.iter().take(20) {
+            writeln!(t, "- {p}")?;
+        }
+    }
+    print!("{t}");
+    if let Some(out) = &a.out {
+        std::fs::write(out, &t).map_err(|e| format!("writing {}: {e}", out.display()))?;
+        eprintln!("written to {}", out.display());
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// The whole run on the cpu backend (which reads the registered region in place as the
+    /// GPU does): every step runs, every hash is checked and the report says so.
+    #[test]
+    fn the_end_to_end_run_checks_every_hash_and_reports_the_ratio() {
+        let dir =
+            std::env::temp_dir().join(format!("vyre-bench-ingest-e2e-{}", std::process::id()));
+        let out = dir.join("report.md");
+        let cli = Cli::parse_from([
+            "vyre",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--large-files",
+            "3",
+            "--large-mib",
+            "3",
+            "--bs-kib",
+            "256",
+            "--qd",
+            "4",
+            "--in-flight",
+            "6",
+            "--fio",
+            "/nonexistent/fio",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let backend = Arc::new(vyre_cpu::CpuBackend::new().with_workers(2));
+        let code = measure(
+            &cli.args,
+            Gpu {
+                htod: 1e9,
+                backend,
+                device: "cpu backend (test)".into(),
+                drop_caches: false,
+            },
+        )
+        .unwrap();
+        let report = std::fs::read_to_string(&out).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(code, ExitCode::SUCCESS, "{report}");
+        assert!(
+            report.contains("all equal, every byte of every file covered once"),
+            "{report}"
+        );
+        assert!(
+            report.contains("end to end / min(disk, host-to-device) = "),
+            "{report}"
+        );
+        assert!(
+            report.contains("fio: cannot run /nonexistent/fio"),
+            "{report}"
+        );
+        // The four in-place rows (256 KiB blocks allow 1..=64 slots of at least 4 KiB).
+        assert_eq!(
+            report.matches("GPU alone: HASH64 in place").count(),
+            4,
+            "{report}"
+        );
+        let e2e = report
+            .lines()
+            .find(|l| l.starts_with("| **end to end**"))
+            .expect("an end-to-end row");
+        assert!(e2e.contains("| 0.01 |"), "9 MiB = 0.01 GiB: {e2e}");
+    }
+}

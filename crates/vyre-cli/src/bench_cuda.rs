@@ -57,6 +57,7 @@ pub fn main(
         rt.push(t.elapsed());
         assert!(matches!(c.outcome, Outcome::Done(_)));
     }
+    let trace = round_trip_stages(&mk, &cuda, nop, round_trips.min(5000))?;
     let (v50, v99) = stats(rt);
     let (l50, l99) = stats(base.launch_readback);
     let (g50, g99) = stats(base.graph_replay);
@@ -93,6 +94,9 @@ pub fn main(
         us(p99),
         us(p50) / us(v50)
     )?;
+    if let Some(t) = &trace {
+        out.push_str(t);
+    }
     eprintln!(
         "round trip p50: vyre {:.2} µs, launch {:.2}, graph {:.2}, ping-pong {:.2}",
         us(v50),
@@ -170,6 +174,16 @@ pub fn main(
             );
         }
     }
+    out.push_str(&device_rate(
+        &mk,
+        &[
+            ("NOP", nop),
+            (
+                "HASH64 4 KiB",
+                Slot::new(SlotOp::Hash64, &[buf, 0, 4096, 0]),
+            ),
+        ],
+    )?);
     let stats = mk.stats();
     writeln!(
         out,
@@ -186,4 +200,125 @@ pub fn main(
         std::fs::write(path, &out).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `VYRE_CUDA_TRACE=1`: where a round trip's time goes, from the kernel's stage
+/// timestamps (GPU clock) and the host's own clock around publish and wait.
+fn round_trip_stages(
+    mk: &Megakernel,
+    cuda: &vyre_cuda::CudaBackend,
+    nop: Slot,
+    n: usize,
+) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    if cuda.trace_words().is_none() {
+        return Ok(None);
+    }
+    let mut cols: [Vec<Duration>; 8] = Default::default();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let ticket = mk.publish(nop)?;
+        let t1 = Instant::now();
+        mk.wait(ticket)?;
+        let t2 = Instant::now();
+        let w = cuda.trace_words().expect("tracing");
+        let d = |a: usize, b: usize| Duration::from_nanos(u64::from(w[b].wrapping_sub(w[a])));
+        let gpu = d(0, 5);
+        cols[0].push(t1 - t0);
+        for (i, (a, b)) in [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+            .into_iter()
+            .enumerate()
+        {
+            cols[1 + i].push(d(a, b));
+        }
+        cols[6].push((t2 - t1).saturating_sub(gpu));
+        cols[7].push(t2 - t0);
+    }
+    let names = [
+        "host: publish() call",
+        "gpu: control warp sees tail → tail mirror stored",
+        "gpu: mirror stored → a worker claims",
+        "gpu: claim → slot words loaded (PCIe read)",
+        "gpu: loaded → results written (+ fence)",
+        "gpu: results → status stored",
+        "rest: tail store reaching the GPU + status reaching the host + wait()",
+        "total",
+    ];
+    let mut t = String::from("### Round trip by stage (VYRE_CUDA_TRACE=1; medians of ");
+    t.push_str(&format!(
+        "{n} round trips)\n\n| stage | p50 | p99 |\n|---|---|---|\n"
+    ));
+    for (name, v) in names.iter().zip(cols) {
+        let (a, b) = stats(v);
+        t.push_str(&format!("| {name} | {:.2} µs | {:.2} µs |\n", us(a), us(b)));
+    }
+    let w = cuda.trace_words().expect("tracing");
+    let (dt, dc) = (w[10].wrapping_sub(w[8]), w[11].wrapping_sub(w[9]));
+    if dt > 0 {
+        t.push_str(&format!(
+            "\nSM clock of the control warp's SM after the last round trip: {:.0} MHz ({dc} cycles in {dt} ns)\n",
+            f64::from(dc) * 1e3 / f64::from(dt)
+        ));
+    }
+    t.push('\n');
+    eprint!("{t}");
+    Ok(Some(t))
+}
+
+/// The device's own rate: a batch written whole and made visible with one tail store, timed
+/// from that store until the done count (kept in device memory, mirrored to the host) covers
+/// it; the host's publish and reap are timed apart.
+fn device_rate(
+    mk: &Megakernel,
+    ops: &[(&str, Slot)],
+) -> Result<String, Box<dyn std::error::Error>> {
+    let n = (mk.config().capacity as usize / 2).min(65536);
+    let mut t = format!(
+        "## (c) Where throughput goes: {n} slots written whole, one tail store (median of 7)\n\n\
+         | op | host publish | device (tail store → done count) | host reap | device rate |\n|---|---|---|---|---|\n"
+    );
+    for &(name, slot) in ops {
+        let slots = vec![slot; n];
+        let (mut p, mut d, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..7 {
+            let before = mk.done_count();
+            let t0 = Instant::now();
+            let tickets = mk.publish_batch_whole(&slots)?;
+            let t1 = Instant::now();
+            let deadline = t1 + Duration::from_secs(10);
+            while (mk.done_count().wrapping_sub(before) as usize) < n {
+                if Instant::now() > deadline {
+                    return Err(
+                        format!("{name}: the done count did not reach {n} within 10 s").into(),
+                    );
+                }
+                std::hint::spin_loop();
+            }
+            let t2 = Instant::now();
+            let c = mk.wait_range(tickets)?;
+            let t3 = Instant::now();
+            if done_count(&c) != n {
+                return Err(
+                    format!("{name}: {} of {n} slots finished DONE", done_count(&c)).into(),
+                );
+            }
+            p.push(t1 - t0);
+            d.push(t2 - t1);
+            r.push(t3 - t2);
+        }
+        let med = |v: Vec<Duration>| stats(v).0;
+        let (p, d, r) = (med(p), med(d), med(r));
+        let per = |x: Duration| x.as_secs_f64() * 1e9 / n as f64;
+        t.push_str(&format!(
+            "| {name} | {:.2} ns/slot | {:.1} µs | {:.2} ns/slot | {} |\n",
+            per(p),
+            us(d),
+            per(r),
+            fmt_rate(n as f64 / d.as_secs_f64())
+        ));
+    }
+    t.push_str(
+        "\nThe done count is mirrored every ~10 µs, so the device time is at most that long.\n",
+    );
+    eprint!("{t}");
+    Ok(t)
 }

@@ -40,12 +40,61 @@ struct Params {
     u32 ctl_sleep_ns;       // control warp's sleep between host-tail polls while traffic flows
     u32 worker_sleep_shift; // idle workers sleep up to 64 << this many ns
     u32 mirror_cycles;      // clock cycles between mirrors of the device counters to the host
+    u32* trace;             // null, or 16 mapped host words of stage timestamps (VYRE_CUDA_TRACE)
+    u32* ioq;               // the I/O queue (mapped host memory): request records, resume entries
 };
 
 struct Fault { u32 code; u32 detail; u32 at; };
+// Not a fault: exec_slot's "suspended" answer (IO_READ queued its request; status WAIT_IO).
+#define WAITING 0xffu
 
 __device__ __forceinline__ u32 vload(const u32* p) { return *(const volatile u32*)p; }
 __device__ __forceinline__ void vstore(u32* p, u32 v) { *(volatile u32*)p = v; }
+
+// Memory ordering. VYRE_ACQREL=1 (the default) uses acquire loads and release stores at the
+// scope that needs them; VYRE_ACQREL=0 keeps the full fences of kernel v3 (membar.sys around
+// every host-visible hand-over), for comparison (`VYRE_CUDA_DEFINES=-DVYRE_ACQREL=0`).
+#ifndef VYRE_ACQREL
+#define VYRE_ACQREL 1
+#endif
+#ifndef VYRE_FLUSH
+#define VYRE_FLUSH 0
+#endif
+__device__ __forceinline__ u32 ld_acquire_sys(const u32* p) {
+    u32 v; asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory"); return v;
+}
+__device__ __forceinline__ u32 ld_acquire_gpu(const u32* p) {
+    u32 v; asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory"); return v;
+}
+__device__ __forceinline__ void st_release_sys(u32* p, u32 v) {
+    asm volatile("st.release.sys.global.u32 [%0], %1;" :: "l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ void st_release_gpu(u32* p, u32 v) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" :: "l"(p), "r"(v) : "memory");
+}
+// Slot words are read with relaxed loads at system scope (coherent with the host, never a
+// stale cached copy), which the GPU keeps in flight together; volatile loads (`__ldcv`,
+// VYRE_SLOT_LOAD=0) complete one after another, four PCIe round trips per slot.
+#ifndef VYRE_SLOT_LOAD
+#define VYRE_SLOT_LOAD 1
+#endif
+__device__ __forceinline__ uint4 ld_relaxed_sys_v4(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.relaxed.sys.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
+
+// Stage timestamps for `vyre bench ring --backend cuda` with VYRE_CUDA_TRACE=1 (low 32 bits
+// of %globaltimer, ns): where a round trip's time goes.
+__device__ __forceinline__ void trace(const Params& p, u32 i) {
+    if (p.trace) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        vstore(&p.trace[i], (u32)t);
+    }
+}
 
 // ---------------------------------------------------------------- buffers
 
@@ -358,6 +407,7 @@ __device__ u32 arg_count(u32 op) {
     case VYRE_OP_DEBUG_LOG: case VYRE_OP_CAS: case VYRE_OP_FILL: case VYRE_OP_HASH64:
     case VYRE_OP_COUNT_BYTE: return 4;
     case VYRE_OP_MEMCPY: case VYRE_OP_BYTE_HISTOGRAM: return 5;
+    case VYRE_OP_IO_READ: return 7;
     case VYRE_OP_PACKED: case VYRE_OP_EXEC: case VYRE_OP_DFA_SCAN: return 8;
     default: return 0xffffffffu;
     }
@@ -494,6 +544,32 @@ __device__ bool exec_slot(const Params& p, u32 position, const u32* w, u32* r, F
         return true;
     }
     case VYRE_OP_DFA_SCAN: return dfa_scan(p, a, r, f);
+    case VYRE_OP_IO_READ: {
+        // Phase 1 (PROTOCOL.md, "I/O queue"): check, then hand the read to the host.
+        if (a[3] > VYRE_IO_MAX_READ) FAIL(VYRE_F_MALFORMED_SLOT, 3);
+        if (!check_range(p, a[4], a[5], a[3], &b, f)) return false;
+        u32 files = vload(&p.cb[VYRE_CB_IO_FILES]);
+        if (a[0] == 0 || a[0] > files) FAIL(VYRE_F_BAD_FILE, a[0]);
+        if (a[6] != 0) {
+            if (a[6] > p.max_progs || __ldcg(&p.progs[a[6] - 1].ptr) == 0) FAIL(VYRE_F_BAD_PROGRAM, a[6]);
+        }
+        u32* s = p.slots + (size_t)(position & (p.capacity - 1)) * VYRE_SLOT_WORDS;
+        vstore(&s[VYRE_SLOT_STATUS], VYRE_ST_WAIT_IO);
+        u32 i = atomicAdd(&p.ds[DS_IO_REQ_WRITE], 1u);
+        u32* rec = p.ioq + (size_t)(i & (p.capacity - 1)) * VYRE_IOREQ_WORDS;
+        vstore(&rec[VYRE_IOREQ_POSITION], position);
+        vstore(&rec[VYRE_IOREQ_FILE], a[0]);
+        vstore(&rec[VYRE_IOREQ_OFF_LO], a[1]);
+        vstore(&rec[VYRE_IOREQ_OFF_HI], a[2]);
+        vstore(&rec[VYRE_IOREQ_LEN], a[3]);
+        vstore(&rec[VYRE_IOREQ_BUF], a[4]);
+        vstore(&rec[VYRE_IOREQ_BUF_OFF], a[5]);
+        __threadfence_system();
+        st_release_sys(&rec[VYRE_IOREQ_SEQ], i + 1);
+        __threadfence_system(); // push the record out: the host is polling for it
+        f->code = WAITING;
+        return false;
+    }
     case VYRE_OP_EXEC: {
         u32 id = a[0];
         if (id == 0 || id > p.max_progs) FAIL(VYRE_F_BAD_PROGRAM, id);
@@ -521,7 +597,9 @@ __device__ void mirror(const Params& p, u32 lane) {
     u32* ds = p.ds;
     u32* cb = p.cb;
     if (lane == 0) {
-        vstore(&cb[VYRE_CB_HEAD], vload(&ds[DS_HEAD]));
+        // Ticket claims run the device head ahead of the tail; the host sees min(head, tail).
+        u32 head = vload(&ds[DS_HEAD]), tail = vload(&ds[DS_TAIL]);
+        vstore(&cb[VYRE_CB_HEAD], (int)(head - tail) > 0 ? tail : head);
         vstore(&cb[VYRE_CB_DONE_COUNT], vload(&ds[DS_DONE]));
         vstore(&cb[VYRE_CB_FAULT_COUNT], vload(&ds[DS_FAULTS]));
         vstore(&cb[VYRE_CB_EPOCH], vload(&ds[DS_EPOCH]));
@@ -529,6 +607,8 @@ __device__ void mirror(const Params& p, u32 lane) {
         vstore(&cb[VYRE_CB_DEBUG_WRITE], vload(&ds[DS_DEBUG_WRITE]));
         vstore(&cb[VYRE_CB_DEBUG_DROPPED], vload(&ds[DS_DEBUG_DROPPED]));
         vstore(&cb[VYRE_CB_HEARTBEAT], vload(&ds[DS_HEARTBEAT]));
+        vstore(&cb[VYRE_CB_IO_REQ_WRITE], vload(&ds[DS_IO_REQ_WRITE]));
+        vstore(&cb[VYRE_CB_RESUME_HEAD], vload(&ds[DS_RESUME_HEAD]));
     }
     for (u32 i = lane; i <= VYRE_COUNTED_OPCODES; i += 32) {
         vstore(&cb[VYRE_CB_OP_COUNTERS + i], vload(&ds[DS_OP_COUNTERS + i]));
@@ -540,15 +620,29 @@ __device__ void control_warp(const Params& p, u32 lane) {
     u32 last_tail = vload(&p.cb[VYRE_CB_TAIL]);
     u32 idle = 0;
     unsigned long long last_mirror = 0;
+    u32 trace_t = 0, trace_c = 0;
+    u32 last_rtail = vload(&p.cb[VYRE_CB_RESUME_TAIL]);
     for (;;) {
         // Lanes poll their words at once (the host's are PCIe round trips each).
         u32 v = 0;
+#if VYRE_ACQREL
+        if (lane == 0) v = ld_acquire_sys(&p.cb[VYRE_CB_TAIL]);
+#else
         if (lane == 0) v = vload(&p.cb[VYRE_CB_TAIL]);
+#endif
         else if (lane == 1) v = vload(&p.cb[VYRE_CB_SHUTDOWN]);
         else if (lane == 2) v = vload(&ds[DS_SHUTDOWN]);
         else if (lane == 3) v = vload(&p.cb[VYRE_CB_FAULT_INJECT]);
         else if (lane == 4) v = vload(&p.cb[VYRE_CB_ABORT]);
+        else if (lane == 5) v = ld_acquire_sys(&p.cb[VYRE_CB_RESUME_TAIL]);
         u32 tail = __shfl_sync(0xffffffffu, v, 0);
+        u32 rtail = __shfl_sync(0xffffffffu, v, 5);
+        if (rtail != last_rtail) {
+            // Resume entries were written before the host's release store of RESUME_TAIL.
+            if (lane == 5) st_release_gpu(&ds[DS_RESUME_TAIL], rtail);
+            last_rtail = rtail;
+            idle = 0;
+        }
         u32 stop = __shfl_sync(0xffffffffu, v, 1) | __shfl_sync(0xffffffffu, v, 2);
         u32 hang = __shfl_sync(0xffffffffu, v, 3);
         u32 abort_ = __shfl_sync(0xffffffffu, v, 4);
@@ -564,16 +658,36 @@ __device__ void control_warp(const Params& p, u32 lane) {
             stop = 1;
         }
         if (tail != last_tail) {
+            if (lane == 0) trace(p, 0);
             // Slot words were written by the host before it stored the tail; make sure no
             // worker reads them before it reads the new tail mirror.
+#if VYRE_ACQREL
+            // The acquire load of the host tail and this release store chain the host's
+            // slot writes to every worker that acquires the mirror.
+            if (lane == 0) st_release_gpu(&ds[DS_TAIL], tail);
+#else
             __threadfence_system();
             if (lane == 0) { vstore(&ds[DS_TAIL], tail); __threadfence(); }
+#endif
+            if (lane == 0) trace(p, 1);
             last_tail = tail;
             idle = 0;
         }
         unsigned long long now = clock64();
         if (now - last_mirror > p.mirror_cycles || stop) {
             if (lane == 0) atomicAdd(&ds[DS_HEARTBEAT], 1u);
+            if (lane == 0 && p.trace) {
+                // Two (timer, SM clock) samples one mirror apart: the SM clock in MHz.
+                unsigned long long t;
+                asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+                u32 c = (u32)clock64();
+                vstore(&p.trace[8], trace_t);
+                vstore(&p.trace[9], trace_c);
+                vstore(&p.trace[10], (u32)t);
+                vstore(&p.trace[11], c);
+                trace_t = (u32)t;
+                trace_c = c;
+            }
             __threadfence();
             mirror(p, lane);
             last_mirror = now;
@@ -599,29 +713,219 @@ __device__ void control_warp(const Params& p, u32 lane) {
     }
 }
 
+// Claiming. VYRE_TICKET=1 (the default): a warp takes the next `claim_batch` positions with
+// one fetch-and-add on the device head, published or not, and runs each once the host's
+// tail has passed it; every add succeeds, so hundreds of warps never serialise on one word
+// the way compare-and-swap claims do (measured on an H100: CAS claims capped the device at
+// 32 M NOP slots/s). The head runs ahead of the tail by the positions warps hold; the
+// control warp mirrors min(head, tail) to the host. VYRE_TICKET=0 keeps the CAS claim.
+#ifndef VYRE_TICKET
+#define VYRE_TICKET 1
+#endif
+// VYRE_HOT_POLL=1 (the default): the warp holding the next position polls the host tail.
+#ifndef VYRE_HOT_POLL
+#define VYRE_HOT_POLL 1
+#endif
+
+// Phase 2 of IO_READ: the host finished the read of the waiting slot at `position` with
+// `result` (bytes, or IO_RESULT_ERROR | errno); complete it, running the continuation.
+__device__ bool resume_io(const Params& p, u32 position, u32 result, const u32* w, u32* r, Fault* f) {
+    const u32* a = w + 2;
+    r[0] = r[1] = r[2] = r[3] = 0;
+    if (result & VYRE_IO_RESULT_ERROR) FAIL(VYRE_F_IO, result & ~VYRE_IO_RESULT_ERROR);
+    if (a[6] == 0) { r[0] = result; return true; }
+    ProgEntry pe;
+    pe.ptr = __ldcg(&p.progs[a[6] - 1].ptr);
+    pe.len = __ldcg(&p.progs[a[6] - 1].len);
+    if (pe.ptr == 0) FAIL(VYRE_F_BAD_PROGRAM, a[6]);
+    u64 regs[16];
+    for (int i = 0; i < 16; i++) regs[i] = 0;
+    regs[1] = result; regs[2] = a[4]; regs[3] = a[5]; regs[4] = a[0]; regs[5] = a[1]; regs[6] = a[2];
+    u64 r0, steps;
+    if (!run_program(p, pe, regs, &r0, &steps, f)) return false;
+    r[0] = (u32)r0; r[1] = (u32)(r0 >> 32);
+    r[2] = steps > 0xffffffffULL ? 0xffffffffu : (u32)steps;
+    return true;
+}
+
+// Runs position `start + lane` on every lane with `run` set: reads the slot, executes it,
+// writes results and status, and counts the warp's completions. All 32 lanes call it.
+// With `resumed`, `pos` is a waiting IO_READ taken from the resume queue, finished with
+// `io_result` (phase 2); otherwise a claimed position.
+__device__ void run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resumed = false, u32 io_result = 0) {
+    u32* ds = p.ds;
+    u32 runners = __ballot_sync(0xffffffffu, run);
+    bool tracer = runners && lane == (u32)(__ffs(runners) - 1);
+    bool faulted = false;
+    u32 op = 0xffffffffu;
+    if (run) {
+        u32* s = p.slots + (size_t)(pos & (p.capacity - 1)) * VYRE_SLOT_WORDS;
+        // Four independent 16-byte loads, all in flight at once: each is a PCIe round
+        // trip (~1 us), and sixteen ordered 4-byte volatile loads cost sixteen of them.
+        u32 w[16];
+        const uint4* s4 = (const uint4*)s;
+#if VYRE_SLOT_LOAD
+        uint4 v0 = ld_relaxed_sys_v4(s4), v1 = ld_relaxed_sys_v4(s4 + 1);
+        uint4 v2 = ld_relaxed_sys_v4(s4 + 2), v3 = ld_relaxed_sys_v4(s4 + 3);
+#else
+        uint4 v0 = __ldcv(s4), v1 = __ldcv(s4 + 1), v2 = __ldcv(s4 + 2), v3 = __ldcv(s4 + 3);
+#endif
+        w[0] = v0.x; w[1] = v0.y; w[2] = v0.z; w[3] = v0.w;
+        w[4] = v1.x; w[5] = v1.y; w[6] = v1.z; w[7] = v1.w;
+        w[8] = v2.x; w[9] = v2.y; w[10] = v2.z; w[11] = v2.w;
+        w[12] = v3.x; w[13] = v3.y; w[14] = v3.z; w[15] = v3.w;
+        if (tracer) trace(p, 3);
+        u32 r[4] = {0, 0, 0, 0};
+        Fault f; f.code = 0; f.detail = 0; f.at = 0;
+        bool ok = false;
+        u32 st = w[VYRE_SLOT_STATUS] & 0xff;
+        if (st == VYRE_ST_DONE || st == VYRE_ST_FAULT || (resumed && st != VYRE_ST_WAIT_IO)) {
+            // Finished before a restart rewound the head: never run twice. (A resume entry
+            // always names a slot in WAIT_IO; anything else is left alone.)
+            op = 0xfffffffeu;
+        } else {
+            vstore(&s[VYRE_SLOT_STATUS], VYRE_ST_CLAIMED);
+            if (w[VYRE_SLOT_SEQ] != pos) { ok = false; f.code = VYRE_F_LOST; f.detail = pos; }
+            else if (resumed) ok = resume_io(p, pos, io_result, w + VYRE_SLOT_OP, r, &f);
+            else ok = exec_slot(p, pos, w + VYRE_SLOT_OP, r, &f);
+            if (!ok && f.code == WAITING) {
+                // IO_READ phase 1 done: the slot waits (WAIT_IO) and is neither completed nor
+                // counted until it is resumed.
+                run = false;
+            }
+        }
+        if (run && op != 0xfffffffeu) {
+            u32 status;
+            if (ok) { status = VYRE_ST_DONE; }
+            else { status = VYRE_ST_FAULT | (f.code << 8); r[0] = f.detail; r[1] = f.at; r[2] = 0; r[3] = 0; faulted = true; }
+            // Publishing zeroed the result words: all-zero results need no write.
+            if (r[0] | r[1] | r[2] | r[3]) {
+                uint4 rv; rv.x = r[0]; rv.y = r[1]; rv.z = r[2]; rv.w = r[3];
+                __stcg((uint4*)(s + VYRE_SLOT_RES0), rv); // one 16-byte write
+            }
+#if VYRE_ACQREL
+            if (tracer) trace(p, 4);
+            st_release_sys(&s[VYRE_SLOT_STATUS], status); // the results before the status
+            // VYRE_FLUSH=1 adds a system fence after the status store (to push it out of the
+            // GPU's write path); on an H100 it measured within noise of none, so it is off.
+            if (VYRE_FLUSH) __threadfence_system();
+#else
+            __threadfence_system();
+            if (tracer) trace(p, 4);
+            vstore(&s[VYRE_SLOT_STATUS], status);
+#endif
+            if (tracer) trace(p, 5);
+            op = w[VYRE_SLOT_OP] & 0xffff;
+        }
+    }
+    // Count the batch: one atomic per distinct opcode in the warp, totals once per warp.
+    u32 key = op < 0xfffffffeu ? (op < VYRE_COUNTED_OPCODES ? op : VYRE_COUNTED_OPCODES) : 0xffffffffu;
+    u32 same = __match_any_sync(0xffffffffu, key);
+    if (key != 0xffffffffu && lane == (u32)(__ffs(same) - 1)) atomicAdd(&ds[DS_OP_COUNTERS + key], (u32)__popc(same));
+    u32 done = __popc(__ballot_sync(0xffffffffu, op < 0xfffffffeu));
+    u32 faults = __popc(__ballot_sync(0xffffffffu, faulted));
+    if (lane == 0) {
+        if (faults) atomicAdd(&ds[DS_FAULTS], faults);
+        __threadfence();
+        atomicAdd(&ds[DS_DONE], done);
+    }
+}
+
 __device__ void worker_warp(const Params& p, u32 lane) {
     u32* ds = p.ds;
     if (lane == 0) atomicAdd(&ds[DS_WORKERS], 1u);
     u32 idle = 0;
+#if VYRE_TICKET
+    u32 start = 0, pending = 0; // the warp's tickets: start + lane for each bit of pending
+#endif
     for (;;) {
-        u32 start = 0, count = 0, stop = 0;
-        if (lane == 0) {
-            stop = vload(&ds[DS_SHUTDOWN]) | vload(&ds[DS_ABORT]);
-            if (!stop) {
-                u32 head = vload(&ds[DS_HEAD]);
-                u32 tail = vload(&ds[DS_TAIL]);
-                u32 avail = tail - head;
-                // avail > capacity means a head newer than the tail read: never claim past it.
-                if (avail != 0 && avail <= p.capacity) {
-                    u32 n = avail < p.claim_batch ? avail : p.claim_batch;
-                    if (atomicCAS(&ds[DS_HEAD], head, head + n) == head) { start = head; count = n; }
+#if VYRE_TICKET
+        if (pending == 0) {
+            u32 s = 0;
+            if (lane == 0) s = atomicAdd(&ds[DS_HEAD], p.claim_batch);
+            start = __shfl_sync(0xffffffffu, s, 0);
+            pending = p.claim_batch >= 32 ? 0xffffffffu : (1u << p.claim_batch) - 1;
+        }
+#endif
+        // One round of loads, on five lanes at once: the words a claim needs.
+        u32 v = 0;
+        if (lane == 0) v = vload(&ds[DS_SHUTDOWN]);
+        else if (lane == 1) v = vload(&ds[DS_ABORT]);
+        else if (lane == 2) v = vload(&ds[DS_HEAD]);
+#if VYRE_ACQREL
+        else if (lane == 3) v = ld_acquire_gpu(&ds[DS_TAIL]);
+#else
+        else if (lane == 3) v = vload(&ds[DS_TAIL]);
+#endif
+        else if (lane == 4) v = vload(&ds[DS_HANG]);
+        else if (lane == 5) v = vload(&ds[DS_RESUME_HEAD]);
+        else if (lane == 6) v = ld_acquire_gpu(&ds[DS_RESUME_TAIL]);
+        u32 stop = __shfl_sync(0xffffffffu, v, 0) | __shfl_sync(0xffffffffu, v, 1);
+        u32 head = __shfl_sync(0xffffffffu, v, 2);
+        u32 tail = __shfl_sync(0xffffffffu, v, 3);
+        u32 hang = __shfl_sync(0xffffffffu, v, 4);
+        u32 rhead = __shfl_sync(0xffffffffu, v, 5);
+        u32 ravail = __shfl_sync(0xffffffffu, v, 6) - rhead;
+        if (ravail != 0 && ravail <= p.capacity && !hang) {
+            // IO_READs whose reads the host finished: take up to 32 resume entries with one
+            // CAS and complete them (phase 2) before anything new.
+            u32 n = ravail < 32 ? ravail : 32, got = 0;
+            if (lane == 0 && atomicCAS(&ds[DS_RESUME_HEAD], rhead, rhead + n) == rhead) got = n;
+            got = __shfl_sync(0xffffffffu, got, 0);
+            if (got) {
+                fence_acq_rel_gpu();
+                u32 pos = 0, result = 0;
+                if (lane < got) {
+                    const u32* e = p.ioq + (size_t)p.capacity * VYRE_IOREQ_WORDS
+                                 + (size_t)((rhead + lane) & (p.capacity - 1)) * VYRE_IORES_WORDS;
+                    pos = vload(&e[VYRE_IORES_POSITION]);
+                    result = vload(&e[VYRE_IORES_RESULT]);
                 }
+                run_lanes(p, lane, pos, lane < got, true, result);
+                idle = 0;
+                continue;
             }
         }
-        stop = __shfl_sync(0xffffffffu, stop, 0);
+#if VYRE_TICKET
+        (void)head;
+        u32 first = start + (u32)(__ffs(pending) - 1);
+#if VYRE_HOT_POLL
+        if (first - tail < 32u && !stop) {
+            // This warp holds the next position the host will publish: read the host's tail
+            // itself (one PCIe read, acquire at system scope) instead of waiting for the
+            // control warp's mirror, a hop of about a microsecond.
+            u32 h = 0;
+            if (lane == 0) h = ld_acquire_sys(&p.cb[VYRE_CB_TAIL]);
+            h = __shfl_sync(0xffffffffu, h, 0);
+            if ((int)(h - tail) > 0) tail = h;
+        }
+#endif
+        bool run = ((pending >> lane) & 1) && (int)(tail - (start + lane)) > 0;
+        u32 ready = __ballot_sync(0xffffffffu, run);
+        if (ready == 0) {
+            if (stop) break;
+            // Back off by how far the warp's first ticket is from the tail: the warp that
+            // holds the next position to be published polls all the time; a warp whose
+            // tickets are further away sleeps up to 64 << worker_sleep_shift ns.
+            if (first - tail < 32u) { idle = 0; continue; }
+            idle = idle < p.worker_sleep_shift ? idle + 1 : idle;
+            if (idle > 1) __nanosleep(64u << idle);
+            continue;
+        }
+        pending &= ~ready;
+#else
         if (stop) break;
-        start = __shfl_sync(0xffffffffu, start, 0);
-        count = __shfl_sync(0xffffffffu, count, 0);
+        u32 start = 0, count = 0;
+        u32 avail = tail - head;
+        // avail > capacity means a head newer than the tail read: never claim past it.
+        if (avail != 0 && avail <= p.capacity) {
+            if (lane == 0) {
+                u32 n = avail < p.claim_batch ? avail : p.claim_batch;
+                if (atomicCAS(&ds[DS_HEAD], head, head + n) == head) { start = head; count = n; }
+            }
+            start = __shfl_sync(0xffffffffu, start, 0);
+            count = __shfl_sync(0xffffffffu, count, 0);
+        }
         if (count == 0) {
             // Exponential back-off, 128 ns to 4 us: with hundreds of warps polling, one of
             // them looks within nanoseconds anyway, and fewer polls leave the head's L2 line
@@ -630,61 +934,25 @@ __device__ void worker_warp(const Params& p, u32 lane) {
             if (idle > 1) __nanosleep(64u << idle);
             continue;
         }
+        bool run = lane < count;
+#endif
+        if (lane == 0) trace(p, 2);
         idle = 0;
+#if VYRE_ACQREL
+        fence_acq_rel_gpu(); // acquire for every lane: the tail mirror before the slot words
+#else
         __threadfence(); // acquire: the tail mirror before the slot words
-        if (vload(&ds[DS_HANG])) {
+#endif
+        if (hang) {
             // Simulated hang: mark the claim taken, hold it, leave only on ABORT.
-            if (lane < count) {
+            if (run) {
                 u32* s = p.slots + (size_t)((start + lane) & (p.capacity - 1)) * VYRE_SLOT_WORDS;
                 vstore(&s[VYRE_SLOT_STATUS], VYRE_ST_CLAIMED);
             }
             while (!vload(&ds[DS_ABORT])) __nanosleep(10000);
             break;
         }
-        bool faulted = false;
-        u32 op = 0xffffffffu;
-        if (lane < count) {
-            u32 pos = start + lane;
-            u32* s = p.slots + (size_t)(pos & (p.capacity - 1)) * VYRE_SLOT_WORDS;
-            // Four independent 16-byte loads, all in flight at once: each is a PCIe round
-            // trip (~1 us), and sixteen ordered 4-byte volatile loads cost sixteen of them.
-            u32 w[16];
-            const uint4* s4 = (const uint4*)s;
-            uint4 v0 = __ldcv(s4), v1 = __ldcv(s4 + 1), v2 = __ldcv(s4 + 2), v3 = __ldcv(s4 + 3);
-            w[0] = v0.x; w[1] = v0.y; w[2] = v0.z; w[3] = v0.w;
-            w[4] = v1.x; w[5] = v1.y; w[6] = v1.z; w[7] = v1.w;
-            w[8] = v2.x; w[9] = v2.y; w[10] = v2.z; w[11] = v2.w;
-            w[12] = v3.x; w[13] = v3.y; w[14] = v3.z; w[15] = v3.w;
-            u32 st = w[VYRE_SLOT_STATUS] & 0xff;
-            if (st == VYRE_ST_DONE || st == VYRE_ST_FAULT) {
-                // Finished before a restart rewound the head: never run twice.
-                op = 0xfffffffeu;
-            } else {
-                vstore(&s[VYRE_SLOT_STATUS], VYRE_ST_CLAIMED);
-                u32 r[4];
-                Fault f; f.code = 0; f.detail = 0; f.at = 0;
-                bool ok;
-                if (w[VYRE_SLOT_SEQ] != pos) { ok = false; f.code = VYRE_F_LOST; f.detail = pos; }
-                else ok = exec_slot(p, pos, w + VYRE_SLOT_OP, r, &f);
-                u32 status;
-                if (ok) { status = VYRE_ST_DONE; }
-                else { status = VYRE_ST_FAULT | (f.code << 8); r[0] = f.detail; r[1] = f.at; r[2] = 0; r[3] = 0; faulted = true; }
-                uint4 rv; rv.x = r[0]; rv.y = r[1]; rv.z = r[2]; rv.w = r[3];
-                __stcg((uint4*)(s + VYRE_SLOT_RES0), rv); // one 16-byte write
-                __threadfence_system();
-                vstore(&s[VYRE_SLOT_STATUS], status);
-                op = w[VYRE_SLOT_OP] & 0xffff;
-            }
-        }
-        // Count the batch: per-opcode counters per lane, totals once per warp.
-        if (op < 0xfffffffeu) atomicAdd(&ds[DS_OP_COUNTERS + (op < VYRE_COUNTED_OPCODES ? op : VYRE_COUNTED_OPCODES)], 1u);
-        u32 done = __popc(__ballot_sync(0xffffffffu, op < 0xfffffffeu));
-        u32 faults = __popc(__ballot_sync(0xffffffffu, faulted));
-        if (lane == 0) {
-            if (faults) atomicAdd(&ds[DS_FAULTS], faults);
-            __threadfence();
-            atomicAdd(&ds[DS_DONE], done);
-        }
+        run_lanes(p, lane, start + lane, run);
     }
     __syncwarp();
     if (lane == 0) { __threadfence(); atomicSub(&ds[DS_WORKERS], 1u); }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use vyre_isa::{Program, SlotOp};
 use vyre_runtime::pipeline_cache::PipelineCache;
-use vyre_runtime::protocol::{control, debug_record, SLOT_WORDS};
+use vyre_runtime::protocol::{control, debug_record, IO_QUEUE_WORDS_PER_SLOT, SLOT_WORDS};
 use vyre_runtime::ring::RingMemory;
 use vyre_runtime::{
     Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
@@ -159,6 +159,7 @@ pub(crate) struct MappedRing {
     control: MappedHost,
     slots: MappedHost,
     debug: MappedHost,
+    io: MappedHost,
     capacity: u32,
     debug_capacity: u32,
 }
@@ -172,6 +173,9 @@ impl RingMemory for MappedRing {
     }
     fn debug_log(&self) -> &[AtomicU32] {
         &self.debug.words()[..self.debug_capacity as usize * debug_record::RECORD_WORDS]
+    }
+    fn io_queue(&self) -> &[AtomicU32] {
+        &self.io.words()[..self.capacity as usize * IO_QUEUE_WORDS_PER_SLOT]
     }
 }
 
@@ -194,6 +198,8 @@ struct Params {
     ctl_sleep_ns: u32,
     worker_sleep_shift: u32,
     mirror_cycles: u32,
+    trace: u64,
+    ioq: u64,
 }
 
 // SAFETY: plain old data of integers with the C layout the kernel declares.
@@ -242,6 +248,9 @@ struct Running {
 /// halves of this size) rather than the driver's path for pageable memory.
 const STAGED_WRITE_BYTES: usize = 256 << 10;
 
+/// Words of stage timestamps with `VYRE_CUDA_TRACE=1`.
+const TRACE_WORDS: usize = 16;
+
 /// The cuda backend.
 #[derive(Debug)]
 pub struct CudaBackend {
@@ -266,6 +275,9 @@ pub struct CudaBackend {
     /// allocations are kept away from a running kernel).
     bounce: Mutex<Bounce>,
     failure: Mutex<Option<String>>,
+    /// Stage timestamps written by the kernel when `VYRE_CUDA_TRACE=1` (see
+    /// [`CudaBackend::trace_words`]).
+    trace: Option<MappedHost>,
 }
 
 // SAFETY: cudarc's context, streams and function are usable from any thread once the
@@ -331,6 +343,14 @@ impl CudaBackend {
         let bounce = Bounce::new(&ctx, STAGED_WRITE_BYTES)
             .map_err(|e| launch_err("allocating pinned staging memory", e))?;
         let buffer_table = alloc(MAX_BUFFERS as usize * TABLE_ENTRY_BYTES)?;
+        let trace = if std::env::var("VYRE_CUDA_TRACE").is_ok_and(|v| v == "1") {
+            Some(
+                MappedHost::zeroed(&ctx, TRACE_WORDS * 4)
+                    .map_err(|e| launch_err("allocating the trace words", e))?,
+            )
+        } else {
+            None
+        };
         let program_table = alloc(MAX_PROGRAMS as usize * TABLE_ENTRY_BYTES)?;
         let workers = (max_blocks * WARPS_PER_BLOCK - 1) as usize;
         let caps = Capabilities {
@@ -374,7 +394,20 @@ impl CudaBackend {
             running: OnceLock::new(),
             bounce: Mutex::new(bounce),
             failure: Mutex::new(None),
+            trace,
         })
+    }
+
+    /// With `VYRE_CUDA_TRACE=1`: the kernel's latest stage timestamps (low 32 bits of the
+    /// GPU's nanosecond timer): 0 the control warp saw a new tail, 1 it stored the tail
+    /// mirror, 2 a worker claimed, 3 it had the slot's words, 4 it wrote the results, 5 it
+    /// stored the status; 8..12 two (timer, SM clock cycle) samples of the control warp one
+    /// mirror apart. `None` without tracing.
+    pub fn trace_words(&self) -> Option<[u32; 12]> {
+        let t = self.trace.as_ref()?;
+        Some(std::array::from_fn(|i| {
+            t.words()[i].load(Ordering::Acquire)
+        }))
     }
 
     /// Where `create_buffer` puts buffers from now on.
@@ -496,6 +529,7 @@ impl Backend for CudaBackend {
             control: alloc(control::WORDS * 4)?,
             slots: alloc(capacity as usize * SLOT_WORDS * 4)?,
             debug: alloc(debug_capacity as usize * debug_record::RECORD_WORDS * 4)?,
+            io: alloc(capacity as usize * IO_QUEUE_WORDS_PER_SLOT * 4)?,
             capacity,
             debug_capacity,
         });
@@ -607,6 +641,16 @@ impl Backend for CudaBackend {
         let tail = cb[control::TAIL].load(Ordering::Acquire).to_le_bytes();
         state[ds::HEAD * 4..ds::HEAD * 4 + 4].copy_from_slice(&head);
         state[ds::TAIL * 4..ds::TAIL * 4 + 4].copy_from_slice(&tail);
+        // The I/O queue's worker-written cursors continue where the ring's control block has
+        // them (a restart initialises a fresh ring, so they start at zero there).
+        for (d, c) in [
+            (ds::IO_REQ_WRITE, control::IO_REQ_WRITE),
+            (ds::RESUME_HEAD, control::RESUME_HEAD),
+            (ds::RESUME_TAIL, control::RESUME_TAIL),
+        ] {
+            let v = cb[c].load(Ordering::Acquire).to_le_bytes();
+            state[d * 4..d * 4 + 4].copy_from_slice(&v);
+        }
         self.state
             .write(&self.copies, 0, &state)
             .map_err(|e| launch_err("initialising device state", e))?;
@@ -630,6 +674,8 @@ impl Backend for CudaBackend {
             ctl_sleep_ns: self.tuning.ctl_sleep_ns,
             worker_sleep_shift: self.tuning.worker_sleep_shift,
             mirror_cycles: self.tuning.mirror_cycles,
+            trace: self.trace.as_ref().map_or(0, |t| t.dev_ptr()),
+            ioq: ours.io.dev_ptr(),
         };
         let cfg = CuLaunch {
             grid_dim: (blocks, 1, 1),

@@ -55,12 +55,28 @@ pub fn nvrtc_version() -> Result<String, CompileError> {
 }
 
 /// The options the megakernel is compiled with.
+/// `VYRE_CUDA_DEFINES` (space-separated `-DNAME=VALUE` words) adds macro definitions, for
+/// comparing kernel variants in one build (they are part of the pipeline-cache key); any
+/// other word in it is ignored with a warning.
 pub fn options(arch: &str) -> Vec<String> {
-    vec![
+    let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".into(),
         "-default-device".into(),
-    ]
+    ];
+    if let Ok(defs) = std::env::var("VYRE_CUDA_DEFINES") {
+        for d in defs.split_whitespace() {
+            if d.starts_with("-D") && d.len() > 2 {
+                o.push(d.to_string());
+            } else {
+                tracing::warn!(
+                    word = d,
+                    "VYRE_CUDA_DEFINES: not a -DNAME[=VALUE] word; ignored"
+                );
+            }
+        }
+    }
+    o
 }
 
 /// Compiles `src` to a CUBIN for `arch` (e.g. `sm_90`).

@@ -28,6 +28,12 @@ pub(crate) mod ds {
     pub const HEARTBEAT: usize = 9;
     pub const HANG: usize = 10;
     pub const ABORT: usize = 11;
+    /// IO_READ: next request record index (mirrored to the control block's IO_REQ_WRITE).
+    pub const IO_REQ_WRITE: usize = 12;
+    /// IO_READ: next resume entry to take (mirrored to RESUME_HEAD).
+    pub const RESUME_HEAD: usize = 13;
+    /// IO_READ: the host's RESUME_TAIL as the control warp last read it.
+    pub const RESUME_TAIL: usize = 14;
     pub const OP_COUNTERS: usize = 16;
     pub const WORDS: usize = OP_COUNTERS + vyre_isa::slot::COUNTED_OPCODES + 1;
 
@@ -46,6 +52,9 @@ pub(crate) mod ds {
             ("HEARTBEAT", HEARTBEAT),
             ("HANG", HANG),
             ("ABORT", ABORT),
+            ("IO_REQ_WRITE", IO_REQ_WRITE),
+            ("RESUME_HEAD", RESUME_HEAD),
+            ("RESUME_TAIL", RESUME_TAIL),
             ("OP_COUNTERS", OP_COUNTERS),
             ("WORDS", WORDS),
         ]

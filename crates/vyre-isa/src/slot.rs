@@ -155,16 +155,19 @@ impl Slot {
     }
 
     /// The opcode word (word 2).
+    #[inline]
     pub fn op_word(&self) -> u32 {
         u32::from(self.op) | u32::from(self.flags) << 16 | u32::from(self.priority) << 24
     }
 
     /// The tenant word (word 3).
+    #[inline]
     pub fn tenant_word(&self) -> u32 {
         u32::from(self.tenant)
     }
 
     /// Words 2..12 (opcode, tenant, arguments) as published.
+    #[inline]
     pub fn encode(&self) -> [u32; 10] {
         let mut w = [0u32; 10];
         w[0] = self.op_word();

@@ -437,6 +437,25 @@ impl Megakernel {
     /// (they follow the last ticket you hold) and runs or is reported like any other slot;
     /// the error returns without them.
     pub fn publish_batch(&self, slots: &[Slot]) -> Result<Range<Ticket>, Error> {
+        self.publish_batch_as(slots, false)
+    }
+
+    /// As [`Megakernel::publish_batch`], but the whole batch becomes visible to workers with
+    /// one tail store, once there is room for all of it (so it must fit in the ring). Workers
+    /// then start on a batch that is already complete in memory, which is what a measurement
+    /// of the device's own rate needs; `publish_batch` overlaps writing with executing.
+    pub fn publish_batch_whole(&self, slots: &[Slot]) -> Result<Range<Ticket>, Error> {
+        if slots.len() > self.inner.config.capacity as usize {
+            return Err(Error::new(ErrorKind::Config(format!(
+                "publish_batch_whole: {} slots do not fit in a ring of {}; use publish_batch",
+                slots.len(),
+                self.inner.config.capacity
+            ))));
+        }
+        self.publish_batch_as(slots, true)
+    }
+
+    fn publish_batch_as(&self, slots: &[Slot], whole: bool) -> Result<Range<Ticket>, Error> {
         self.check_batch(slots)?;
         let _publisher = self
             .inner
@@ -459,7 +478,13 @@ impl Megakernel {
             }
             let n = {
                 let Host { ring, mem, .. } = &mut *host;
-                ring.publish(mem.as_ref(), rest)
+                if !whole {
+                    ring.publish(mem.as_ref(), rest)
+                } else if ring.publish_whole(mem.as_ref(), rest) {
+                    rest.len()
+                } else {
+                    0
+                }
             };
             if n > 0 {
                 host.backend.doorbell();

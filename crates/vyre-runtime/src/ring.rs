@@ -130,6 +130,14 @@ fn slot_base(capacity: u32, position: u32) -> usize {
     (position & (capacity - 1)) as usize * SLOT_WORDS
 }
 
+/// Writes a slot's sixteen words.
+#[inline(always)]
+fn write_line(dst: &[AtomicU32], line: &[u32; SLOT_WORDS]) {
+    for (d, &v) in dst.iter().zip(line) {
+        d.store(v, Ordering::Relaxed);
+    }
+}
+
 /// Slots written between two tail stores. One store per slot costs a cache-line transfer
 /// (a PCIe write for mapped GPU memory) each; one per batch leaves workers idle while the
 /// host writes it. 64 slots overlap the two.
@@ -213,21 +221,45 @@ impl HostRing {
         n
     }
 
+    /// Writes all of `slots` and makes them visible with a single tail store, or publishes
+    /// nothing (returns false) when they do not all fit. Workers see the whole batch at once:
+    /// what `vyre bench ring` uses to time the device apart from the host's writing.
+    pub fn publish_whole(&mut self, mem: &dyn RingMemory, slots: &[Slot]) -> bool {
+        if slots.len() > self.free() as usize {
+            return false;
+        }
+        self.publish_chunk(mem, slots);
+        true
+    }
+
     fn publish_chunk(&mut self, mem: &dyn RingMemory, slots: &[Slot]) {
         let n = slots.len();
         let words = mem.slots();
         for (k, slot) in slots.iter().enumerate() {
             let p = self.tail.wrapping_add(k as u32);
             let base = slot_base(self.capacity, p);
-            let w = &words[base..base + SLOT_WORDS];
-            for (dst, src) in w[slot_word::OP..slot_word::RES0].iter().zip(slot.encode()) {
-                dst.store(src, Ordering::Relaxed);
-            }
-            for r in &w[slot_word::RES0..] {
-                r.store(0, Ordering::Relaxed);
-            }
-            w[slot_word::SEQ].store(p, Ordering::Relaxed);
-            w[slot_word::STATUS].store(status::PUBLISHED, Ordering::Relaxed);
+            let e = slot.encode();
+            // Built whole, in registers: a line assembled in memory from narrow stores and
+            // read back wide stalls on store forwarding.
+            let line = [
+                p,
+                status::PUBLISHED,
+                e[0],
+                e[1],
+                e[2],
+                e[3],
+                e[4],
+                e[5],
+                e[6],
+                e[7],
+                e[8],
+                e[9],
+                0,
+                0,
+                0,
+                0,
+            ];
+            write_line(&words[base..base + SLOT_WORDS], &line);
         }
         self.tail = self.tail.wrapping_add(n as u32);
         mem.control()[control::TAIL].store(self.tail, Ordering::Release);
@@ -235,10 +267,22 @@ impl HostRing {
 
     /// Reaps completed slots in order, handing each to `sink`, and frees their slots for
     /// the next lap. Stops at the first slot that is not finished. Returns how many.
-    pub fn reap(&mut self, mem: &dyn RingMemory, mut sink: impl FnMut(Completion)) -> usize {
+    pub fn reap(&mut self, mem: &dyn RingMemory, sink: impl FnMut(Completion)) -> usize {
+        self.reap_until(mem, self.tail, sink)
+    }
+
+    /// As [`HostRing::reap`], but stops at position `end` (for a caller that wants only the
+    /// completions of its own positions, handed over without buffering).
+    pub fn reap_until(
+        &mut self,
+        mem: &dyn RingMemory,
+        end: u32,
+        mut sink: impl FnMut(Completion),
+    ) -> usize {
         let words = mem.slots();
+        let limit = end.wrapping_sub(self.reap).min(self.outstanding());
         let mut n = 0;
-        while self.reap != self.tail {
+        while n < limit {
             let p = self.reap;
             let base = slot_base(self.capacity, p);
             let w = &words[base..base + SLOT_WORDS];
@@ -263,7 +307,7 @@ impl HostRing {
             self.reap = p.wrapping_add(1);
             n += 1;
         }
-        n
+        n as usize
     }
 
     /// Positions published but not finished, in order, with their status (for shutdown and

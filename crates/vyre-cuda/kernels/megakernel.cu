@@ -42,6 +42,7 @@ struct Params {
     u32 mirror_cycles;      // clock cycles between mirrors of the device counters to the host
     u32* trace;             // null, or 16 mapped host words of stage timestamps (VYRE_CUDA_TRACE)
     u32* ioq;               // the I/O queue (mapped host memory): request records, resume entries
+    u32 workers;            // worker warps that run; the grid's others leave at once
 };
 
 struct Fault { u32 code; u32 detail; u32 at; };
@@ -60,6 +61,9 @@ __device__ __forceinline__ void vstore(u32* p, u32 v) { *(volatile u32*)p = v; }
 #ifndef VYRE_FLUSH
 #define VYRE_FLUSH 0
 #endif
+#ifndef VYRE_LIGHT_OPS
+#define VYRE_LIGHT_OPS 1
+#endif
 __device__ __forceinline__ u32 ld_acquire_sys(const u32* p) {
     u32 v; asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory"); return v;
 }
@@ -76,7 +80,7 @@ __device__ __forceinline__ void st_release_gpu(u32* p, u32 v) {
 // stale cached copy), which the GPU keeps in flight together; volatile loads (`__ldcv`,
 // VYRE_SLOT_LOAD=0) complete one after another, four PCIe round trips per slot.
 #ifndef VYRE_SLOT_LOAD
-#define VYRE_SLOT_LOAD 1
+#define VYRE_SLOT_LOAD 2
 #endif
 __device__ __forceinline__ uint4 ld_relaxed_sys_v4(const uint4* p) {
     uint4 v;
@@ -752,19 +756,52 @@ __device__ bool resume_io(const Params& p, u32 position, u32 result, const u32* 
 // writes results and status, and counts the warp's completions. All 32 lanes call it.
 // With `resumed`, `pos` is a waiting IO_READ taken from the resume queue, finished with
 // `io_result` (phase 2); otherwise a claimed position.
-__device__ void run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resumed = false, u32 io_result = 0) {
+// Returns the warp's completions (bits 0..16) and faults (bits 16..32); the caller adds them to
+// the device counters (see `Counts`).
+__device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resumed = false, u32 io_result = 0) {
     u32* ds = p.ds;
     u32 runners = __ballot_sync(0xffffffffu, run);
     bool tracer = runners && lane == (u32)(__ffs(runners) - 1);
     bool faulted = false;
     u32 op = 0xffffffffu;
+    u32 w[16];
+#if VYRE_SLOT_LOAD == 2
+    // The warp reads its slots together: in load k, lane L reads 16-byte chunk L % 4 of the
+    // slot of lane 8k + L / 4, so each slot is one 64-byte request across PCIe instead of
+    // four (measured on an H100: four separate reads of a line the host just wrote took
+    // ~3.5 us, one after another). All four loads are issued before any is used; then the
+    // chunks are passed to the lanes that own the slots.
+    {
+        uint4 c[4];
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u32 src = 8 * k + (lane >> 2);
+            u32 spos = __shfl_sync(0xffffffffu, pos, src);
+            bool srun = (runners >> src) & 1;
+            c[k] = make_uint4(0, 0, 0, 0);
+            if (srun) {
+                const uint4* line = (const uint4*)(p.slots + (size_t)(spos & (p.capacity - 1)) * VYRE_SLOT_WORDS);
+                c[k] = ld_relaxed_sys_v4(line + (lane & 3));
+            }
+        }
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            #pragma unroll
+            for (int j = 0; j < 4; j++) {
+                u32 from = 4 * (lane & 7) + j;
+                u32 x = __shfl_sync(0xffffffffu, c[k].x, from), y = __shfl_sync(0xffffffffu, c[k].y, from);
+                u32 z = __shfl_sync(0xffffffffu, c[k].z, from), q = __shfl_sync(0xffffffffu, c[k].w, from);
+                if ((lane >> 3) == (u32)k) { w[4 * j] = x; w[4 * j + 1] = y; w[4 * j + 2] = z; w[4 * j + 3] = q; }
+            }
+        }
+    }
+#endif
     if (run) {
         u32* s = p.slots + (size_t)(pos & (p.capacity - 1)) * VYRE_SLOT_WORDS;
-        // Four independent 16-byte loads, all in flight at once: each is a PCIe round
-        // trip (~1 us), and sixteen ordered 4-byte volatile loads cost sixteen of them.
-        u32 w[16];
+#if VYRE_SLOT_LOAD != 2
+        // Four independent 16-byte loads, all in flight at once.
         const uint4* s4 = (const uint4*)s;
-#if VYRE_SLOT_LOAD
+#if VYRE_SLOT_LOAD == 1
         uint4 v0 = ld_relaxed_sys_v4(s4), v1 = ld_relaxed_sys_v4(s4 + 1);
         uint4 v2 = ld_relaxed_sys_v4(s4 + 2), v3 = ld_relaxed_sys_v4(s4 + 3);
 #else
@@ -774,17 +811,23 @@ __device__ void run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool res
         w[4] = v1.x; w[5] = v1.y; w[6] = v1.z; w[7] = v1.w;
         w[8] = v2.x; w[9] = v2.y; w[10] = v2.z; w[11] = v2.w;
         w[12] = v3.x; w[13] = v3.y; w[14] = v3.z; w[15] = v3.w;
+#endif
         if (tracer) trace(p, 3);
         u32 r[4] = {0, 0, 0, 0};
         Fault f; f.code = 0; f.detail = 0; f.at = 0;
-        bool ok = false;
+        bool ok = false, light = false;
         u32 st = w[VYRE_SLOT_STATUS] & 0xff;
         if (st == VYRE_ST_DONE || st == VYRE_ST_FAULT || (resumed && st != VYRE_ST_WAIT_IO)) {
             // Finished before a restart rewound the head: never run twice. (A resume entry
             // always names a slot in WAIT_IO; anything else is left alone.)
             op = 0xfffffffeu;
         } else {
-            vstore(&s[VYRE_SLOT_STATUS], VYRE_ST_CLAIMED);
+            // CLAIMED is informational (watchdog and restart reports). NOP and LOAD_U32 take
+            // constant time and change nothing, so they can never be left partly done: they
+            // skip the marker, a PCIe write the status store would otherwise wait for.
+            u32 opn = w[VYRE_SLOT_OP] & 0xffff;
+            light = VYRE_LIGHT_OPS && !resumed && (opn == VYRE_OP_NOP || opn == VYRE_OP_LOAD_U32);
+            if (!light) vstore(&s[VYRE_SLOT_STATUS], VYRE_ST_CLAIMED);
             if (w[VYRE_SLOT_SEQ] != pos) { ok = false; f.code = VYRE_F_LOST; f.detail = pos; }
             else if (resumed) ok = resume_io(p, pos, io_result, w + VYRE_SLOT_OP, r, &f);
             else ok = exec_slot(p, pos, w + VYRE_SLOT_OP, r, &f);
@@ -805,7 +848,13 @@ __device__ void run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool res
             }
 #if VYRE_ACQREL
             if (tracer) trace(p, 4);
-            st_release_sys(&s[VYRE_SLOT_STATUS], status); // the results before the status
+            if (light && !(r[0] | r[1] | r[2] | r[3])) {
+                // Nothing was written before the status (no marker, no results, no memory
+                // effects), so there is nothing to order: a plain store, no system fence.
+                vstore(&s[VYRE_SLOT_STATUS], status);
+            } else {
+                st_release_sys(&s[VYRE_SLOT_STATUS], status); // the results before the status
+            }
             // VYRE_FLUSH=1 adds a system fence after the status store (to push it out of the
             // GPU's write path); on an H100 it measured within noise of none, so it is off.
             if (VYRE_FLUSH) __threadfence_system();
@@ -824,21 +873,38 @@ __device__ void run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool res
     if (key != 0xffffffffu && lane == (u32)(__ffs(same) - 1)) atomicAdd(&ds[DS_OP_COUNTERS + key], (u32)__popc(same));
     u32 done = __popc(__ballot_sync(0xffffffffu, op < 0xfffffffeu));
     u32 faults = __popc(__ballot_sync(0xffffffffu, faulted));
-    if (lane == 0) {
-        if (faults) atomicAdd(&ds[DS_FAULTS], faults);
-        __threadfence();
-        atomicAdd(&ds[DS_DONE], done);
-    }
+    return done | faults << 16;
 }
+
+// A warp's completions not yet added to DONE/FAULTS. Adding them takes a fence (the statuses
+// before the count), which would hold the warp up after every slot; they are added once 1,024
+// have gathered, when the warp has found nothing to do for a while, and when it exits. The
+// done count may lag the statuses (PROTOCOL.md allows it), never lead them.
+struct Counts {
+    u32 done = 0, faults = 0;
+    __device__ void add(u32 packed) { done += packed & 0xffff; faults += packed >> 16; }
+    __device__ void flush(const Params& p, u32 lane) {
+        if (done == 0) return;
+        if (lane == 0) {
+            if (faults) atomicAdd(&p.ds[DS_FAULTS], faults);
+            __threadfence();
+            atomicAdd(&p.ds[DS_DONE], done);
+        }
+        done = 0; faults = 0;
+    }
+};
 
 __device__ void worker_warp(const Params& p, u32 lane) {
     u32* ds = p.ds;
     if (lane == 0) atomicAdd(&ds[DS_WORKERS], 1u);
-    u32 idle = 0;
+    u32 idle = 0, dry = 0;
+    Counts counts;
+    bool hot = false; // the warp held the next position to publish at its last look
 #if VYRE_TICKET
     u32 start = 0, pending = 0; // the warp's tickets: start + lane for each bit of pending
 #endif
     for (;;) {
+        if (counts.done >= 1024 || (dry >= 4 && counts.done)) counts.flush(p, lane);
 #if VYRE_TICKET
         if (pending == 0) {
             u32 s = 0;
@@ -860,6 +926,12 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         else if (lane == 4) v = vload(&ds[DS_HANG]);
         else if (lane == 5) v = vload(&ds[DS_RESUME_HEAD]);
         else if (lane == 6) v = ld_acquire_gpu(&ds[DS_RESUME_TAIL]);
+#if VYRE_HOT_POLL
+        // The warp holding the next position to publish reads the host's tail itself (acquire
+        // at system scope), in the same round: the control warp's mirror is a hop of about a
+        // microsecond later.
+        else if (lane == 7 && hot) v = ld_acquire_sys(&p.cb[VYRE_CB_TAIL]);
+#endif
         u32 stop = __shfl_sync(0xffffffffu, v, 0) | __shfl_sync(0xffffffffu, v, 1);
         u32 head = __shfl_sync(0xffffffffu, v, 2);
         u32 tail = __shfl_sync(0xffffffffu, v, 3);
@@ -881,8 +953,8 @@ __device__ void worker_warp(const Params& p, u32 lane) {
                     pos = vload(&e[VYRE_IORES_POSITION]);
                     result = vload(&e[VYRE_IORES_RESULT]);
                 }
-                run_lanes(p, lane, pos, lane < got, true, result);
-                idle = 0;
+                counts.add(run_lanes(p, lane, pos, lane < got, true, result));
+                idle = 0; dry = 0;
                 continue;
             }
         }
@@ -890,20 +962,15 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         (void)head;
         u32 first = start + (u32)(__ffs(pending) - 1);
 #if VYRE_HOT_POLL
-        if (first - tail < 32u && !stop) {
-            // This warp holds the next position the host will publish: read the host's tail
-            // itself (one PCIe read, acquire at system scope) instead of waiting for the
-            // control warp's mirror, a hop of about a microsecond.
-            u32 h = 0;
-            if (lane == 0) h = ld_acquire_sys(&p.cb[VYRE_CB_TAIL]);
-            h = __shfl_sync(0xffffffffu, h, 0);
-            if ((int)(h - tail) > 0) tail = h;
-        }
+        u32 htail = __shfl_sync(0xffffffffu, v, 7);
+        if (hot && (int)(htail - tail) > 0) tail = htail;
+        hot = first - tail < 32u;
 #endif
         bool run = ((pending >> lane) & 1) && (int)(tail - (start + lane)) > 0;
         u32 ready = __ballot_sync(0xffffffffu, run);
         if (ready == 0) {
             if (stop) break;
+            dry = dry < 1000 ? dry + 1 : dry;
             // Back off by how far the warp's first ticket is from the tail: the warp that
             // holds the next position to be published polls all the time; a warp whose
             // tickets are further away sleeps up to 64 << worker_sleep_shift ns.
@@ -930,6 +997,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
             // Exponential back-off, 128 ns to 4 us: with hundreds of warps polling, one of
             // them looks within nanoseconds anyway, and fewer polls leave the head's L2 line
             // to the warps that claim.
+            dry = dry < 1000 ? dry + 1 : dry;
             idle = idle < p.worker_sleep_shift ? idle + 1 : idle;
             if (idle > 1) __nanosleep(64u << idle);
             continue;
@@ -952,8 +1020,10 @@ __device__ void worker_warp(const Params& p, u32 lane) {
             while (!vload(&ds[DS_ABORT])) __nanosleep(10000);
             break;
         }
-        run_lanes(p, lane, start + lane, run);
+        counts.add(run_lanes(p, lane, start + lane, run));
+        dry = 0;
     }
+    counts.flush(p, lane);
     __syncwarp();
     if (lane == 0) { __threadfence(); atomicSub(&ds[DS_WORKERS], 1u); }
 }
@@ -961,6 +1031,10 @@ __device__ void worker_warp(const Params& p, u32 lane) {
 extern "C" __global__ void vyre_megakernel(Params p) {
     u32 lane = threadIdx.x & 31;
     bool control = blockIdx.x == 0 && threadIdx.x < 32;
+    // Worker index: every warp of the grid after the control warp. A grid rounded up to whole
+    // blocks has more warps than the configured workers; those leave (a one-worker ring runs
+    // its slots in ring order, as on every backend).
+    u32 worker = (blockIdx.x * blockDim.x + threadIdx.x) / 32 - 1;
     if (control) control_warp(p, lane);
-    else worker_warp(p, lane);
+    else if (worker < p.workers) worker_warp(p, lane);
 }

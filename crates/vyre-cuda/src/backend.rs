@@ -200,6 +200,7 @@ struct Params {
     mirror_cycles: u32,
     trace: u64,
     ioq: u64,
+    workers: u32,
 }
 
 // SAFETY: plain old data of integers with the C layout the kernel declares.
@@ -657,7 +658,7 @@ impl Backend for CudaBackend {
         // Grid: the control warp plus `workers` worker warps, never more than co-resident.
         let blocks =
             ((config.workers as u32 + 1).div_ceil(WARPS_PER_BLOCK)).clamp(1, self.max_blocks);
-        let workers = blocks * WARPS_PER_BLOCK - 1;
+        let workers = (blocks * WARPS_PER_BLOCK - 1).min(config.workers.max(1) as u32);
         let params = Params {
             cb: ours.control.dev_ptr(),
             slots: ours.slots.dev_ptr(),
@@ -676,6 +677,7 @@ impl Backend for CudaBackend {
             mirror_cycles: self.tuning.mirror_cycles,
             trace: self.trace.as_ref().map_or(0, |t| t.dev_ptr()),
             ioq: ours.io.dev_ptr(),
+            workers,
         };
         let cfg = CuLaunch {
             grid_dim: (blocks, 1, 1),

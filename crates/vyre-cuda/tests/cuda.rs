@@ -169,6 +169,10 @@ fn watchdog(passed: &mut u32, failed: &mut u32) {
     let add = Slot::new(SlotOp::AtomicAdd, &[buf, 0, 1]);
     mk.run_batch(&[add; 10]).unwrap();
     mk.inject_hang();
+    // The device sees the injection at its next poll of the control block, while the warp
+    // holding the next position reads the host's tail directly: give the injection time to
+    // take effect, so that every slot below is published to a hung device.
+    std::thread::sleep(std::time::Duration::from_millis(20));
     let tickets = mk.publish_batch(&[add; 1000]).unwrap();
     println!("  watchdog: hang injected, 1000 slots published");
     let hang = mk

@@ -12,7 +12,7 @@ use crate::{
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -83,6 +83,10 @@ struct OpenFile {
     redo: VecDeque<(u64, u32)>,
     /// Delivered `0..delivered`.
     delivered: u64,
+    /// The file's size as seen by a read that asked past the end and came back short
+    /// (a regular file's read stops only at its end): the size reported at the end,
+    /// without another fstat. `None` when no read saw the end, or the file shrank.
+    size_seen: Option<u64>,
     /// Completed out of order: offset → (buffer, len).
     ready: BTreeMap<u64, (u32, u32)>,
     inflight: u32,
@@ -125,6 +129,8 @@ pub(crate) struct Engine {
     reads_completed: u64,
     cancelled: bool,
     exhausted: bool,
+    /// Whether opens still ask for O_NOATIME (off after the first EPERM).
+    noatime: bool,
 }
 
 type Files = Box<dyn Iterator<Item = (u64, PathBuf)> + Send>;
@@ -154,6 +160,7 @@ impl Engine {
             reads_completed: 0,
             cancelled: false,
             exhausted: false,
+            noatime: true,
         }
     }
 
@@ -204,7 +211,15 @@ impl Engine {
                 continue;
             }
             done.clear();
-            if let Err(e) = self.io.wait(1, &mut done) {
+            // Wait until the queue has drained to three quarters of its depth (at least one
+            // completion): the disk keeps most of the queue, and each wake-up of this
+            // thread and of the consumer carries several reads instead of one (a
+            // 64 KiB-per-file ingest otherwise pays a wake-up pair per file).
+            let min = self
+                .inflight
+                .saturating_sub(self.cfg.queue_depth - self.cfg.queue_depth / 4)
+                .max(1);
+            if let Err(e) = self.io.wait(min as usize, &mut done) {
                 self.fatal(e);
                 return;
             }
@@ -261,11 +276,17 @@ impl Engine {
                 None => {
                     let offset = f.next;
                     let want = (f.end - offset).min(block);
-                    let len = if f.direct {
-                        want.next_multiple_of(ALIGN).min(block)
+                    let mut len = if f.direct {
+                        want.next_multiple_of(ALIGN)
                     } else {
                         want
                     };
+                    if offset + want == f.end {
+                        // The last read asks for one page more: coming back short, it
+                        // tells the size at the end (no second fstat per file).
+                        len += ALIGN;
+                    }
+                    let len = len.min(block);
                     f.next = offset + want;
                     (offset, len as u32)
                 }
@@ -362,16 +383,29 @@ impl Engine {
             offset: None,
         };
         // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+        // O_NOATIME: reading must not dirty every inode (a journal write per file on the
+        // first scan of the day under relatime); only the owner (or CAP_FOWNER) may ask,
+        // so after the first EPERM it is no longer asked for.
         let want_direct = self.cfg.direct == Direct::Auto;
-        let open = |direct: bool| {
+        let noatime = &mut self.noatime;
+        let mut open = |direct: bool| {
             let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
             if direct {
                 flags |= libc::O_DIRECT;
             }
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(flags)
-                .open(&path)
+            let with = |flags: i32| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(flags)
+                    .open(&path)
+            };
+            if *noatime {
+                match with(flags | libc::O_NOATIME) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => *noatime = false,
+                    r => return r,
+                }
+            }
+            with(flags)
         };
         let mut direct = want_direct;
         let opened = if want_direct && self.cfg.faults.einval_direct_open {
@@ -393,18 +427,14 @@ impl Engine {
             Err(e) => return self.open_failed(id, &path, e),
         };
         // One fstat on the open file decides (the path may be replaced at any time).
-        let meta = match file.metadata() {
-            Ok(m) if m.file_type().is_file() => m,
+        let meta = match io::fstat(file.as_raw_fd()) {
+            Ok(m) if m.kind == libc::S_IFREG => m,
             Ok(m) => {
-                let ft = m.file_type();
-                let what = if ft.is_dir() {
-                    "a directory"
-                } else if ft.is_fifo() {
-                    "a FIFO"
-                } else if ft.is_socket() {
-                    "a socket"
-                } else {
-                    "a device or other special file"
+                let what = match m.kind {
+                    libc::S_IFDIR => "a directory",
+                    libc::S_IFIFO => "a FIFO",
+                    libc::S_IFSOCK => "a socket",
+                    _ => "a device or other special file",
                 };
                 self.send(Event::Error(err(
                     FileErrorKind::NotRegular,
@@ -414,7 +444,7 @@ impl Engine {
             }
             Err(e) => return self.open_failed(id, &path, e),
         };
-        let size = meta.len();
+        let size = meta.size;
         if direct && size < TINY && io::clear_direct(file.as_raw_fd()).is_ok() {
             // Tiny files are read buffered: O_DIRECT buys nothing for one short read.
             direct = false;
@@ -436,6 +466,7 @@ impl Engine {
             next: 0,
             redo: VecDeque::new(),
             delivered: 0,
+            size_seen: None,
             ready: BTreeMap::new(),
             inflight: 0,
             failed: None,
@@ -519,6 +550,7 @@ impl Engine {
         } else if res == 0 || op.offset >= f.end {
             // End of file before the size seen at open: the file shrank.
             self.pool.put(op.buf);
+            f.size_seen = None;
             if op.offset < f.end {
                 f.end = op.offset;
             }
@@ -532,10 +564,15 @@ impl Engine {
         } else {
             let got = res as u64;
             let keep = got.min(f.end - op.offset);
+            if got < op.len as u64 && op.offset + got >= f.end {
+                // The read asked past the end and stopped there: that is the size now.
+                f.size_seen = Some(op.offset + got);
+            }
             if got < op.len as u64 && op.offset + got < f.end {
                 // Short read: the rest of this range is read again from where it stopped
                 // (buffered if O_DIRECT alignment no longer holds).
                 Counters::bump(&self.counters.short_reads);
+                f.size_seen = None;
                 let rest_off = op.offset + got;
                 let rest_len = (op.len as u64 - got).min(f.end - rest_off) as u32;
                 if f.direct && (rest_off % ALIGN != 0) {
@@ -620,7 +657,10 @@ impl Engine {
         let event = match f.failed.take() {
             Some(e) => Event::Error(e),
             None => {
-                let size_at_end = f.file.metadata().map_or(f.size_at_open, |m| m.len());
+                let size_at_end = match f.size_seen {
+                    Some(s) => s,
+                    None => io::fstat(f.file.as_raw_fd()).map_or(f.size_at_open, |m| m.size),
+                };
                 let end = FileEnd {
                     file_id: f.id,
                     path: f.path.clone(),

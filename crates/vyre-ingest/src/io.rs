@@ -242,6 +242,30 @@ impl PlainIo {
     }
 }
 
+/// What the reader needs to know of an open file.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stat {
+    /// `st_mode & S_IFMT`.
+    pub kind: libc::mode_t,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// `fstat(2)` on an open descriptor (cheaper than std's `metadata`, a `statx` with an
+/// empty path asking for more fields).
+pub(crate) fn fstat(fd: RawFd) -> std::io::Result<Stat> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat`; fstat writes only into it.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Stat {
+        kind: st.st_mode & libc::S_IFMT,
+        size: st.st_size as u64,
+    })
+}
+
 /// Turns O_DIRECT off on an open file (for unaligned reads or files that refuse it).
 pub(crate) fn clear_direct(fd: RawFd) -> std::io::Result<()> {
     // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take and return plain ints.

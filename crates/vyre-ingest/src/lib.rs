@@ -256,7 +256,9 @@ pub struct FileEnd {
     pub len: u64,
     /// Its size when opened (what was read: bytes appended later are not).
     pub size_at_open: u64,
-    /// Its size when finished.
+    /// Its size when finished: as seen by the file's last read (which asks for a page
+    /// beyond the end and comes back short), or by an fstat where that read came back full
+    /// (the file grew by a page or more) or the file shrank.
     pub size_at_end: u64,
 }
 

@@ -387,6 +387,22 @@ fn file_that_shrinks_grows_or_is_deleted_while_read() {
         assert_eq!(end.size_at_end, orig.len() as u64 + 5000);
         assert_eq!(got.bytes, orig);
 
+        // Grows by less than the page the last read asks for beyond the end: that read
+        // (not an fstat) sees the new size.
+        let (orig, got) = mutate_mid_stream(engine, |p| {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(p)
+                .unwrap()
+                .write_all(&[7u8; 100])
+                .unwrap()
+        });
+        let end = got.end.expect("grown file ends");
+        assert!(end.changed());
+        assert_eq!(end.size_at_end, orig.len() as u64 + 100);
+        assert_eq!(got.bytes, orig);
+
         // Deleted: the open file is still read completely.
         let (orig, got) = mutate_mid_stream(engine, |p| std::fs::remove_file(p).unwrap());
         assert_eq!(got.bytes, orig);

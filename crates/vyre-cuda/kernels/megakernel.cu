@@ -966,10 +966,13 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         if (hot && (int)(htail - tail) > 0) tail = htail;
         hot = first - tail < 32u;
 #endif
+        // Tickets are not claims: a published position is this warp's only once it starts
+        // running it. After SHUTDOWN or ABORT the warp starts nothing more (what it leaves
+        // is reported lost by the host, never dropped).
+        if (stop) break;
         bool run = ((pending >> lane) & 1) && (int)(tail - (start + lane)) > 0;
         u32 ready = __ballot_sync(0xffffffffu, run);
         if (ready == 0) {
-            if (stop) break;
             dry = dry < 1000 ? dry + 1 : dry;
             // Back off by how far the warp's first ticket is from the tail: the warp that
             // holds the next position to be published polls all the time; a warp whose

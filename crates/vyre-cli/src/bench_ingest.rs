@@ -32,12 +32,13 @@ pub struct Args {
     /// Where to generate the files (reused when they are already there).
     #[arg(long, default_value = "/var/tmp/vyre-bench-ingest")]
     pub(crate) dir: PathBuf,
-    /// Large files.
-    #[arg(long, default_value_t = 4)]
-    pub(crate) large_files: usize,
-    /// Size of each large file, MiB.
-    #[arg(long, default_value_t = 512)]
-    pub(crate) large_mib: u64,
+    /// Large files [default: 4; 2 with `--backend wgpu`].
+    #[arg(long)]
+    pub(crate) large_files: Option<usize>,
+    /// Size of each large file, MiB [default: 512; 64 with `--backend wgpu`]. Files of
+    /// another size than 512 MiB live in their own directory (`large-<MiB>m`).
+    #[arg(long)]
+    pub(crate) large_mib: Option<u64>,
     /// Small files.
     #[arg(long, default_value_t = 12_000)]
     pub(crate) small_files: usize,
@@ -58,6 +59,8 @@ pub struct Args {
     pub(crate) out: Option<PathBuf>,
     /// `cpu`: ingest alone against fio and a read loop. `cuda`: disk rate, host-to-device
     /// rate and file → GPU end to end in one run (needs a build with the `cuda` feature).
+    /// `wgpu`: disk rate, upload rate through `queue.write_buffer` and file → ingest →
+    /// write_buffer → HASH64 on the wgpu megakernel (needs the `wgpu` feature).
     #[arg(long, default_value = "cpu")]
     pub(crate) backend: String,
     /// cuda: staging buffers held by chunks on the GPU, beyond the queue depth (chunks in
@@ -65,12 +68,25 @@ pub struct Args {
     #[arg(long, default_value_t = 224)]
     pub(crate) in_flight: u32,
     /// cuda: HASH64 slots per chunk (`auto`: the fewest whose in-place GPU rate, measured
-    /// first, exceeds the disk and copy rates with margin).
+    /// first, is at least 4 × min(disk, copy): reading and hashing share the pipeline).
     #[arg(long, default_value = "auto")]
     pub(crate) split: String,
     /// cuda: bytes per host-to-device copy when measuring its rate, MiB.
     #[arg(long, default_value_t = 1024)]
     pub(crate) htod_mib: usize,
+}
+
+impl Args {
+    /// Number of large files (the default depends on the backend: lavapipe is slow).
+    pub(crate) fn large_files(&self) -> usize {
+        self.large_files
+            .unwrap_or(if self.backend == "wgpu" { 2 } else { 4 })
+    }
+    /// Size of each large file, MiB.
+    pub(crate) fn large_mib(&self) -> u64 {
+        self.large_mib
+            .unwrap_or(if self.backend == "wgpu" { 64 } else { 512 })
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -132,12 +148,17 @@ fn generate(a: &Args) -> std::io::Result<(Set, Set)> {
 
 /// The large files (generated, or reused when they are already there).
 pub(crate) fn large_set(a: &Args) -> std::io::Result<Set> {
-    let large_dir = a.dir.join("large");
+    let mib = a.large_mib();
+    let large_dir = if mib == 512 {
+        a.dir.join("large")
+    } else {
+        a.dir.join(format!("large-{mib}m"))
+    };
     std::fs::create_dir_all(&large_dir)?;
     let mut large = Vec::new();
-    for i in 0..a.large_files {
+    for i in 0..a.large_files() {
         let p = large_dir.join(format!("large{i}"));
-        ensure_file(&p, a.large_mib << 20, i as u64 + 1)?;
+        ensure_file(&p, mib << 20, i as u64 + 1)?;
         large.push(p);
     }
     let large_files = vec![format!(
@@ -259,6 +280,50 @@ fn run_std(a: &Args, paths: &[PathBuf]) -> Result<Measure, String> {
     })
 }
 
+/// The per-file floor: open, fstat and close every file, reading nothing. `bytes` is the
+/// files' size, so CPU per GiB compares with the reading rows.
+fn run_opens(paths: &[PathBuf]) -> Result<Measure, String> {
+    let cpu0 = CpuTimes::now();
+    let t = Instant::now();
+    let mut bytes = 0u64;
+    for p in paths {
+        let f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        bytes += f
+            .metadata()
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .len();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = CpuTimes::now().since(cpu0);
+    Ok(Measure {
+        bytes,
+        secs,
+        user: cpu.user.as_secs_f64(),
+        sys: cpu.system.as_secs_f64(),
+        setup_cpu: 0.0,
+    })
+}
+
+/// The per-read floor: fio reading `bytes` of one large file in `bs` requests (the same
+/// number of reads as the small set, no file opened during its accounting).
+fn run_fio_one_file(
+    a: &Args,
+    file: &Path,
+    bs: &str,
+    bytes: u64,
+) -> Result<(Measure, String), String> {
+    let set = Set {
+        name: "one file",
+        paths: vec![file.to_path_buf()],
+        fio_files: vec![
+            format!("--filename={}", file.display()),
+            format!("--size={bytes}"),
+        ],
+        fio_bs: bs.to_string(),
+    };
+    run_fio(a, &set)
+}
+
 /// The number after `"key" :` at or after `from`.
 fn json_num(s: &str, key: &str, from: usize) -> Option<f64> {
     let at = s[from..].find(&format!("\"{key}\""))? + from + key.len() + 2;
@@ -340,8 +405,17 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     .into(),
             )
         }
+        #[cfg(feature = "wgpu")]
+        "wgpu" => return crate::bench_ingest_wgpu::main(&a),
+        #[cfg(not(feature = "wgpu"))]
+        "wgpu" => {
+            return Err(
+                "--backend wgpu: this vyre was built without the `wgpu` feature; rebuild with `cargo build --release -p vyre-cli --features wgpu`"
+                    .into(),
+            )
+        }
         other => {
-            return Err(format!("--backend {other}: expected `cpu` or `cuda`").into());
+            return Err(format!("--backend {other}: expected `cpu`, `cuda` or `wgpu`").into());
         }
     }
     eprintln!(
@@ -358,6 +432,7 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     )?;
     writeln!(table, "|---|---|---|---|---|---|---|---|---|---|")?;
     let mut verdicts = Vec::new();
+    let mut floors: Vec<String> = Vec::new();
     for set in [&large, &small] {
         for cache in ["cold", "warm"] {
             if cache == "warm" {
@@ -383,6 +458,28 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             })?;
             fio_cmds.push(shown);
             let s = row("std", &mut || run_std(&a, &set.paths))?;
+            if set.name == "small" {
+                // Floors for this set: what opening the files costs alone, and what reading
+                // the same bytes in as many requests of one file costs fio.
+                let o = row("opens", &mut || run_opens(&set.paths))?;
+                let mut shown1 = String::new();
+                let one = row("fio one file", &mut || {
+                    run_fio_one_file(&a, &large.paths[0], &set.fio_bs, v.bytes).map(|(m, s)| {
+                        shown1 = s;
+                        m
+                    })
+                })?;
+                fio_cmds.push(shown1);
+                floors.push(format!(
+                    "| {} | {cache} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} |",
+                    set.name,
+                    o.user / o.gib(),
+                    o.sys / o.gib(),
+                    o.secs / set.paths.len() as f64 * 1e6,
+                    one.user / one.gib(),
+                    one.sys / one.gib(),
+                ));
+            }
             let cpu = |m: &Measure| m.user + m.sys;
             for (name, m) in [("vyre", &v), ("fio", &f), ("std", &s)] {
                 let (u, sy) = m.cpu_per_gib();
@@ -423,7 +520,12 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     writeln!(
         report,
         "block size {} KiB, queue depth {}; large: {} x {} MiB; small: {} x {} KiB\n",
-        a.bs_kib, a.qd, a.large_files, a.large_mib, a.small_files, a.small_kib
+        a.bs_kib,
+        a.qd,
+        a.large_files(),
+        a.large_mib(),
+        a.small_files,
+        a.small_kib
     )?;
     report.push_str(&table);
     report.push('\n');
@@ -435,8 +537,23 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     for n in &notes {
         writeln!(report, "- note: {n}")?;
     }
+    if !floors.is_empty() {
+        writeln!(
+            report,
+            "\nFloors on the small set, CPU s per GiB of its files: `opens` = open + fstat + close of every file, nothing read (what vyre pays per file and fio's accounting leaves out: fio opens and stats every file before it starts counting); `fio one file` = fio reading as many bytes of one large file in requests of the small file size (the per-request cost, no file opened).\n"
+        )?;
+        writeln!(
+            report,
+            "| set | cache | opens user s/GiB | opens sys s/GiB | opens µs/file (wall) | fio one file user s/GiB | fio one file sys s/GiB |"
+        )?;
+        writeln!(report, "|---|---|---|---|---|---|---|")?;
+        for f in &floors {
+            writeln!(report, "{f}")?;
+        }
+    }
     writeln!(report, "\nfio commands:\n")?;
-    fio_cmds.dedup();
+    let mut seen = std::collections::HashSet::new();
+    fio_cmds.retain(|c| seen.insert(c.clone()));
     for c in &fio_cmds {
         writeln!(report, "    {c}")?;
     }

@@ -8,6 +8,10 @@ mod bench_cuda;
 mod bench_ingest;
 #[cfg(feature = "cuda")]
 mod bench_ingest_cuda;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod bench_ingest_gpu;
+#[cfg(feature = "wgpu")]
+mod bench_ingest_wgpu;
 mod bench_ring;
 mod bench_scan;
 #[cfg(feature = "wgpu")]

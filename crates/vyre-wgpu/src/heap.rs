@@ -351,13 +351,15 @@ impl Heap {
             return Ok(());
         }
         let (lo, hi) = (at & !3, (at + len).next_multiple_of(4));
-        let bytes = if lo == at && hi == at + len {
-            data.to_vec()
+        // Aligned writes go straight from the caller's bytes into wgpu's staging memory
+        // (`queue.write_buffer` copies once); only unaligned edges are read back and merged.
+        let bytes: std::borrow::Cow<'_, [u8]> = if lo == at && hi == at + len {
+            std::borrow::Cow::Borrowed(data)
         } else {
             let mut whole = self.read_aligned(device, queue, lo, hi - lo)?;
             let skip = (at - lo) as usize;
             whole[skip..skip + data.len()].copy_from_slice(data);
-            whole
+            std::borrow::Cow::Owned(whole)
         };
         let mut done = 0usize;
         for (p, off, n) in self.pieces(lo, hi - lo) {

@@ -609,7 +609,7 @@ struct CountSink {
 }
 
 impl Sink for CountSink {
-    fn matched(&mut self, path: &Path, _end: u64, rule: u32) {
+    fn matched(&mut self, _file: u64, path: &Path, _end: u64, rule: u32) {
         if self.last.as_deref() != Some(path) {
             if self.open.keys().any(|p| p != path) {
                 self.interleaved += 1;
@@ -624,13 +624,13 @@ impl Sink for CountSink {
             }
         }
     }
-    fn file_done(&mut self, path: &Path, _bytes: u64) {
+    fn file_done(&mut self, _file: u64, path: &Path, _bytes: u64) {
         if let Some(c) = self.open.remove(path) {
             self.counts
                 .insert(path.to_path_buf(), c.into_iter().collect());
         }
     }
-    fn file_error(&mut self, e: &FileError) {
+    fn file_error(&mut self, _file: u64, e: &FileError) {
         self.open.remove(&e.path);
         self.errors.push(e.to_string());
     }

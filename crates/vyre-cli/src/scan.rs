@@ -146,8 +146,9 @@ struct Printer<'a> {
     names: &'a [String],
     json: bool,
     count: bool,
-    /// Per file in flight (readers interleave files): rule → count.
-    counts: BTreeMap<PathBuf, BTreeMap<u32, u64>>,
+    /// Per file in flight (readers interleave files), by the walk's file id (the same path
+    /// reached twice is counted twice, apart): rule → count.
+    counts: BTreeMap<u64, BTreeMap<u32, u64>>,
     error: Option<io::Error>,
     bar: Option<ProgressBar>,
     last_tick: Instant,
@@ -186,8 +187,8 @@ impl<'a> Printer<'a> {
         }
     }
 
-    fn flush_counts(&mut self, path: &Path) {
-        let counts = self.counts.remove(path).unwrap_or_default();
+    fn flush_counts(&mut self, file: u64, path: &Path) {
+        let counts = self.counts.remove(&file).unwrap_or_default();
         for (rule, n) in counts {
             let name = &self.names[rule as usize];
             if self.json {
@@ -237,11 +238,11 @@ impl<'a> Printer<'a> {
 }
 
 impl Sink for Printer<'_> {
-    fn matched(&mut self, path: &Path, end: u64, rule: u32) {
+    fn matched(&mut self, file: u64, path: &Path, end: u64, rule: u32) {
         if self.count {
             *self
                 .counts
-                .entry(path.to_path_buf())
+                .entry(file)
                 .or_default()
                 .entry(rule)
                 .or_default() += 1;
@@ -258,15 +259,15 @@ impl Sink for Printer<'_> {
         }
     }
 
-    fn file_done(&mut self, path: &Path, _bytes: u64) {
+    fn file_done(&mut self, file: u64, path: &Path, _bytes: u64) {
         if self.count {
-            self.flush_counts(path);
+            self.flush_counts(file, path);
         }
     }
 
-    fn file_error(&mut self, e: &FileError) {
+    fn file_error(&mut self, file: u64, e: &FileError) {
         if self.count {
-            self.flush_counts(&e.path);
+            self.flush_counts(file, &e.path);
         }
         if let Some(b) = &self.bar {
             b.suspend(|| eprintln!("vyre scan: {e}"));
@@ -279,6 +280,12 @@ impl Sink for Printer<'_> {
             });
             self.emit(format_args!("{v}\n"));
         }
+    }
+
+    /// A failed write to stdout (closed by `| head`, or a full disk) ends the scan early:
+    /// nothing more could be printed.
+    fn stopped(&self) -> bool {
+        self.error.is_some()
     }
 
     fn progress(&mut self, bytes: u64, files: u64) {

@@ -237,11 +237,11 @@ fn scan_matches_cpu(passed: &mut u32, failed: &mut u32) {
     #[derive(Default)]
     struct Collect(Vec<(PathBuf, u64, u32)>, Vec<String>);
     impl Sink for Collect {
-        fn matched(&mut self, path: &Path, end: u64, rule: u32) {
+        fn matched(&mut self, _file: u64, path: &Path, end: u64, rule: u32) {
             self.0.push((path.to_path_buf(), end, rule));
         }
-        fn file_done(&mut self, _: &Path, _: u64) {}
-        fn file_error(&mut self, e: &FileError) {
+        fn file_done(&mut self, _: u64, _: &Path, _: u64) {}
+        fn file_error(&mut self, _file: u64, e: &FileError) {
             self.1.push(e.to_string());
         }
     }

@@ -128,16 +128,23 @@ impl Default for ScanOptions {
 
 /// Where results go. Calls for one file arrive in order: its matches by increasing end,
 /// then `file_done` (or `file_error` if reading failed part-way; matches in the part read
-/// before the failure have been reported).
+/// before the failure have been reported). `file` identifies one visit of a file by the walk:
+/// the same path reached twice (overlapping roots, or a link with `--follow`) is two files,
+/// whose calls may interleave.
 pub trait Sink {
     /// A match of rule `rule` (an index into [`Compiled::names`]) ending at byte `end`.
-    fn matched(&mut self, path: &Path, end: u64, rule: u32);
+    fn matched(&mut self, file: u64, path: &Path, end: u64, rule: u32);
     /// A file was scanned to its end.
-    fn file_done(&mut self, path: &Path, bytes: u64);
+    fn file_done(&mut self, file: u64, path: &Path, bytes: u64);
     /// A file could not be (fully) read or scanned.
-    fn file_error(&mut self, error: &FileError);
+    fn file_error(&mut self, file: u64, error: &FileError);
     /// Totals so far, after each window.
     fn progress(&mut self, _bytes: u64, _files: u64) {}
+    /// True once whatever consumes the results is gone (e.g. stdout closed by `| head`): the
+    /// scan then reads nothing more, finishes the work in flight and returns what it counted.
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// A per-file problem; the scan goes on.

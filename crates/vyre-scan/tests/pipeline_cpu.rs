@@ -20,17 +20,17 @@ struct Collect {
 }
 
 impl Sink for Collect {
-    fn matched(&mut self, path: &Path, end: u64, rule: u32) {
+    fn matched(&mut self, _file: u64, path: &Path, end: u64, rule: u32) {
         let v = self.matches.entry(path.to_path_buf()).or_default();
         if let Some(&last) = v.last() {
             assert!(last <= (end, rule), "matches of a file out of order");
         }
         v.push((end, rule));
     }
-    fn file_done(&mut self, path: &Path, bytes: u64) {
+    fn file_done(&mut self, _file: u64, path: &Path, bytes: u64) {
         assert!(self.done.insert(path.to_path_buf(), bytes).is_none());
     }
-    fn file_error(&mut self, e: &FileError) {
+    fn file_error(&mut self, _file: u64, e: &FileError) {
         self.errors.push(e.clone());
     }
 }
@@ -369,4 +369,94 @@ fn a_faulting_scan_fails_its_file_once_and_the_others_go_on() {
     assert!(!sink.done.contains_key(&bad_path));
     expect_reference(&rules, &good, &sink);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Per-visit counts, and a consumer that goes away after its first match.
+#[derive(Default)]
+struct Visits {
+    matches: BTreeMap<u64, (PathBuf, u64)>,
+    done: Vec<(u64, PathBuf)>,
+    stop_after_first: bool,
+}
+
+impl Sink for Visits {
+    fn matched(&mut self, file: u64, path: &Path, _end: u64, _rule: u32) {
+        self.matches
+            .entry(file)
+            .or_insert((path.to_path_buf(), 0))
+            .1 += 1;
+    }
+    fn file_done(&mut self, file: u64, path: &Path, _bytes: u64) {
+        self.done.push((file, path.to_path_buf()));
+    }
+    fn file_error(&mut self, _file: u64, e: &FileError) {
+        panic!("unexpected file error {e}");
+    }
+    fn stopped(&self) -> bool {
+        self.stop_after_first && !self.matches.is_empty()
+    }
+}
+
+#[test]
+fn a_file_reached_twice_is_two_visits_with_their_own_matches() {
+    let dir = temp_dir("twice");
+    let file = dir.join("a.txt");
+    std::fs::write(&file, b"needle needle xx needle").unwrap();
+    let rules = RuleSet::parse_toml(RULES, "test").unwrap();
+    let compiled = compile(&rules, &Limits::default()).unwrap();
+    let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();
+    let mut sink = Visits::default();
+    let opts = ScanOptions::for_backend("cpu");
+    let summary = scan(
+        &mk,
+        &compiled,
+        &[dir.clone(), file.clone()],
+        &opts,
+        &mut sink,
+    )
+    .unwrap();
+    mk.shutdown().unwrap();
+    assert_eq!(summary.files, 2);
+    assert_eq!(sink.done.len(), 2, "two visits: {:?}", sink.done);
+    assert_ne!(sink.done[0].0, sink.done[1].0, "each visit has its own id");
+    assert_eq!(sink.matches.len(), 2);
+    for (path, n) in sink.matches.values() {
+        assert_eq!(
+            (path, *n),
+            (&file, 3),
+            "each visit counts its own 3 needles"
+        );
+    }
+}
+
+#[test]
+fn a_consumer_that_goes_away_stops_the_scan_early() {
+    let dir = temp_dir("stop");
+    for i in 0..200 {
+        std::fs::write(dir.join(format!("f{i:03}")), b"a needle in every file").unwrap();
+    }
+    let rules = RuleSet::parse_toml(RULES, "test").unwrap();
+    let compiled = compile(&rules, &Limits::default()).unwrap();
+    let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();
+    let mut sink = Visits {
+        stop_after_first: true,
+        ..Visits::default()
+    };
+    // Small batches (about ten files each), one in flight: the scan sees the consumer
+    // leave after the first batch.
+    let opts = ScanOptions {
+        window: 64,
+        segment: 64,
+        batch: 256,
+        in_flight: 1,
+        ..ScanOptions::for_backend("cpu")
+    };
+    let summary = scan(&mk, &compiled, &[dir], &opts, &mut sink).unwrap();
+    mk.shutdown().unwrap();
+    assert!(!sink.matches.is_empty());
+    assert!(
+        summary.files < 200,
+        "the scan went on after its consumer left: {} files",
+        summary.files
+    );
 }

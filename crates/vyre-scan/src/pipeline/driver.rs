@@ -162,6 +162,9 @@ impl<'a> Driver<'a> {
         sink: &mut dyn Sink,
     ) -> Result<Summary, ScanError> {
         loop {
+            if sink.stopped() {
+                break;
+            }
             while let Some(b) = self.fifo.front() {
                 if !self.free.is_empty() && !self.finished(b) {
                     break;
@@ -208,10 +211,13 @@ impl<'a> Driver<'a> {
                     // A file whose scan faulted was reported then; say it once.
                     if !self.failed.remove(&file.seq) {
                         self.summary.file_errors += 1;
-                        sink.file_error(&FileError {
-                            path: file.path.clone(),
-                            message,
-                        });
+                        sink.file_error(
+                            file.seq,
+                            &FileError {
+                                path: file.path.clone(),
+                                message,
+                            },
+                        );
                     }
                 }
             }
@@ -470,10 +476,13 @@ impl<'a> Driver<'a> {
             if let Some(message) = faults[k].take() {
                 if self.failed.insert(seq) {
                     self.summary.file_errors += 1;
-                    sink.file_error(&FileError {
-                        path: seg.file.path.clone(),
-                        message,
-                    });
+                    sink.file_error(
+                        seq,
+                        &FileError {
+                            path: seg.file.path.clone(),
+                            message,
+                        },
+                    );
                 }
             }
             if !self.unbounded.is_empty() && !seg.last {
@@ -484,12 +493,12 @@ impl<'a> Driver<'a> {
             if !self.failed.contains(&seq) {
                 seg.hits.sort_unstable();
                 for &(end, rule) in &seg.hits {
-                    sink.matched(&seg.file.path, end, rule);
+                    sink.matched(seq, &seg.file.path, end, rule);
                 }
                 self.summary.matches += seg.hits.len() as u64;
                 if seg.last {
                     self.summary.files += 1;
-                    sink.file_done(&seg.file.path, seg.at + seg.len as u64);
+                    sink.file_done(seq, &seg.file.path, seg.at + seg.len as u64);
                 }
             }
             if seg.last {

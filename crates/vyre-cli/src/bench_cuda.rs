@@ -317,7 +317,7 @@ fn device_rate(
         ));
     }
     t.push_str(
-        "\nThe done count is mirrored every ~10 µs, so the device time is at most that long.\n",
+        "\nThe device time includes up to ~10 µs of the done count's mirror delay and the workers' batched counting: if anything, the device rate is understated.\n",
     );
     eprint!("{t}");
     Ok(t)

@@ -107,6 +107,16 @@ impl Measure {
     pub(crate) fn gib(&self) -> f64 {
         self.bytes as f64 / (1u64 << 30) as f64
     }
+    /// `bytes` in `secs`, with the process's CPU time `cpu` over them (no setup).
+    pub(crate) fn timed(bytes: u64, secs: f64, cpu: CpuTimes) -> Measure {
+        Measure {
+            bytes,
+            secs,
+            user: cpu.user.as_secs_f64(),
+            sys: cpu.system.as_secs_f64(),
+            setup_cpu: 0.0,
+        }
+    }
     fn cpu_per_gib(&self) -> (f64, f64) {
         (self.user / self.gib(), self.sys / self.gib())
     }
@@ -241,11 +251,8 @@ fn run_vyre(a: &Args, paths: &[PathBuf]) -> Result<Measure, String> {
     let cpu = CpuTimes::now().since(cpu0);
     std::hint::black_box(check);
     Ok(Measure {
-        bytes,
-        secs,
-        user: cpu.user.as_secs_f64(),
-        sys: cpu.system.as_secs_f64(),
         setup_cpu: (setup.user + setup.system).as_secs_f64(),
+        ..Measure::timed(bytes, secs, cpu)
     })
 }
 
@@ -271,13 +278,7 @@ fn run_std(a: &Args, paths: &[PathBuf]) -> Result<Measure, String> {
     let secs = t.elapsed().as_secs_f64();
     let cpu = CpuTimes::now().since(cpu0);
     std::hint::black_box(check);
-    Ok(Measure {
-        bytes,
-        secs,
-        user: cpu.user.as_secs_f64(),
-        sys: cpu.system.as_secs_f64(),
-        setup_cpu: 0.0,
-    })
+    Ok(Measure::timed(bytes, secs, cpu))
 }
 
 /// The per-file floor: open, fstat and close every file, reading nothing. `bytes` is the
@@ -295,13 +296,7 @@ fn run_opens(paths: &[PathBuf]) -> Result<Measure, String> {
     }
     let secs = t.elapsed().as_secs_f64();
     let cpu = CpuTimes::now().since(cpu0);
-    Ok(Measure {
-        bytes,
-        secs,
-        user: cpu.user.as_secs_f64(),
-        sys: cpu.system.as_secs_f64(),
-        setup_cpu: 0.0,
-    })
+    Ok(Measure::timed(bytes, secs, cpu))
 }
 
 /// The per-read floor: fio reading `bytes` of one large file in `bs` requests (the same
@@ -390,6 +385,14 @@ pub(crate) fn run_fio(a: &Args, set: &Set) -> Result<(Measure, String), String> 
     ))
 }
 
+/// `--backend {backend}` on a vyre built without the feature of the same name.
+#[cfg(any(not(feature = "cuda"), not(feature = "wgpu")))]
+fn not_built(backend: &str) -> String {
+    format!(
+        "--backend {backend}: this vyre was built without the `{backend}` feature; rebuild with `cargo build --release -p vyre-cli --features {backend}`"
+    )
+}
+
 pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if a.small_kib % 4 != 0 || a.bs_kib % 4 != 0 {
         return Err("--small-kib and --bs-kib must be multiples of 4 (O_DIRECT)".into());
@@ -399,21 +402,11 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         #[cfg(feature = "cuda")]
         "cuda" => return crate::bench_ingest_cuda::main(&a),
         #[cfg(not(feature = "cuda"))]
-        "cuda" => {
-            return Err(
-                "--backend cuda: this vyre was built without the `cuda` feature; rebuild with `cargo build --release -p vyre-cli --features cuda`"
-                    .into(),
-            )
-        }
+        "cuda" => return Err(not_built("cuda").into()),
         #[cfg(feature = "wgpu")]
         "wgpu" => return crate::bench_ingest_wgpu::main(&a),
         #[cfg(not(feature = "wgpu"))]
-        "wgpu" => {
-            return Err(
-                "--backend wgpu: this vyre was built without the `wgpu` feature; rebuild with `cargo build --release -p vyre-cli --features wgpu`"
-                    .into(),
-            )
-        }
+        "wgpu" => return Err(not_built("wgpu").into()),
         other => {
             return Err(format!("--backend {other}: expected `cpu`, `cuda` or `wgpu`").into());
         }

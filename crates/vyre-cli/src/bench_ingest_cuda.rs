@@ -25,12 +25,12 @@
 //! depth by default) and each chunk is cut into as many slots as the measured in-place rate
 //! needs (`--split`).
 
-use crate::bench_ingest::{large_set, run_fio, Args, Measure};
+use crate::bench_ingest::{large_set, Args, Measure};
 use crate::bench_ingest_gpu::{
-    cold, cpu_cell, disk_vyre, gated, hash_of, in_place, ingest_config, pieces, size_name, verify,
-    Hashed, Pass, Progress, MARGIN, MIN_SLOT, SEED, SPLITS,
+    check_end_to_end, cold, disk_passes, disk_rate, fastest, fixed_split, gated, in_place_rows,
+    ingest_config, max_split, pieces, size_name, total_bytes, verify, Hashed, Pass, Progress,
+    Report, MARGIN, SEED,
 };
-use crate::bench_ring::machine;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,10 +59,7 @@ fn e2e(
     split: u32,
     label: &'static str,
 ) -> Result<E2e, String> {
-    let total: u64 = paths
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum();
+    let total = total_bytes(paths);
     let (files, go) = gated(paths);
     let setup = Instant::now();
     let ing = Ingest::new(ingest_config(a), files).map_err(|e| format!("vyre ingest: {e}"))?;
@@ -98,24 +95,10 @@ fn e2e(
                     len,
                     completions,
                 } => {
-                    let mut hashes = Vec::with_capacity(completions.len());
-                    for c in completions {
-                        match hash_of(c.outcome) {
-                            Ok(h) => hashes.push(h),
-                            Err(e) => {
-                                errors.push(format!("file {file_id} at {file_offset}: {e}"));
-                                hashes.push(0);
-                            }
-                        }
-                    }
+                    let hashed = Hashed::new(file_id, file_offset, len, completions, &mut errors);
                     bytes += len as u64;
                     progress.tick(bytes);
-                    chunks.push(Hashed {
-                        file: file_id,
-                        offset: file_offset,
-                        len,
-                        hashes,
-                    });
+                    chunks.push(hashed);
                 }
                 StreamEvent::Error(e) => errors.push(e.to_string()),
                 StreamEvent::End(_) => {}
@@ -126,13 +109,7 @@ fn e2e(
     let cpu = CpuTimes::now().since(cpu0);
     Ok(E2e {
         pass: Pass {
-            m: Measure {
-                bytes: report.bytes,
-                secs,
-                user: cpu.user.as_secs_f64(),
-                sys: cpu.system.as_secs_f64(),
-                setup_cpu: 0.0,
-            },
+            m: Measure::timed(report.bytes, secs, cpu),
             setup_secs,
             notes: Vec::new(),
         },
@@ -190,17 +167,7 @@ fn check_args(a: &Args) -> Result<Option<u32>, String> {
     if a.large_files() == 0 || a.large_mib() == 0 {
         return Err("--large-files and --large-mib must be at least 1".into());
     }
-    let max_split = (block / MIN_SLOT).max(1) as u32;
-    match a.split.as_str() {
-        "auto" => Ok(None),
-        s => match s.parse::<u32>() {
-            Ok(n) if (1..=max_split).contains(&n) => Ok(Some(n)),
-            _ => Err(format!(
-                "--split {s}: expected `auto` or 1..={max_split} (slots of at least 4 KiB of a {} block)",
-                size_name(block)
-            )),
-        },
-    }
+    fixed_split(a)
 }
 
 /// Steps 2 to 5 (the copy rate is measured before the backend exists) and the report.
@@ -209,19 +176,13 @@ pub(crate) fn measure(a: &Args, gpu: Gpu) -> Result<ExitCode, Box<dyn std::error
     let block = a.bs_kib << 10;
     let buffers = a.qd + a.in_flight;
     let region_bytes = buffers as u64 * block as u64;
-    let max_split = (block / MIN_SLOT).max(1) as u32;
+    let max_split = max_split(block);
     let Gpu {
         htod,
         backend,
         device,
         drop_caches,
     } = gpu;
-    let cold = |what: &str, notes: &mut Vec<String>| {
-        if drop_caches {
-            cold(what, notes);
-        }
-    };
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
     eprintln!(
         "{} files of {} MiB under {} (generated once, then reused)",
         a.large_files(),
@@ -229,34 +190,9 @@ pub(crate) fn measure(a: &Args, gpu: Gpu) -> Result<ExitCode, Box<dyn std::error
         a.dir.display()
     );
     let set = large_set(a)?;
-    let total: u64 = set
-        .paths
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum();
+    let total = total_bytes(&set.paths);
     let mut notes: Vec<String> = Vec::new();
-
-    eprintln!(
-        "[2/5] disk read rate: vyre ingest alone (io_uring, O_DIRECT, {} KiB blocks, queue depth {}) ...",
-        a.bs_kib, a.qd
-    );
-    cold("disk (vyre ingest)", &mut notes);
-    let disk = disk_vyre(a, &set.paths, total)?;
-    notes.extend(disk.notes.iter().cloned());
-    eprintln!("    {:.2} GB/s", disk.m.gbps());
-    cold("disk (fio)", &mut notes);
-    eprintln!("[2/5] disk read rate: fio with the same parameters ...");
-    let fio = match run_fio(a, &set) {
-        Ok((m, shown)) => {
-            eprintln!("    {:.2} GB/s", m.gbps());
-            Some((m, shown))
-        }
-        Err(e) => {
-            eprintln!("    skipped: {e}");
-            notes.push(format!("fio: {e}"));
-            None
-        }
-    };
+    let (disk, fio) = disk_passes(a, &set, total, "[2/5]", drop_caches, true, &mut notes)?;
 
     eprintln!("[3/5] starting the megakernel on {device} ...");
     let capacity = (buffers as usize * max_split.min(64) as usize)
@@ -277,22 +213,9 @@ pub(crate) fn measure(a: &Args, gpu: Gpu) -> Result<ExitCode, Box<dyn std::error
     let region = mk
         .read_buffer(warm.handle, 0, region_bytes)
         .map_err(|e| format!("reading the staging region back: {e}"))?;
-    let mut in_place_rows = Vec::new();
-    for split in SPLITS.into_iter().filter(|&s| s <= max_split) {
-        let m = in_place(&mk, warm.handle, &region, block, split)?;
-        eprintln!(
-            "    {} slots per chunk ({} each): {:.2} GB/s",
-            split,
-            size_name(block / split as usize),
-            m.gbps()
-        );
-        in_place_rows.push((split, m));
-    }
+    let in_place_rows = in_place_rows(&mk, warm.handle, &region, block, "chunk")?;
     drop(region);
-    let disk_rate = disk
-        .m
-        .gbps()
-        .max(fio.as_ref().map_or(0.0, |(m, _)| m.gbps()));
+    let disk_rate = disk_rate(&disk.m, fio.as_ref());
     let ceiling = disk_rate.min(htod / 1e9);
     let (split, why) = match fixed_split {
         Some(n) => (n, "--split given".to_string()),
@@ -309,10 +232,7 @@ pub(crate) fn measure(a: &Args, gpu: Gpu) -> Result<ExitCode, Box<dyn std::error
                 ),
             ),
             None => {
-                let (n, m) = in_place_rows
-                    .iter()
-                    .max_by(|x, y| x.1.gbps().total_cmp(&y.1.gbps()))
-                    .expect("at least one split is measured");
+                let (n, m) = fastest(&in_place_rows);
                 (
                     *n,
                     format!(
@@ -330,7 +250,7 @@ pub(crate) fn measure(a: &Args, gpu: Gpu) -> Result<ExitCode, Box<dyn std::error
         "[5/5] end to end: {:.2} GiB, file -> io_uring O_DIRECT -> registered region -> HASH64 on the GPU, {split} slot(s) per chunk ...",
         total as f64 / (1u64 << 30) as f64
     );
-    cold("end to end", &mut notes);
+    cold(drop_caches, "end to end", &mut notes);
     let run = e2e(&mk, a, &set.paths, split, "end to end")?;
     eprintln!(
         "    {:.2} GB/s; checking every hash against the host's xxh64 ...",
@@ -338,68 +258,37 @@ pub(crate) fn measure(a: &Args, gpu: Gpu) -> Result<ExitCode, Box<dyn std::error
     );
     let shutdown = mk.shutdown();
     problems.extend(run.errors.iter().cloned());
-    problems.extend(verify(&set.paths, &run.chunks, split));
-    if run.pass.m.bytes != total {
-        problems.push(format!(
-            "end to end delivered {} of {total} bytes",
-            run.pass.m.bytes
-        ));
-    }
-    match shutdown {
-        Ok(r) if !r.lost.is_empty() => {
-            problems.push(format!("{} slots lost at shutdown", r.lost.len()))
-        }
-        Ok(_) => {}
-        Err(e) => problems.push(format!("shutdown: {e}")),
-    }
+    check_end_to_end(
+        &mut problems,
+        &set.paths,
+        &run.chunks,
+        split,
+        run.pass.m.bytes,
+        shutdown,
+    );
 
     let ratio = run.pass.m.gbps() / ceiling;
-    let mut t = String::new();
-    writeln!(t, "# vyre bench ingest --backend cuda\n")?;
-    writeln!(t, "GPU: {device}\n\nhost: {}\n", machine())?;
-    writeln!(t, "command: `{command}`\n")?;
-    writeln!(
-        t,
-        "{} files x {} MiB ({:.2} GiB) under {}; block size {} KiB, queue depth {}, {} staging buffers ({} MiB region, {} in flight on the GPU beyond the queue depth)\n",
-        a.large_files(),
-        a.large_mib(),
-        total as f64 / (1u64 << 30) as f64,
-        a.dir.display(),
-        a.bs_kib,
-        a.qd,
-        buffers,
-        region_bytes >> 20,
-        a.in_flight
+    let mut r = Report::new(
+        "cuda",
+        &device,
+        a,
+        total,
+        &format!(
+            ", {buffers} staging buffers ({} MiB region, {} in flight on the GPU beyond the queue depth)",
+            region_bytes >> 20,
+            a.in_flight
+        ),
+        2,
     )?;
-    writeln!(t, "| measure | GiB | s | GB/s | CPU s/GiB (user + sys) |")?;
-    writeln!(t, "|---|---|---|---|---|")?;
-    let row = |t: &mut String, what: &str, m: &Measure| {
-        writeln!(
-            t,
-            "| {what} | {:.2} | {:.2} | {:.2} | {} |",
-            m.gib(),
-            m.secs,
-            m.gbps(),
-            cpu_cell(m)
-        )
-    };
-    row(
-        &mut t,
-        "disk: vyre ingest alone (io_uring, O_DIRECT, registered buffers)",
-        &disk.m,
-    )?;
-    if let Some((m, _)) = &fio {
-        row(&mut t, "disk: fio, same block size and queue depth", m)?;
-    }
+    r.disk_rows(&disk.m, fio.as_ref())?;
     writeln!(
-        t,
+        r.t,
         "| host-to-device copy from pinned memory ({} MiB copies, median of 5) | | | {:.2} | |",
         a.htod_mib,
         htod / 1e9
     )?;
     for (s, m) in &in_place_rows {
-        row(
-            &mut t,
+        r.row(
             &format!(
                 "GPU alone: HASH64 in place over the registered region (no disk), {s} slot(s) per chunk of {}",
                 size_name(block / *s as usize)
@@ -407,81 +296,46 @@ pub(crate) fn measure(a: &Args, gpu: Gpu) -> Result<ExitCode, Box<dyn std::error
             m,
         )?;
     }
-    row(
-        &mut t,
+    r.row(
         &format!(
             "**end to end**: file → io_uring O_DIRECT → registered region → HASH64 on the GPU in place, {split} slot(s) per chunk"
         ),
         &run.pass.m,
     )?;
-    writeln!(t)?;
+    writeln!(r.t)?;
     writeln!(
-        t,
+        r.t,
         "- disk rate = max(vyre ingest, fio) = {disk_rate:.2} GB/s; host-to-device = {:.2} GB/s; min = {ceiling:.2} GB/s",
         htod / 1e9
     )?;
     writeln!(
-        t,
+        r.t,
         "- **end to end / min(disk, host-to-device) = {ratio:.2}** (target ≥ 0.9: {})",
         if ratio >= 0.9 { "met" } else { "NOT met" }
     )?;
-    writeln!(
-        t,
-        "- checks: {} chunks and {} slots end to end (plus the warm-up pass and every in-place round); every HASH64 result compared with the host's xxh64 (vyre_isa::hash) of the same file bytes: {}",
+    r.checks(
         run.chunks.len(),
         run.slots,
-        if problems.is_empty() {
-            "all equal, every byte of every file covered once".to_string()
-        } else {
-            format!("{} PROBLEMS (below)", problems.len())
-        }
+        "plus the warm-up pass and every in-place round",
+        &problems,
     )?;
-    writeln!(t, "- slots per chunk: {split}: {why}")?;
+    writeln!(r.t, "- slots per chunk: {split}: {why}")?;
     writeln!(
-        t,
+        r.t,
         "- setup, timed apart (the reader waits for it): staging region mapped, registered with io_uring (and with CUDA, cuMemHostRegister): {:.3} s for the disk pass, {:.3} s end to end",
         disk.setup_secs, run.pass.setup_secs
     )?;
     writeln!(
-        t,
+        r.t,
         "- CPU is the whole process's (getrusage) over the timed part; fio's is its own accounting"
     )?;
-    notes.sort();
-    notes.dedup();
-    for n in &notes {
-        writeln!(t, "- note: {n}")?;
-    }
-    if let Some((_, shown)) = &fio {
-        writeln!(t, "\nfio command:\n\n    {shown}")?;
-    }
-    if !problems.is_empty() {
-        writeln!(t, "\nproblems (first 20):\n")?;
-        for p in problems.iter().take(20) {
-            writeln!(t, "- {p}")?;
-        }
-    }
-    print!("{t}");
-    if let Some(out) = &a.out {
-        std::fs::write(out, &t).map_err(|e| format!("writing {}: {e}", out.display()))?;
-        eprintln!("written to {}", out.display());
-    }
-    Ok(if problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    r.finish(a, notes, fio.as_ref(), &problems)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
+    use crate::bench_ingest_gpu::parse_args;
 
     /// The whole run on the cpu backend (which reads the registered region in place as the
     /// GPU does): every step runs, every hash is checked and the report says so.
@@ -490,8 +344,7 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("vyre-bench-ingest-e2e-{}", std::process::id()));
         let out = dir.join("report.md");
-        let cli = Cli::parse_from([
-            "vyre",
+        let args = parse_args(&[
             "--dir",
             dir.to_str().unwrap(),
             "--large-files",
@@ -511,7 +364,7 @@ mod tests {
         ]);
         let backend = Arc::new(vyre_cpu::CpuBackend::new().with_workers(2));
         let code = measure(
-            &cli.args,
+            &args,
             Gpu {
                 htod: 1e9,
                 backend,

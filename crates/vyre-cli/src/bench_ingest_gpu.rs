@@ -4,14 +4,17 @@
 //! over pieces of a chunk, the GPU's rate hashing a buffer it already holds, and the check
 //! of every GPU hash against the host's xxh64 of the same file bytes.
 
-use crate::bench_ingest::{drop_caches, Args, Measure};
+use crate::bench_ingest::{drop_caches, run_fio, Args, Measure, Set};
+use crate::bench_ring::machine;
+use std::fmt::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use vyre_ingest::{CpuTimes, EngineKind, Event, Ingest, IngestConfig};
 use vyre_isa::{Slot, SlotOp};
-use vyre_runtime::{Megakernel, Outcome};
+use vyre_runtime::{Completion, Megakernel, Outcome, ShutdownReport};
 
 /// HASH64's seed in every slot.
 pub(crate) const SEED: u32 = 0x5eed_1e55;
@@ -149,13 +152,7 @@ pub(crate) fn disk_vyre(a: &Args, paths: &[PathBuf], total: u64) -> Result<Pass,
         ));
     }
     Ok(Pass {
-        m: Measure {
-            bytes,
-            secs,
-            user: cpu.user.as_secs_f64(),
-            sys: cpu.system.as_secs_f64(),
-            setup_cpu: 0.0,
-        },
+        m: Measure::timed(bytes, secs, cpu),
         setup_secs,
         notes,
     })
@@ -305,18 +302,16 @@ pub(crate) fn in_place(
         rounds += 1;
     }
     let cpu = CpuTimes::now().since(cpu0);
-    Ok(Measure {
-        bytes: rounds * region.len() as u64,
-        secs: t.elapsed().as_secs_f64(),
-        user: cpu.user.as_secs_f64(),
-        sys: cpu.system.as_secs_f64(),
-        setup_cpu: 0.0,
-    })
+    Ok(Measure::timed(
+        rounds * region.len() as u64,
+        t.elapsed().as_secs_f64(),
+        cpu,
+    ))
 }
 
-/// Drops the page cache before `what`, or notes that it could not.
-pub(crate) fn cold(what: &str, notes: &mut Vec<String>) {
-    if !drop_caches() {
+/// Drops the page cache before `what` where `enabled`, or notes that it could not.
+pub(crate) fn cold(enabled: bool, what: &str, notes: &mut Vec<String>) {
+    if enabled && !drop_caches() {
         notes.push(format!(
             "{what}: the page cache could not be dropped (not permitted); O_DIRECT reads bypass it anyway"
         ));
@@ -334,4 +329,297 @@ pub(crate) fn size_name(bytes: usize) -> String {
     } else {
         format!("{} KiB", bytes.div_ceil(1024))
     }
+}
+
+/// The bytes of all `paths` (a file that cannot be read counts 0; the check reports it).
+pub(crate) fn total_bytes(paths: &[PathBuf]) -> u64 {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// Most slots per chunk of `block` bytes (each at least [`MIN_SLOT`]).
+pub(crate) fn max_split(block: usize) -> u32 {
+    (block / MIN_SLOT).max(1) as u32
+}
+
+/// `--split`: `None` for `auto`, else the slots per chunk, checked against the block size.
+pub(crate) fn fixed_split(a: &Args) -> Result<Option<u32>, String> {
+    let block = a.bs_kib << 10;
+    let max_split = max_split(block);
+    match a.split.as_str() {
+        "auto" => Ok(None),
+        s => match s.parse::<u32>() {
+            Ok(n) if (1..=max_split).contains(&n) => Ok(Some(n)),
+            _ => Err(format!(
+                "--split {s}: expected `auto` or 1..={max_split} (slots of at least 4 KiB of a {} block)",
+                size_name(block)
+            )),
+        },
+    }
+}
+
+impl Hashed {
+    /// A chunk from its slots' completions; a faulted slot hashes to 0 and its fault goes
+    /// to `errors`.
+    pub(crate) fn new(
+        file: u64,
+        offset: u64,
+        len: usize,
+        completions: Vec<Completion>,
+        errors: &mut Vec<String>,
+    ) -> Hashed {
+        let mut hashes = Vec::with_capacity(completions.len());
+        for c in completions {
+            match hash_of(c.outcome) {
+                Ok(h) => hashes.push(h),
+                Err(e) => {
+                    errors.push(format!("file {file} at {offset}: {e}"));
+                    hashes.push(0);
+                }
+            }
+        }
+        Hashed {
+            file,
+            offset,
+            len,
+            hashes,
+        }
+    }
+}
+
+/// Steps 1 and 2 of both variants: the disk rate through vyre ingest and through fio (cold
+/// where `drop_caches`); `show_fio` also reports the fio pass on stderr. What they noticed
+/// goes to `notes`.
+pub(crate) fn disk_passes(
+    a: &Args,
+    set: &Set,
+    total: u64,
+    step: &str,
+    drop_caches: bool,
+    show_fio: bool,
+    notes: &mut Vec<String>,
+) -> Result<(Pass, Option<(Measure, String)>), String> {
+    eprintln!(
+        "{step} disk read rate: vyre ingest alone (io_uring, O_DIRECT, {} KiB blocks, queue depth {}) ...",
+        a.bs_kib, a.qd
+    );
+    cold(drop_caches, "disk (vyre ingest)", notes);
+    let disk = disk_vyre(a, &set.paths, total)?;
+    notes.extend(disk.notes.iter().cloned());
+    eprintln!("    {:.2} GB/s", disk.m.gbps());
+    cold(drop_caches, "disk (fio)", notes);
+    if show_fio {
+        eprintln!("{step} disk read rate: fio with the same parameters ...");
+    }
+    let fio = match run_fio(a, set) {
+        Ok((m, shown)) => {
+            if show_fio {
+                eprintln!("    {:.2} GB/s", m.gbps());
+            }
+            Some((m, shown))
+        }
+        Err(e) => {
+            if show_fio {
+                eprintln!("    skipped: {e}");
+            }
+            notes.push(format!("fio: {e}"));
+            None
+        }
+    };
+    Ok((disk, fio))
+}
+
+/// The faster of the two disk passes, in GB/s.
+pub(crate) fn disk_rate(disk: &Measure, fio: Option<&(Measure, String)>) -> f64 {
+    disk.gbps().max(fio.map_or(0.0, |(m, _)| m.gbps()))
+}
+
+/// [`in_place`] for every slot count of [`SPLITS`] that fits a block; `per` names what a
+/// block is in the progress lines ("chunk", "block").
+pub(crate) fn in_place_rows(
+    mk: &Megakernel,
+    handle: u32,
+    region: &[u8],
+    block: usize,
+    per: &str,
+) -> Result<Vec<(u32, Measure)>, String> {
+    let mut rows = Vec::new();
+    for split in SPLITS.into_iter().filter(|&s| s <= max_split(block)) {
+        let m = in_place(mk, handle, region, block, split)?;
+        eprintln!(
+            "    {split} slots per {per} ({} each): {:.2} GB/s",
+            size_name(block / split as usize),
+            m.gbps()
+        );
+        rows.push((split, m));
+    }
+    Ok(rows)
+}
+
+/// The fastest of the in-place rows.
+pub(crate) fn fastest(rows: &[(u32, Measure)]) -> &(u32, Measure) {
+    rows.iter()
+        .max_by(|x, y| x.1.gbps().total_cmp(&y.1.gbps()))
+        .expect("at least one split is measured")
+}
+
+/// Adds to `problems` what the end-to-end pass got wrong: hashes that differ from the
+/// host's, bytes not delivered, slots lost at shutdown.
+pub(crate) fn check_end_to_end(
+    problems: &mut Vec<String>,
+    paths: &[PathBuf],
+    chunks: &[Hashed],
+    split: u32,
+    delivered: u64,
+    shutdown: Result<ShutdownReport, vyre_runtime::Error>,
+) {
+    let total = total_bytes(paths);
+    problems.extend(verify(paths, chunks, split));
+    if delivered != total {
+        problems.push(format!("end to end delivered {delivered} of {total} bytes"));
+    }
+    match shutdown {
+        Ok(r) if !r.lost.is_empty() => {
+            problems.push(format!("{} slots lost at shutdown", r.lost.len()))
+        }
+        Ok(_) => {}
+        Err(e) => problems.push(format!("shutdown: {e}")),
+    }
+}
+
+/// The markdown report both variants print (and write to `--out`).
+pub(crate) struct Report {
+    pub(crate) t: String,
+    /// Decimals of the table's seconds column.
+    secs_digits: usize,
+}
+
+impl Report {
+    /// The title, GPU, host, command, the files and parameters (`params` ends that line) and
+    /// the table's header.
+    pub(crate) fn new(
+        backend: &str,
+        device: &str,
+        a: &Args,
+        total: u64,
+        params: &str,
+        secs_digits: usize,
+    ) -> Result<Report, std::fmt::Error> {
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let mut t = String::new();
+        writeln!(t, "# vyre bench ingest --backend {backend}\n")?;
+        writeln!(t, "GPU: {device}\n\nhost: {}\n", machine())?;
+        writeln!(t, "command: `{command}`\n")?;
+        writeln!(
+            t,
+            "{} files x {} MiB ({:.2} GiB) under {}; block size {} KiB, queue depth {}{params}\n",
+            a.large_files(),
+            a.large_mib(),
+            total as f64 / (1u64 << 30) as f64,
+            a.dir.display(),
+            a.bs_kib,
+            a.qd,
+        )?;
+        writeln!(t, "| measure | GiB | s | GB/s | CPU s/GiB (user + sys) |")?;
+        writeln!(t, "|---|---|---|---|---|")?;
+        Ok(Report { t, secs_digits })
+    }
+
+    pub(crate) fn row(&mut self, what: &str, m: &Measure) -> std::fmt::Result {
+        writeln!(
+            self.t,
+            "| {what} | {:.2} | {:.*} | {:.2} | {} |",
+            m.gib(),
+            self.secs_digits,
+            m.secs,
+            m.gbps(),
+            cpu_cell(m)
+        )
+    }
+
+    /// The rows of the disk passes.
+    pub(crate) fn disk_rows(
+        &mut self,
+        disk: &Measure,
+        fio: Option<&(Measure, String)>,
+    ) -> std::fmt::Result {
+        self.row(
+            "disk: vyre ingest alone (io_uring, O_DIRECT, registered buffers)",
+            disk,
+        )?;
+        if let Some((m, _)) = fio {
+            self.row("disk: fio, same block size and queue depth", m)?;
+        }
+        Ok(())
+    }
+
+    /// The line on the checks; `also` names what else was checked.
+    pub(crate) fn checks(
+        &mut self,
+        chunks: usize,
+        slots: u64,
+        also: &str,
+        problems: &[String],
+    ) -> std::fmt::Result {
+        writeln!(
+            self.t,
+            "- checks: {chunks} chunks and {slots} slots end to end ({also}); every HASH64 result compared with the host's xxh64 (vyre_isa::hash) of the same file bytes: {}",
+            if problems.is_empty() {
+                "all equal, every byte of every file covered once".to_string()
+            } else {
+                format!("{} PROBLEMS (below)", problems.len())
+            }
+        )
+    }
+
+    /// The notes, fio's command and the problems; prints the report, writes it to `--out`,
+    /// and fails where there are problems.
+    pub(crate) fn finish(
+        mut self,
+        a: &Args,
+        mut notes: Vec<String>,
+        fio: Option<&(Measure, String)>,
+        problems: &[String],
+    ) -> Result<ExitCode, Box<dyn std::error::Error>> {
+        let t = &mut self.t;
+        notes.sort();
+        notes.dedup();
+        for n in &notes {
+            writeln!(t, "- note: {n}")?;
+        }
+        if let Some((_, shown)) = fio {
+            writeln!(t, "\nfio command:\n\n    {shown}")?;
+        }
+        if !problems.is_empty() {
+            writeln!(t, "\nproblems (first 20):\n")?;
+            for p in problems.iter().take(20) {
+                writeln!(t, "- {p}")?;
+            }
+        }
+        print!("{t}");
+        if let Some(out) = &a.out {
+            std::fs::write(out, t.as_str())
+                .map_err(|e| format!("writing {}: {e}", out.display()))?;
+            eprintln!("written to {}", out.display());
+        }
+        Ok(if problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+}
+
+/// `Args` from the words after `vyre bench ingest`, for the tests.
+#[cfg(test)]
+pub(crate) fn parse_args(words: &[&str]) -> Args {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+    Cli::parse_from(std::iter::once("vyre").chain(words.iter().copied())).args
 }

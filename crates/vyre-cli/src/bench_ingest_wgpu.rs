@@ -20,12 +20,11 @@
 //! unsupported: wgpu 30 has no import of foreign host memory), so one host copy remains:
 //! ingest region → wgpu staging memory (`crates/vyre-wgpu/README.md`, "Host data").
 
-use crate::bench_ingest::{large_set, run_fio, Args, Measure};
+use crate::bench_ingest::{large_set, Args, Measure};
 use crate::bench_ingest_gpu::{
-    cold, cpu_cell, disk_vyre, in_place, pieces, size_name, verify, Hashed, Progress, MARGIN,
-    MIN_SLOT, SEED, SPLITS,
+    check_end_to_end, cold, disk_passes, disk_rate, fastest, fixed_split, gated, in_place_rows,
+    max_split, pieces, size_name, total_bytes, Hashed, Progress, Report, MARGIN, SEED,
 };
-use crate::bench_ring::machine;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -69,13 +68,7 @@ fn upload(mk: &Megakernel, handle: u32, bytes: usize) -> Result<Measure, String>
             return Err("upload: the bytes read back differ from those written".into());
         }
         if round > 0 {
-            runs.push(Measure {
-                bytes: bytes as u64,
-                secs,
-                user: cpu.user.as_secs_f64(),
-                sys: cpu.system.as_secs_f64(),
-                setup_cpu: 0.0,
-            });
+            runs.push(Measure::timed(bytes as u64, secs, cpu));
         }
     }
     runs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
@@ -109,17 +102,14 @@ fn e2e(
 ) -> Result<E2e, String> {
     let (handle, blocks) = device;
     let block = a.bs_kib << 10;
-    let total: u64 = paths
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum();
+    let total = total_bytes(paths);
     let cfg = IngestConfig {
         queue_depth: a.qd,
         block_size: block,
         buffers: a.qd * 2,
         ..IngestConfig::default()
     };
-    let (files, go) = crate::bench_ingest_gpu::gated(paths);
+    let (files, go) = gated(paths);
     let mut ing = Ingest::new(cfg, files).map_err(|e| format!("vyre ingest: {e}"))?;
     if let EngineKind::Plain { reason } = ing.engine() {
         return Err(format!("vyre ingest is not on io_uring here ({reason})"));
@@ -138,23 +128,9 @@ fn e2e(
         let done = mk
             .wait_range(g.tickets)
             .map_err(|e| format!("end to end: wait: {e}"))?;
-        let mut hashes = Vec::with_capacity(done.len());
-        for c in done {
-            match crate::bench_ingest_gpu::hash_of(c.outcome) {
-                Ok(h) => hashes.push(h),
-                Err(e) => {
-                    errors.push(format!("file {} at {}: {e}", g.file, g.offset));
-                    hashes.push(0);
-                }
-            }
-        }
+        let hashed = Hashed::new(g.file, g.offset, g.len, done, errors);
         free.push(g.block);
-        chunks.push(Hashed {
-            file: g.file,
-            offset: g.offset,
-            len: g.len,
-            hashes,
-        });
+        chunks.push(hashed);
         Ok(())
     };
     let cpu0 = CpuTimes::now();
@@ -202,13 +178,7 @@ fn e2e(
     let secs = t.elapsed().as_secs_f64();
     let cpu = CpuTimes::now().since(cpu0);
     Ok(E2e {
-        m: Measure {
-            bytes,
-            secs,
-            user: cpu.user.as_secs_f64(),
-            sys: cpu.system.as_secs_f64(),
-            setup_cpu: 0.0,
-        },
+        m: Measure::timed(bytes, secs, cpu),
         chunks,
         slots,
         errors,
@@ -230,29 +200,12 @@ pub(crate) fn measure(
     device: String,
     drop_caches: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let cold = |what: &str, notes: &mut Vec<String>| {
-        if drop_caches {
-            cold(what, notes);
-        }
-    };
     let block = a.bs_kib << 10;
     if a.large_files() == 0 || a.large_mib() == 0 {
         return Err("--large-files and --large-mib must be at least 1".into());
     }
-    let max_split = (block / MIN_SLOT).max(1) as u32;
-    let fixed_split = match a.split.as_str() {
-        "auto" => None,
-        s => match s.parse::<u32>() {
-            Ok(n) if (1..=max_split).contains(&n) => Some(n),
-            _ => {
-                return Err(format!(
-                    "--split {s}: expected `auto` or 1..={max_split} (slots of at least 4 KiB of a {} block)",
-                    size_name(block)
-                )
-                .into())
-            }
-        },
-    };
+    let max_split = max_split(block);
+    let fixed_split = fixed_split(a)?;
     let max_bytes = backend.capabilities().max_buffer_bytes;
     let blocks = a.in_flight.clamp(1, MAX_DEVICE_BLOCKS);
     let ring_bytes = blocks as u64 * block as u64;
@@ -267,31 +220,10 @@ pub(crate) fn measure(
         )
         .into());
     }
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let set = large_set(a)?;
-    let total: u64 = set
-        .paths
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum();
+    let total = total_bytes(&set.paths);
     let mut notes = Vec::new();
-
-    eprintln!(
-        "[1/4] disk read rate: vyre ingest alone (io_uring, O_DIRECT, {} KiB blocks, queue depth {}) ...",
-        a.bs_kib, a.qd
-    );
-    cold("disk (vyre ingest)", &mut notes);
-    let disk = disk_vyre(a, &set.paths, total)?;
-    notes.extend(disk.notes.iter().cloned());
-    eprintln!("    {:.2} GB/s", disk.m.gbps());
-    cold("disk (fio)", &mut notes);
-    let fio = match run_fio(a, &set) {
-        Ok((m, shown)) => Some((m, shown)),
-        Err(e) => {
-            notes.push(format!("fio: {e}"));
-            None
-        }
-    };
+    let (disk, fio) = disk_passes(a, &set, total, "[1/4]", drop_caches, false, &mut notes)?;
 
     eprintln!("[2/4] starting the megakernel on {device}; upload rate ({} MiB write_buffer + 4-byte read-back, median of 5) ...", upload_bytes >> 20);
     let mk = Megakernel::launch(
@@ -319,21 +251,9 @@ pub(crate) fn measure(
     }
     drop(first);
     mk.write_buffer(ring, 0, &region)?;
-    let mut gpu_rows = Vec::new();
-    for split in SPLITS.into_iter().filter(|&s| s <= max_split) {
-        let m = in_place(&mk, ring, &region, block, split)?;
-        eprintln!(
-            "    {split} slots per block ({} each): {:.2} GB/s",
-            size_name(block / split as usize),
-            m.gbps()
-        );
-        gpu_rows.push((split, m));
-    }
+    let gpu_rows = in_place_rows(&mk, ring, &region, block, "block")?;
     drop(region);
-    let disk_rate = disk
-        .m
-        .gbps()
-        .max(fio.as_ref().map_or(0.0, |(m, _)| m.gbps()));
+    let disk_rate = disk_rate(&disk.m, fio.as_ref());
     let ceiling = disk_rate.min(up.gbps());
     // `auto` takes the fastest slot size on the GPU alone, not the fewest with a margin as the
     // cuda bench does: on an H100 through Vulkan, 16 slots per 1 MiB chunk (12.8 GB/s alone,
@@ -343,10 +263,7 @@ pub(crate) fn measure(
     let (split, why) = match fixed_split {
         Some(n) => (n, "--split given".to_string()),
         None => {
-            let (n, m) = gpu_rows
-                .iter()
-                .max_by(|x, y| x.1.gbps().total_cmp(&y.1.gbps()))
-                .expect("at least one split is measured");
+            let (n, m) = fastest(&gpu_rows);
             (
                 *n,
                 format!(
@@ -371,63 +288,33 @@ pub(crate) fn measure(
         "[4/4] end to end: {:.2} GiB, file -> io_uring O_DIRECT -> ingest region -> write_buffer -> HASH64 on the GPU, {split} slot(s) per chunk ...",
         total as f64 / (1u64 << 30) as f64
     );
-    cold("end to end", &mut notes);
+    cold(drop_caches, "end to end", &mut notes);
     let run = e2e(&mk, a, &set.paths, (ring, blocks), split)?;
     let shutdown = mk.shutdown();
     let mut problems = run.errors.clone();
-    problems.extend(verify(&set.paths, &run.chunks, split));
-    if run.m.bytes != total {
-        problems.push(format!(
-            "end to end delivered {} of {total} bytes",
-            run.m.bytes
-        ));
-    }
-    match shutdown {
-        Ok(r) if !r.lost.is_empty() => {
-            problems.push(format!("{} slots lost at shutdown", r.lost.len()))
-        }
-        Ok(_) => {}
-        Err(e) => problems.push(format!("shutdown: {e}")),
-    }
+    check_end_to_end(
+        &mut problems,
+        &set.paths,
+        &run.chunks,
+        split,
+        run.m.bytes,
+        shutdown,
+    );
 
     let ratio = run.m.gbps() / ceiling;
-    let mut t = String::new();
-    writeln!(t, "# vyre bench ingest --backend wgpu\n")?;
-    writeln!(t, "GPU: {device}\n\nhost: {}\n", machine())?;
-    writeln!(t, "command: `{command}`\n")?;
-    writeln!(
-        t,
-        "{} files x {} MiB ({:.2} GiB) under {}; block size {} KiB, queue depth {}; {blocks} device blocks ({} MiB) in flight on the GPU\n",
-        a.large_files(),
-        a.large_mib(),
-        total as f64 / (1u64 << 30) as f64,
-        a.dir.display(),
-        a.bs_kib,
-        a.qd,
-        ring_bytes >> 20,
+    let mut r = Report::new(
+        "wgpu",
+        &device,
+        a,
+        total,
+        &format!(
+            "; {blocks} device blocks ({} MiB) in flight on the GPU",
+            ring_bytes >> 20
+        ),
+        3,
     )?;
-    writeln!(t, "| measure | GiB | s | GB/s | CPU s/GiB (user + sys) |")?;
-    writeln!(t, "|---|---|---|---|---|")?;
-    let row = |t: &mut String, what: &str, m: &Measure| {
-        writeln!(
-            t,
-            "| {what} | {:.2} | {:.3} | {:.2} | {} |",
-            m.gib(),
-            m.secs,
-            m.gbps(),
-            cpu_cell(m)
-        )
-    };
-    row(
-        &mut t,
-        "disk: vyre ingest alone (io_uring, O_DIRECT, registered buffers)",
-        &disk.m,
-    )?;
-    if let Some((m, _)) = &fio {
-        row(&mut t, "disk: fio, same block size and queue depth", m)?;
-    }
-    row(
-        &mut t,
+    r.disk_rows(&disk.m, fio.as_ref())?;
+    r.row(
         &format!(
             "upload: Megakernel::write_buffer ({} MiB, queue.write_buffer into the heap) + 4-byte read-back, median of 5",
             upload_bytes >> 20
@@ -435,8 +322,7 @@ pub(crate) fn measure(
         &up,
     )?;
     for (s, m) in &gpu_rows {
-        row(
-            &mut t,
+        r.row(
             &format!(
                 "GPU alone: HASH64 over device blocks (no disk, no upload), {s} slot(s) per block of {}",
                 size_name(block / *s as usize)
@@ -444,22 +330,21 @@ pub(crate) fn measure(
             m,
         )?;
     }
-    row(
-        &mut t,
+    r.row(
         &format!(
             "**end to end**: file → io_uring O_DIRECT → ingest region → write_buffer → HASH64 on the GPU, {split} slot(s) per chunk"
         ),
         &run.m,
     )?;
-    writeln!(t)?;
+    writeln!(r.t)?;
     writeln!(
-        t,
+        r.t,
         "- disk rate = max(vyre ingest, fio) = {disk_rate:.2} GB/s; upload = {:.2} GB/s; min = {ceiling:.2} GB/s; GPU alone at the chosen split: {}",
         up.gbps(),
         gpu_best.map_or("-".into(), |g| format!("{g:.2} GB/s"))
     )?;
     writeln!(
-        t,
+        r.t,
         "- **end to end / min(disk, upload) = {ratio:.2}**{}",
         match gpu_best {
             Some(g) if g < ceiling => format!(
@@ -470,66 +355,32 @@ pub(crate) fn measure(
         }
     )?;
     writeln!(
-        t,
+        r.t,
         "- copies on this path: the disk writes the ingest region (io_uring, O_DIRECT, no CPU copy); `write_buffer` copies it into wgpu's staging memory (the one host copy: wgpu 30 cannot make foreign host memory device-visible); the device copies staging → storage buffer at the next submission"
     )?;
-    writeln!(
-        t,
-        "- checks: {} chunks and {} slots end to end (plus every GPU-alone round and the upload read-backs); every HASH64 result compared with the host's xxh64 (vyre_isa::hash) of the same file bytes: {}",
+    r.checks(
         run.chunks.len(),
         run.slots,
-        if problems.is_empty() {
-            "all equal, every byte of every file covered once".to_string()
-        } else {
-            format!("{} PROBLEMS (below)", problems.len())
-        }
+        "plus every GPU-alone round and the upload read-backs",
+        &problems,
     )?;
-    writeln!(t, "- slots per chunk: {split}: {why}")?;
+    writeln!(r.t, "- slots per chunk: {split}: {why}")?;
     writeln!(
-        t,
+        r.t,
         "- setup, timed apart (the reader waits for it): staging region mapped and registered with io_uring: {:.3} s for the disk pass",
         disk.setup_secs
     )?;
     writeln!(
-        t,
+        r.t,
         "- CPU is the whole process's (getrusage) over the timed part (the wgpu driver thread, and on lavapipe the shader threads, included); fio's is its own accounting"
     )?;
-    notes.sort();
-    notes.dedup();
-    for n in &notes {
-        writeln!(t, "- note: {n}")?;
-    }
-    if let Some((_, shown)) = &fio {
-        writeln!(t, "\nfio command:\n\n    {shown}")?;
-    }
-    if !problems.is_empty() {
-        writeln!(t, "\nproblems (first 20):\n")?;
-        for p in problems.iter().take(20) {
-            writeln!(t, "- {p}")?;
-        }
-    }
-    print!("{t}");
-    if let Some(out) = &a.out {
-        std::fs::write(out, &t).map_err(|e| format!("writing {}: {e}", out.display()))?;
-        eprintln!("written to {}", out.display());
-    }
-    Ok(if problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    r.finish(a, notes, fio.as_ref(), &problems)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
+    use crate::bench_ingest_gpu::parse_args;
 
     /// The whole run on the cpu backend (the same Megakernel calls as on wgpu): every step
     /// runs, every hash is checked and the report says so.
@@ -538,8 +389,7 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("vyre-bench-ingest-wgpu-{}", std::process::id()));
         let out = dir.join("report.md");
-        let cli = Cli::parse_from([
-            "vyre",
+        let args = parse_args(&[
             "--backend",
             "wgpu",
             "--dir",
@@ -562,7 +412,7 @@ mod tests {
             out.to_str().unwrap(),
         ]);
         let backend = Arc::new(vyre_cpu::CpuBackend::new().with_workers(2));
-        let code = measure(&cli.args, backend, "cpu backend (test)".into(), false).unwrap();
+        let code = measure(&args, backend, "cpu backend (test)".into(), false).unwrap();
         let report = std::fs::read_to_string(&out).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(code, ExitCode::SUCCESS, "{report}");

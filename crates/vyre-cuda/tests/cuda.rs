@@ -441,9 +441,8 @@ fn ingest_zero_copy(passed: &mut u32, failed: &mut u32) {
         passed,
         failed,
     );
-    println!(
-        "  ingest → registered region → HASH64 on the GPU: {bytes} bytes in {secs:.2} s ({:.2} GB/s, page cache warm from the write)",
-        bytes as f64 / secs / 1e9
-    );
+    // A correctness test, not a benchmark: one slot hashes a whole chunk serially, so its time
+    // says nothing about the path's rate (`vyre bench ingest --backend cuda` measures that).
+    println!("  ingest → registered region → HASH64 on the GPU: {bytes} bytes checked in {secs:.2} s (not a benchmark: see `vyre bench ingest --backend cuda`)");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,13 +7,8 @@ use vyre_cpu::CpuBackend;
 use vyre_isa::{Slot, SlotOp};
 use vyre_runtime::{Config, Megakernel, Outcome};
 
-/// User + system CPU time of this process, from /proc/self/stat (clock ticks of 10 ms).
-fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("linux /proc");
-    let after = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
+mod common;
+use common::cpu_ticks;
 
 #[test]
 fn an_idle_io_thread_sleeps_and_still_serves_the_next_read() {

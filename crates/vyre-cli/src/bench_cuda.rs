@@ -221,9 +221,7 @@ fn round_trip_stages(
         mk.wait(ticket)?;
         let t2 = Instant::now();
         let w = cuda.trace_words().expect("tracing");
-        // Stamps 2..=5 come from the worker that ran the slot, in order (stamps 0 and 1, the
-        // control warp's view of the tail, are off the path since the warp holding the next
-        // position reads the host's tail itself).
+        // Stamps 2..=5 come from the worker that ran the slot, in order.
         let d = |a: usize, b: usize| {
             Duration::from_nanos(u64::from(w[b].wrapping_sub(w[a])).min(1 << 30))
         };

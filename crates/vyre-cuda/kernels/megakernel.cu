@@ -52,15 +52,9 @@ struct Fault { u32 code; u32 detail; u32 at; };
 __device__ __forceinline__ u32 vload(const u32* p) { return *(const volatile u32*)p; }
 __device__ __forceinline__ void vstore(u32* p, u32 v) { *(volatile u32*)p = v; }
 
-// Memory ordering. VYRE_ACQREL=1 (the default) uses acquire loads and release stores at the
-// scope that needs them; VYRE_ACQREL=0 keeps the full fences of kernel v3 (membar.sys around
-// every host-visible hand-over), for comparison (`VYRE_CUDA_DEFINES=-DVYRE_ACQREL=0`).
-#ifndef VYRE_ACQREL
-#define VYRE_ACQREL 1
-#endif
-#ifndef VYRE_FLUSH
-#define VYRE_FLUSH 0
-#endif
+// Memory ordering: acquire loads and release stores at the scope that needs them (kernel v3's
+// full fences around every host-visible hand-over measured slower; cuda-round-trip-sweeps.md).
+// VYRE_LIGHT_OPS=1 (the default): NOP and LOAD_U32 skip the CLAIMED marker (see run_lanes).
 #ifndef VYRE_LIGHT_OPS
 #define VYRE_LIGHT_OPS 1
 #endif
@@ -77,11 +71,7 @@ __device__ __forceinline__ void st_release_gpu(u32* p, u32 v) {
     asm volatile("st.release.gpu.global.u32 [%0], %1;" :: "l"(p), "r"(v) : "memory");
 }
 // Slot words are read with relaxed loads at system scope (coherent with the host, never a
-// stale cached copy), which the GPU keeps in flight together; volatile loads (`__ldcv`,
-// VYRE_SLOT_LOAD=0) complete one after another, four PCIe round trips per slot.
-#ifndef VYRE_SLOT_LOAD
-#define VYRE_SLOT_LOAD 2
-#endif
+// stale cached copy), a warp's slots together (see run_lanes).
 __device__ __forceinline__ uint4 ld_relaxed_sys_v4(const uint4* p) {
     uint4 v;
     asm volatile("ld.relaxed.sys.global.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -629,11 +619,7 @@ __device__ void control_warp(const Params& p, u32 lane) {
     for (;;) {
         // Lanes poll their words at once (the host's are PCIe round trips each).
         u32 v = 0;
-#if VYRE_ACQREL
         if (lane == 0) v = ld_acquire_sys(&p.cb[VYRE_CB_TAIL]);
-#else
-        if (lane == 0) v = vload(&p.cb[VYRE_CB_TAIL]);
-#endif
         else if (lane == 1) v = vload(&p.cb[VYRE_CB_SHUTDOWN]);
         else if (lane == 2) v = vload(&ds[DS_SHUTDOWN]);
         else if (lane == 3) v = vload(&p.cb[VYRE_CB_FAULT_INJECT]);
@@ -662,18 +648,11 @@ __device__ void control_warp(const Params& p, u32 lane) {
             stop = 1;
         }
         if (tail != last_tail) {
-            if (lane == 0) trace(p, 0);
             // Slot words were written by the host before it stored the tail; make sure no
             // worker reads them before it reads the new tail mirror.
-#if VYRE_ACQREL
             // The acquire load of the host tail and this release store chain the host's
             // slot writes to every worker that acquires the mirror.
             if (lane == 0) st_release_gpu(&ds[DS_TAIL], tail);
-#else
-            __threadfence_system();
-            if (lane == 0) { vstore(&ds[DS_TAIL], tail); __threadfence(); }
-#endif
-            if (lane == 0) trace(p, 1);
             last_tail = tail;
             idle = 0;
         }
@@ -765,7 +744,6 @@ __device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resu
     bool faulted = false;
     u32 op = 0xffffffffu;
     u32 w[16];
-#if VYRE_SLOT_LOAD == 2
     // The warp reads its slots together: in load k, lane L reads 16-byte chunk L % 4 of the
     // slot of lane 8k + L / 4, so each slot is one 64-byte request across PCIe instead of
     // four (measured on an H100: four separate reads of a line the host just wrote took
@@ -795,23 +773,8 @@ __device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resu
             }
         }
     }
-#endif
     if (run) {
         u32* s = p.slots + (size_t)(pos & (p.capacity - 1)) * VYRE_SLOT_WORDS;
-#if VYRE_SLOT_LOAD != 2
-        // Four independent 16-byte loads, all in flight at once.
-        const uint4* s4 = (const uint4*)s;
-#if VYRE_SLOT_LOAD == 1
-        uint4 v0 = ld_relaxed_sys_v4(s4), v1 = ld_relaxed_sys_v4(s4 + 1);
-        uint4 v2 = ld_relaxed_sys_v4(s4 + 2), v3 = ld_relaxed_sys_v4(s4 + 3);
-#else
-        uint4 v0 = __ldcv(s4), v1 = __ldcv(s4 + 1), v2 = __ldcv(s4 + 2), v3 = __ldcv(s4 + 3);
-#endif
-        w[0] = v0.x; w[1] = v0.y; w[2] = v0.z; w[3] = v0.w;
-        w[4] = v1.x; w[5] = v1.y; w[6] = v1.z; w[7] = v1.w;
-        w[8] = v2.x; w[9] = v2.y; w[10] = v2.z; w[11] = v2.w;
-        w[12] = v3.x; w[13] = v3.y; w[14] = v3.z; w[15] = v3.w;
-#endif
         if (tracer) trace(p, 3);
         u32 r[4] = {0, 0, 0, 0};
         Fault f; f.code = 0; f.detail = 0; f.at = 0;
@@ -846,7 +809,6 @@ __device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resu
                 uint4 rv; rv.x = r[0]; rv.y = r[1]; rv.z = r[2]; rv.w = r[3];
                 __stcg((uint4*)(s + VYRE_SLOT_RES0), rv); // one 16-byte write
             }
-#if VYRE_ACQREL
             if (tracer) trace(p, 4);
             if (light && !(r[0] | r[1] | r[2] | r[3])) {
                 // Nothing was written before the status (no marker, no results, no memory
@@ -855,14 +817,6 @@ __device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resu
             } else {
                 st_release_sys(&s[VYRE_SLOT_STATUS], status); // the results before the status
             }
-            // VYRE_FLUSH=1 adds a system fence after the status store (to push it out of the
-            // GPU's write path); on an H100 it measured within noise of none, so it is off.
-            if (VYRE_FLUSH) __threadfence_system();
-#else
-            __threadfence_system();
-            if (tracer) trace(p, 4);
-            vstore(&s[VYRE_SLOT_STATUS], status);
-#endif
             if (tracer) trace(p, 5);
             op = w[VYRE_SLOT_OP] & 0xffff;
         }
@@ -918,11 +872,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         if (lane == 0) v = vload(&ds[DS_SHUTDOWN]);
         else if (lane == 1) v = vload(&ds[DS_ABORT]);
         else if (lane == 2) v = vload(&ds[DS_HEAD]);
-#if VYRE_ACQREL
         else if (lane == 3) v = ld_acquire_gpu(&ds[DS_TAIL]);
-#else
-        else if (lane == 3) v = vload(&ds[DS_TAIL]);
-#endif
         else if (lane == 4) v = vload(&ds[DS_HANG]);
         else if (lane == 5) v = vload(&ds[DS_RESUME_HEAD]);
         else if (lane == 6) v = ld_acquire_gpu(&ds[DS_RESUME_TAIL]);
@@ -1009,11 +959,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
 #endif
         if (lane == 0) trace(p, 2);
         idle = 0;
-#if VYRE_ACQREL
         fence_acq_rel_gpu(); // acquire for every lane: the tail mirror before the slot words
-#else
-        __threadfence(); // acquire: the tail mirror before the slot words
-#endif
         if (hang) {
             // Simulated hang: mark the claim taken, hold it, leave only on ABORT.
             if (run) {

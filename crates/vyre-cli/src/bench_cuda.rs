@@ -31,6 +31,7 @@ pub fn main(
     seconds: f64,
     round_trips: usize,
     round_trip_only: bool,
+    host_threads: Option<usize>,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut out = String::new();
     let base = vyre_cuda::bench::baselines(round_trips)?;
@@ -38,11 +39,13 @@ pub fn main(
     let device = cuda.capabilities().device.clone();
     writeln!(out, "# vyre bench ring — backend cuda\n")?;
     writeln!(out, "GPU: {device}\n\nhost: {}\n", machine())?;
-    writeln!(out, "command: `vyre bench ring --backend cuda --seconds {seconds} --round-trips {round_trips}`\n")?;
+    let threads_arg = host_threads.map_or(String::new(), |n| format!(" --host-threads {n}"));
+    writeln!(out, "command: `vyre bench ring --backend cuda --seconds {seconds} --round-trips {round_trips}{threads_arg}`\n")?;
     let mk = Megakernel::launch(
         cuda.clone(),
         Config {
             capacity: 1 << 17,
+            host_threads,
             ..Config::default()
         },
     )?;
@@ -129,6 +132,7 @@ pub fn main(
         Arc::new(vyre_cpu::CpuBackend::new()),
         Config {
             capacity: 1 << 17,
+            host_threads,
             ..Config::default()
         },
     )?;
@@ -195,6 +199,9 @@ pub fn main(
     if !report.lost.is_empty() {
         return Err(format!("{} slots lost at shutdown", report.lost.len()).into());
     }
+    drop(mk);
+    drop(cuda);
+    out.push_str(&host_thread_sweep(seconds, nop)?);
     print!("{out}");
     if let Some(path) = out_file {
         std::fs::write(path, &out).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -260,6 +267,53 @@ fn round_trip_stages(
     t.push('\n');
     eprint!("{t}");
     Ok(Some(t))
+}
+
+/// End-to-end throughput at 65,536 slots by the number of host threads that share the slot
+/// writes and completion reads (`Config::host_threads`), each on a fresh megakernel (one
+/// persistent kernel at a time), against one host thread in the same run.
+fn host_thread_sweep(seconds: f64, nop: Slot) -> Result<String, Box<dyn std::error::Error>> {
+    let data = vec![7u8; 4096];
+    let mut t = String::from(
+        "\n## (d) End to end by host threads: 65536 slots per run_batch\n\n\
+         | host threads | NOP | vs 1 thread | HASH64 4 KiB | vs 1 thread |\n|---|---|---|---|---|\n",
+    );
+    let mut base = None;
+    for threads in [1usize, 2, 4, 8] {
+        let mk = Megakernel::launch(
+            Arc::new(vyre_cuda::CudaBackend::new()?),
+            Config {
+                capacity: 1 << 17,
+                host_threads: Some(threads),
+                ..Config::default()
+            },
+        )?;
+        let buf = mk.create_buffer_with(4096, &data)?;
+        let mut rates = [0.0f64; 2];
+        for (rate, slot) in rates
+            .iter_mut()
+            .zip([nop, Slot::new(SlotOp::Hash64, &[buf, 0, 4096, 0])])
+        {
+            let slots = vec![slot; 65536];
+            *rate = throughput(seconds, slots.len(), || {
+                done_count(&mk.run_batch(&slots).expect("cuda run"))
+            });
+        }
+        let report = mk.shutdown()?;
+        if !report.lost.is_empty() {
+            return Err(format!("{} slots lost at shutdown", report.lost.len()).into());
+        }
+        let [b_nop, b_hash] = *base.get_or_insert(rates);
+        t.push_str(&format!(
+            "| {threads} | {} | {:.2}× | {} | {:.2}× |\n",
+            fmt_rate(rates[0]),
+            rates[0] / b_nop,
+            fmt_rate(rates[1]),
+            rates[1] / b_hash
+        ));
+    }
+    eprint!("{t}");
+    Ok(t)
 }
 
 /// The device's own rate: a batch written whole and made visible with one tail store, timed

@@ -33,6 +33,10 @@ pub struct Args {
     /// Measure the round trip only (for quick parameter sweeps).
     #[arg(long)]
     round_trip_only: bool,
+    /// Host threads that share the writes and reads of large batches (default: a quarter of
+    /// the cores, 1 to 4; `Config::host_threads`).
+    #[arg(long)]
+    host_threads: Option<usize>,
 }
 
 /// No buffers: NOP-class ops touch none.
@@ -197,6 +201,7 @@ pub fn main(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             args.seconds,
             args.round_trips,
             args.round_trip_only,
+            args.host_threads,
         );
     }
     #[cfg(feature = "wgpu")]
@@ -213,6 +218,7 @@ pub fn main(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Config {
             workers: Some(workers),
             capacity: 1 << 14,
+            host_threads: args.host_threads,
             ..Config::default()
         },
     )?;

@@ -78,6 +78,14 @@ __device__ __forceinline__ uint4 ld_relaxed_sys_v4(const uint4* p) {
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
 }
+// The hot warp's poll of a slot line (see worker_warp): acquire, so that what the host wrote
+// before publishing the slot is visible once its PUBLISHED status is seen.
+__device__ __forceinline__ uint4 ld_acquire_sys_v4(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.acquire.sys.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
+    return v;
+}
 __device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
 
 // Stage timestamps for `vyre bench ring --backend cuda` with VYRE_CUDA_TRACE=1 (low 32 bits
@@ -273,6 +281,9 @@ __device__ bool run_program(const Params& p, const ProgEntry& pe, u64* regs, u64
 // buffers are rewritten between scans.
 
 // last_row: the largest row offset whose C columns all lie inside the transitions.
+#ifndef VYRE_DFA_LOAD16
+#define VYRE_DFA_LOAD16 1
+#endif
 struct Dfa { const u32* t; u32 stride; u64 rows_end; u64 last_row; u64 mi; u64 ml; u64 mw; };
 
 __device__ __forceinline__ u32 tword(const Dfa& d, u64 i) { return __ldg(d.t + i); }
@@ -363,11 +374,32 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
     const u8* cm = (const u8*)(d.t + VYRE_DFA_CLASS_MAP_WORD);
     const u8* s = db.base + off;
     u32 i = 0;
-    // Bytes up to a 4-byte boundary, then whole words through L2, then the tail.
+    // Bytes up to an aligned boundary, then whole words (16 bytes per load with
+    // VYRE_DFA_LOAD16, the default: a quarter of the L2 requests for the data, whose lanes
+    // each read a different line) through L2, then the tail.
+#if VYRE_DFA_LOAD16
+    while (i < len && (((size_t)(s + i)) & 15) != 0) {
+        if (!dfa_step(d, cm, &state, __ldcg(s + i), i, report_from, hits, cap, &found, &stored, f)) return false;
+        i++;
+    }
+    while (i + 16 <= len) {
+        uint4 q = __ldcg((const uint4*)(s + i));
+        u32 ws[4] = {q.x, q.y, q.z, q.w};
+        #pragma unroll
+        for (u32 j = 0; j < 4; j++) {
+            #pragma unroll
+            for (u32 k = 0; k < 4; k++) {
+                if (!dfa_step(d, cm, &state, (ws[j] >> (8 * k)) & 0xff, i + 4 * j + k, report_from, hits, cap, &found, &stored, f)) return false;
+            }
+        }
+        i += 16;
+    }
+#else
     while (i < len && (((size_t)(s + i)) & 3) != 0) {
         if (!dfa_step(d, cm, &state, __ldcg(s + i), i, report_from, hits, cap, &found, &stored, f)) return false;
         i++;
     }
+#endif
     while (i + 4 <= len) {
         u32 w = __ldcg((const unsigned int*)(s + i));
         for (u32 k = 0; k < 4; k++) {
@@ -709,6 +741,12 @@ __device__ void control_warp(const Params& p, u32 lane) {
 #ifndef VYRE_HOT_POLL
 #define VYRE_HOT_POLL 1
 #endif
+// VYRE_LINE_POLL=1 (the default): it also polls that position's slot line (PROTOCOL.md, "Hot
+// slot polling").
+#ifndef VYRE_LINE_POLL
+#define VYRE_LINE_POLL 1
+#endif
+#define VYRE_HOT_LINE (VYRE_TICKET && VYRE_HOT_POLL && VYRE_LINE_POLL)
 
 // Phase 2 of IO_READ: the host finished the read of the waiting slot at `position` with
 // `result` (bytes, or IO_RESULT_ERROR | errno); complete it, running the continuation.
@@ -737,7 +775,10 @@ __device__ bool resume_io(const Params& p, u32 position, u32 result, const u32* 
 // `io_result` (phase 2); otherwise a claimed position.
 // Returns the warp's completions (bits 0..16) and faults (bits 16..32); the caller adds them to
 // the device counters (see `Counts`).
-__device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resumed = false, u32 io_result = 0) {
+// `pre_lane` < 32: that lane's slot line was already read by the poll round (hot polling);
+// lanes 8..11 hold its four 16-byte chunks in `pre`, and it is not read again.
+__device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resumed = false, u32 io_result = 0,
+                         u32 pre_lane = 32, uint4 pre = make_uint4(0, 0, 0, 0)) {
     u32* ds = p.ds;
     u32 runners = __ballot_sync(0xffffffffu, run);
     bool tracer = runners && lane == (u32)(__ffs(runners) - 1);
@@ -750,14 +791,19 @@ __device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resu
     // ~3.5 us, one after another). All four loads are issued before any is used; then the
     // chunks are passed to the lanes that own the slots.
     {
-        uint4 c[4];
+        uint4 c[4], pv;
+        u32 from = 8 + (lane & 3);
+        pv.x = __shfl_sync(0xffffffffu, pre.x, from); pv.y = __shfl_sync(0xffffffffu, pre.y, from);
+        pv.z = __shfl_sync(0xffffffffu, pre.z, from); pv.w = __shfl_sync(0xffffffffu, pre.w, from);
         #pragma unroll
         for (int k = 0; k < 4; k++) {
             u32 src = 8 * k + (lane >> 2);
             u32 spos = __shfl_sync(0xffffffffu, pos, src);
             bool srun = (runners >> src) & 1;
             c[k] = make_uint4(0, 0, 0, 0);
-            if (srun) {
+            if (src == pre_lane) {
+                c[k] = pv;
+            } else if (srun) {
                 const uint4* line = (const uint4*)(p.slots + (size_t)(spos & (p.capacity - 1)) * VYRE_SLOT_WORDS);
                 c[k] = ld_relaxed_sys_v4(line + (lane & 3));
             }
@@ -804,13 +850,14 @@ __device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resu
             u32 status;
             if (ok) { status = VYRE_ST_DONE; }
             else { status = VYRE_ST_FAULT | (f.code << 8); r[0] = f.detail; r[1] = f.at; r[2] = 0; r[3] = 0; faulted = true; }
-            // Publishing zeroed the result words: all-zero results need no write.
-            if (r[0] | r[1] | r[2] | r[3]) {
-                uint4 rv; rv.x = r[0]; rv.y = r[1]; rv.z = r[2]; rv.w = r[3];
+            // Publishing zeroed RES0..RES2 (RES3 is the publish stamp; results have at most
+            // three words): all-zero results need no write.
+            if (r[0] | r[1] | r[2]) {
+                uint4 rv; rv.x = r[0]; rv.y = r[1]; rv.z = r[2]; rv.w = 0;
                 __stcg((uint4*)(s + VYRE_SLOT_RES0), rv); // one 16-byte write
             }
             if (tracer) trace(p, 4);
-            if (light && !(r[0] | r[1] | r[2] | r[3])) {
+            if (light && !(r[0] | r[1] | r[2])) {
                 // Nothing was written before the status (no marker, no results, no memory
                 // effects), so there is nothing to order: a plain store, no system fence.
                 vstore(&s[VYRE_SLOT_STATUS], status);
@@ -867,7 +914,20 @@ __device__ void worker_warp(const Params& p, u32 lane) {
             pending = p.claim_batch >= 32 ? 0xffffffffu : (1u << p.claim_batch) - 1;
         }
 #endif
-        // One round of loads, on five lanes at once: the words a claim needs.
+#if VYRE_TICKET
+        u32 first = start + (u32)(__ffs(pending) - 1);
+#endif
+#if VYRE_HOT_LINE
+        // The warp holding the next position to publish also reads that position's slot line
+        // (lanes 8..11, one 64-byte request), so a slot published after the poll began runs
+        // without waiting for a tail read and then a slot read: PROTOCOL.md, "Hot slot polling".
+        uint4 hl = make_uint4(0, 0, 0, 0);
+        if (hot && lane >= 8 && lane < 12) {
+            const uint4* line = (const uint4*)(p.slots + (size_t)(first & (p.capacity - 1)) * VYRE_SLOT_WORDS);
+            hl = ld_acquire_sys_v4(line + (lane - 8));
+        }
+#endif
+        // One round of loads, on several lanes at once: the words a claim needs.
         u32 v = 0;
         if (lane == 0) v = vload(&ds[DS_SHUTDOWN]);
         else if (lane == 1) v = vload(&ds[DS_ABORT]);
@@ -910,9 +970,16 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         }
 #if VYRE_TICKET
         (void)head;
-        u32 first = start + (u32)(__ffs(pending) - 1);
+        u32 pre_lane = 32; // the lane whose slot the line poll found published
 #if VYRE_HOT_POLL
         u32 htail = __shfl_sync(0xffffffffu, v, 7);
+#if VYRE_HOT_LINE
+        // Valid only if both 32-byte halves are this publication's: SEQ and PUBLISHED in the
+        // first (lane 8), the publish stamp (position | 1) in RES3 of the second (lane 11).
+        u32 lseq = __shfl_sync(0xffffffffu, hl.x, 8), lst = __shfl_sync(0xffffffffu, hl.y, 8);
+        u32 lstamp = __shfl_sync(0xffffffffu, hl.w, 11);
+        if (hot && lseq == first && (lst & 0xff) == VYRE_ST_PUBLISHED && lstamp == (first | 1u)) pre_lane = first - start;
+#endif
         if (hot && (int)(htail - tail) > 0) tail = htail;
         hot = first - tail < 32u;
 #endif
@@ -920,7 +987,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         // running it. After SHUTDOWN or ABORT the warp starts nothing more (what it leaves
         // is reported lost by the host, never dropped).
         if (stop) break;
-        bool run = ((pending >> lane) & 1) && (int)(tail - (start + lane)) > 0;
+        bool run = ((pending >> lane) & 1) && ((int)(tail - (start + lane)) > 0 || lane == pre_lane);
         u32 ready = __ballot_sync(0xffffffffu, run);
         if (ready == 0) {
             dry = dry < 1000 ? dry + 1 : dry;
@@ -969,7 +1036,11 @@ __device__ void worker_warp(const Params& p, u32 lane) {
             while (!vload(&ds[DS_ABORT])) __nanosleep(10000);
             break;
         }
+#if VYRE_HOT_LINE
+        counts.add(run_lanes(p, lane, start + lane, run, false, 0, pre_lane, hl));
+#else
         counts.add(run_lanes(p, lane, start + lane, run));
+#endif
         dry = 0;
     }
     counts.flush(p, lane);

@@ -35,6 +35,10 @@ pub struct Config {
     /// Declare the device hung when published work is outstanding and the heartbeat has not
     /// moved for this long (`None`: no watchdog).
     pub watchdog: Option<Duration>,
+    /// Host threads that share the slot writes and completion reads of large batches
+    /// ([`ring::PARALLEL_MIN`] slots or more); 1 = the calling thread alone; `None` = a
+    /// quarter of the machine's cores, 1 to 4.
+    pub host_threads: Option<usize>,
 }
 
 impl Default for Config {
@@ -49,6 +53,7 @@ impl Default for Config {
             start_position: 0,
             drain_timeout: Duration::from_secs(10),
             watchdog: Some(Duration::from_secs(10)),
+            host_threads: None,
         }
     }
 }
@@ -118,14 +123,20 @@ impl Host {
     /// Reaps the completions of tickets `next..end` straight into `out` when nothing older is
     /// buffered (so the ring's next completion is `next`'s), skipping the buffer that `take`
     /// serves. Returns how many; 0 also when the fast path does not apply.
-    fn reap_direct(&mut self, next: Ticket, end: Ticket, out: &mut Vec<Completion>) -> usize {
+    fn reap_direct(
+        &mut self,
+        next: Ticket,
+        end: Ticket,
+        out: &mut Vec<Completion>,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> usize {
         if !self.done.is_empty() || self.base != next {
             return 0;
         }
         let Host { ring, mem, .. } = self;
         let count = (end - next).min(u64::from(u32::MAX)) as u32;
         let limit = ring.reap_position().wrapping_add(count);
-        let n = ring.reap_until(mem.as_ref(), limit, |c| out.push(c));
+        let n = ring.reap_into(mem.as_ref(), limit, out, pool);
         self.base += n as u64;
         n
     }
@@ -198,6 +209,8 @@ pub(crate) struct Inner {
     stopped: AtomicBool,
     /// Registered files and the I/O thread that serves IO_READ (PROTOCOL.md, "I/O queue").
     pub(crate) io: crate::io_service::IoHost,
+    /// Threads that share large publishes and reaps (`Config::host_threads`); `None` when 1.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl Inner {
@@ -280,12 +293,30 @@ impl Megakernel {
             retired: Vec::new(),
         };
         let io = crate::io_service::IoHost::new(host.mem.clone(), host.backend.clone());
+        let threads = config.host_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / 4).clamp(1, 4)
+        });
+        let pool = (threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("vyre-host-{i}"))
+                    .build()
+            })
+            .transpose()
+            .map_err(|e| {
+                Error::new(ErrorKind::Config(format!(
+                    "could not start {threads} host threads ({e}); set Config::host_threads to 1"
+                )))
+            })?;
         let inner = Arc::new(Inner {
             host: Mutex::new(host),
             publisher: Mutex::new(()),
             config,
             stopped: AtomicBool::new(false),
             io,
+            pool,
         });
         let watchdog = inner
             .config
@@ -493,9 +524,10 @@ impl Megakernel {
             }
             let n = {
                 let Host { ring, mem, .. } = &mut *host;
+                let pool = self.inner.pool.as_ref();
                 if !whole {
-                    ring.publish(mem.as_ref(), rest)
-                } else if ring.publish_whole(mem.as_ref(), rest) {
+                    ring.publish_on(mem.as_ref(), rest, pool)
+                } else if ring.publish_whole_on(mem.as_ref(), rest, pool) {
                     rest.len()
                 } else {
                     0
@@ -616,7 +648,8 @@ impl Megakernel {
             {
                 let mut host = self.host();
                 let before = next;
-                next += host.reap_direct(next, tickets.end, &mut out) as u64;
+                next +=
+                    host.reap_direct(next, tickets.end, &mut out, self.inner.pool.as_ref()) as u64;
                 if next > before {
                     continue;
                 }
@@ -640,11 +673,14 @@ impl Megakernel {
     }
 
     /// Publishes a batch of any size and waits for all of it, pipelining when it is larger
-    /// than the ring. Completions in batch order.
+    /// than the ring or large enough to split: the next part is written while the device
+    /// runs the last, and reaped while it runs the next. Completions in batch order.
     pub fn run_batch(&self, slots: &[Slot]) -> Result<Vec<Completion>, Error> {
         self.check_batch(slots)?;
         let mut out = Vec::with_capacity(slots.len());
-        let chunk = (self.inner.config.capacity as usize / 2).max(1);
+        let chunk = (self.inner.config.capacity as usize / 2)
+            .min(slots.len().div_ceil(4).max(ring::PARALLEL_MIN))
+            .max(1);
         let mut pending: VecDeque<Range<Ticket>> = VecDeque::new();
         for part in slots.chunks(chunk) {
             pending.push_back(self.publish_batch(part)?);

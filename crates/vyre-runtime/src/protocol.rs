@@ -28,6 +28,16 @@ pub mod status {
     /// An IO_READ passed its checks and queued a request; it waits for the host's read and
     /// is completed by the worker that takes its resume entry (PROTOCOL.md, "I/O queue").
     pub const WAIT_IO: u32 = 5;
+    /// The stamp the host writes into RES3 (the slot's last word) when it publishes
+    /// `position`. With STATUS = PUBLISHED and SEQ = `position` in the first 32 bytes of the
+    /// slot, it shows a worker that reads the slot line before the tail (cuda's hot polling)
+    /// that the second 32 bytes are this publication's too: before it, RES3 holds 0 (zeroed
+    /// memory; a worker writing results, whose fourth word is always 0) or the stamp of an
+    /// earlier lap, which differs in a bit at or above the capacity's. Never 0. The cuda
+    /// kernel computes it as `position | 1`.
+    pub const fn publish_stamp(position: u32) -> u32 {
+        position | 1
+    }
 }
 
 /// Word offsets in the control block. Words are grouped into 64-byte lines by writer so that

@@ -126,17 +126,62 @@ pub fn check_header(mem: &dyn RingMemory) -> Result<(), crate::BackendError> {
     Ok(())
 }
 
+/// The last result word: the publish stamp until a worker writes results.
+const RES3: usize = slot_word::RES0 + 3;
+
 fn slot_base(capacity: u32, position: u32) -> usize {
     (position & (capacity - 1)) as usize * SLOT_WORDS
 }
 
-/// Writes a slot's sixteen words.
+/// Writes a slot's sixteen words, the two that mark it published last: RES3 (the stamp) after
+/// the rest of the second 32 bytes, STATUS after the rest of the first. A worker that reads the
+/// line without the tail (cuda's hot polling) relies on that order (PROTOCOL.md, "Hot slot
+/// polling"); the release stores keep the compiler from reordering them.
 #[inline(always)]
 fn write_line(dst: &[AtomicU32], line: &[u32; SLOT_WORDS]) {
-    for (d, &v) in dst.iter().zip(line) {
-        d.store(v, Ordering::Relaxed);
+    for (i, (d, &v)) in dst.iter().zip(line).enumerate() {
+        if i != slot_word::STATUS && i != RES3 {
+            d.store(v, Ordering::Relaxed);
+        }
     }
+    dst[RES3].store(line[RES3], Ordering::Release);
+    dst[slot_word::STATUS].store(line[slot_word::STATUS], Ordering::Release);
 }
+
+/// Writes `slot` as published at position `p`.
+#[inline(always)]
+fn write_slot(words: &[AtomicU32], capacity: u32, p: u32, slot: &Slot) {
+    let base = slot_base(capacity, p);
+    let e = slot.encode();
+    // Built whole, in registers: a line assembled in memory from narrow stores and read back
+    // wide stalls on store forwarding.
+    let line = [
+        p,
+        status::PUBLISHED,
+        e[0],
+        e[1],
+        e[2],
+        e[3],
+        e[4],
+        e[5],
+        e[6],
+        e[7],
+        e[8],
+        e[9],
+        0,
+        0,
+        0,
+        status::publish_stamp(p),
+    ];
+    write_line(&words[base..base + SLOT_WORDS], &line);
+}
+
+/// Publishes and reaps at least this large are shared with the host pool's threads (when
+/// there is one); below it, handing work over costs more than it saves.
+pub const PARALLEL_MIN: usize = 8192;
+
+/// Slots one task of a parallel publish or reap handles.
+const PARALLEL_UNIT: usize = 1024;
 
 /// Slots written between two tail stores. One store per slot costs a cache-line transfer
 /// (a PCIe write for mapped GPU memory) each; one per batch leaves workers idle while the
@@ -168,6 +213,22 @@ impl Completion {
             Outcome::Done(r) => r,
             Outcome::Fault(f) => [f.detail, f.at, 0, 0],
         }
+    }
+}
+
+/// The outcome of a slot whose status word is `st`, if it has finished. RES3 is the publish
+/// stamp, not a result (results have at most three words): it reads as 0.
+#[inline(always)]
+fn read_outcome(w: &[AtomicU32], st: u32) -> Option<Outcome> {
+    let res = |i: usize| w[slot_word::RES0 + i].load(Ordering::Relaxed);
+    match st & 0xff {
+        status::DONE => Some(Outcome::Done([res(0), res(1), res(2), 0])),
+        status::FAULT => Some(Outcome::Fault(Fault {
+            code: FaultCode::from_u8((st >> 8) as u8).unwrap_or(FaultCode::Lost),
+            detail: res(0),
+            at: res(1),
+        })),
+        _ => None,
     }
 }
 
@@ -214,9 +275,30 @@ impl HostRing {
     /// tail per [`PUBLISH_CHUNK`] slots, so that workers start on the first slots while the
     /// host is still writing the rest. Returns how many were published (0 when full).
     pub fn publish(&mut self, mem: &dyn RingMemory, slots: &[Slot]) -> usize {
+        self.publish_on(mem, slots, None)
+    }
+
+    /// As [`HostRing::publish`], with the slot writes of a large batch ([`PARALLEL_MIN`] slots
+    /// or more) shared with the threads of `pool`: writing a 64-byte line costs the host a
+    /// cache-line transfer (about 10 ns on an H100 host), the device runs NOP slots at
+    /// about 3 ns, so one host thread cannot keep up. The calling thread stores the tail over
+    /// the prefix written so far, as the serial path does per [`PUBLISH_CHUNK`].
+    pub fn publish_on(
+        &mut self,
+        mem: &dyn RingMemory,
+        slots: &[Slot],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> usize {
         let n = (self.free() as usize).min(slots.len());
-        for chunk in slots[..n].chunks(PUBLISH_CHUNK) {
-            self.publish_chunk(mem, chunk);
+        match pool {
+            Some(pool) if n >= PARALLEL_MIN && pool.current_num_threads() > 1 => {
+                self.publish_parallel(mem, &slots[..n], pool, false)
+            }
+            _ => {
+                for chunk in slots[..n].chunks(PUBLISH_CHUNK) {
+                    self.publish_chunk(mem, chunk);
+                }
+            }
         }
         n
     }
@@ -225,43 +307,90 @@ impl HostRing {
     /// nothing (returns false) when they do not all fit. Workers see the whole batch at once:
     /// what `vyre bench ring` uses to time the device apart from the host's writing.
     pub fn publish_whole(&mut self, mem: &dyn RingMemory, slots: &[Slot]) -> bool {
+        self.publish_whole_on(mem, slots, None)
+    }
+
+    /// As [`HostRing::publish_whole`], sharing the writes with `pool` when the batch is large.
+    pub fn publish_whole_on(
+        &mut self,
+        mem: &dyn RingMemory,
+        slots: &[Slot],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> bool {
         if slots.len() > self.free() as usize {
             return false;
         }
-        self.publish_chunk(mem, slots);
+        match pool {
+            Some(pool) if slots.len() >= PARALLEL_MIN && pool.current_num_threads() > 1 => {
+                self.publish_parallel(mem, slots, pool, true)
+            }
+            _ => self.publish_chunk(mem, slots),
+        }
         true
     }
 
+    /// Writes `slots` (which fit) from the calling thread and the pool's threads, a
+    /// [`PARALLEL_UNIT`] of slots at a time taken in order from a shared counter. The calling
+    /// thread also stores the tail over the contiguous prefix of finished units (unless
+    /// `whole`), and once more at the end: a unit's lines are written before its flag is set
+    /// (release), and the flag is read (acquire) before the tail store that covers it.
+    fn publish_parallel(
+        &mut self,
+        mem: &dyn RingMemory,
+        slots: &[Slot],
+        pool: &rayon::ThreadPool,
+        whole: bool,
+    ) {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let (base, capacity) = (self.tail, self.capacity);
+        let units = slots.len().div_ceil(PARALLEL_UNIT);
+        let next = AtomicUsize::new(0);
+        let written: Vec<AtomicBool> = (0..units).map(|_| AtomicBool::new(false)).collect();
+        let words = mem.slots();
+        let take_unit = || {
+            let u = next.fetch_add(1, Ordering::Relaxed);
+            if u >= units {
+                return None;
+            }
+            let first = u * PARALLEL_UNIT;
+            let end = (first + PARALLEL_UNIT).min(slots.len());
+            for (k, slot) in slots[first..end].iter().enumerate() {
+                write_slot(words, capacity, base.wrapping_add((first + k) as u32), slot);
+            }
+            written[u].store(true, Ordering::Release);
+            Some(u)
+        };
+        let tail = &mem.control()[control::TAIL];
+        pool.in_place_scope(|scope| {
+            for _ in 1..pool.current_num_threads().min(units) {
+                scope.spawn(|_| while take_unit().is_some() {});
+            }
+            let mut prefix = 0;
+            while prefix < units {
+                let took = take_unit().is_some();
+                let before = prefix;
+                while prefix < units && written[prefix].load(Ordering::Acquire) {
+                    prefix += 1;
+                }
+                if !whole && prefix != before {
+                    let done = (prefix * PARALLEL_UNIT).min(slots.len());
+                    tail.store(base.wrapping_add(done as u32), Ordering::Release);
+                }
+                if !took && prefix < units {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        self.tail = base.wrapping_add(slots.len() as u32);
+        tail.store(self.tail, Ordering::Release);
+    }
+
     fn publish_chunk(&mut self, mem: &dyn RingMemory, slots: &[Slot]) {
-        let n = slots.len();
         let words = mem.slots();
         for (k, slot) in slots.iter().enumerate() {
-            let p = self.tail.wrapping_add(k as u32);
-            let base = slot_base(self.capacity, p);
-            let e = slot.encode();
-            // Built whole, in registers: a line assembled in memory from narrow stores and
-            // read back wide stalls on store forwarding.
-            let line = [
-                p,
-                status::PUBLISHED,
-                e[0],
-                e[1],
-                e[2],
-                e[3],
-                e[4],
-                e[5],
-                e[6],
-                e[7],
-                e[8],
-                e[9],
-                0,
-                0,
-                0,
-                0,
-            ];
-            write_line(&words[base..base + SLOT_WORDS], &line);
+            write_slot(words, self.capacity, self.tail.wrapping_add(k as u32), slot);
         }
-        self.tail = self.tail.wrapping_add(n as u32);
+        self.tail = self.tail.wrapping_add(slots.len() as u32);
         mem.control()[control::TAIL].store(self.tail, Ordering::Release);
     }
 
@@ -287,27 +416,75 @@ impl HostRing {
             let base = slot_base(self.capacity, p);
             let w = &words[base..base + SLOT_WORDS];
             let st = w[slot_word::STATUS].load(Ordering::Acquire);
-            let outcome = match st & 0xff {
-                status::DONE => Outcome::Done(std::array::from_fn(|i| {
-                    w[slot_word::RES0 + i].load(Ordering::Relaxed)
-                })),
-                status::FAULT => Outcome::Fault(Fault {
-                    code: FaultCode::from_u8((st >> 8) as u8).unwrap_or(FaultCode::Lost),
-                    detail: w[slot_word::RES0].load(Ordering::Relaxed),
-                    at: w[slot_word::RES0 + 1].load(Ordering::Relaxed),
-                }),
-                _ => break,
+            let Some(outcome) = read_outcome(w, st) else {
+                break;
             };
             sink(Completion {
                 position: p,
                 outcome,
             });
-            w[slot_word::STATUS].store(status::EMPTY, Ordering::Relaxed);
-            w[slot_word::SEQ].store(p.wrapping_add(self.capacity), Ordering::Relaxed);
             self.reap = p.wrapping_add(1);
             n += 1;
         }
         n as usize
+    }
+
+    /// As [`HostRing::reap_until`], appending to `out`. When the range is large
+    /// ([`PARALLEL_MIN`] slots or more) and its last slot has already finished, the pool's
+    /// threads read it together: reading a line the device wrote costs the host a cache-line
+    /// transfer (about 9 ns on an H100 host), three times what the device takes to run a NOP.
+    /// Reaping writes nothing to the ring, so a part read ahead of an unfinished slot is
+    /// simply not counted.
+    pub fn reap_into(
+        &mut self,
+        mem: &dyn RingMemory,
+        end: u32,
+        out: &mut Vec<Completion>,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> usize {
+        let limit = end.wrapping_sub(self.reap).min(self.outstanding()) as usize;
+        let pool = match pool {
+            Some(pool) if limit >= PARALLEL_MIN && pool.current_num_threads() > 1 => pool,
+            _ => return self.reap_until(mem, end, |c| out.push(c)),
+        };
+        let words = mem.slots();
+        let last = self.reap.wrapping_add(limit as u32 - 1);
+        let last_st =
+            words[slot_base(self.capacity, last) + slot_word::STATUS].load(Ordering::Acquire);
+        if !matches!(last_st & 0xff, status::DONE | status::FAULT) {
+            return self.reap_until(mem, end, |c| out.push(c));
+        }
+        use rayon::prelude::*;
+        use std::sync::atomic::AtomicUsize;
+        let (first, capacity) = (self.reap, self.capacity);
+        let len = out.len();
+        // The first unfinished offset in the range (slots may finish out of order); what was
+        // read from it on is cut off below.
+        let cut = AtomicUsize::new(limit);
+        pool.install(|| {
+            out.par_extend(
+                (0..limit)
+                    .into_par_iter()
+                    .with_min_len(PARALLEL_UNIT)
+                    .map(|k| {
+                        let p = first.wrapping_add(k as u32);
+                        let w = &words[slot_base(capacity, p)..][..SLOT_WORDS];
+                        let st = w[slot_word::STATUS].load(Ordering::Acquire);
+                        let outcome = read_outcome(w, st).unwrap_or_else(|| {
+                            cut.fetch_min(k, Ordering::Relaxed);
+                            Outcome::Done([0; 4])
+                        });
+                        Completion {
+                            position: p,
+                            outcome,
+                        }
+                    }),
+            )
+        });
+        let n = cut.into_inner();
+        out.truncate(len + n);
+        self.reap = self.reap.wrapping_add(n as u32);
+        n
     }
 
     /// Positions published but not finished, in order, with their status (for shutdown and
@@ -370,10 +547,11 @@ impl HostRing {
             let st = to[slot_word::STATUS].load(Ordering::Relaxed) & 0xff;
             if st != status::DONE && st != status::FAULT {
                 requeued.push((p, st));
-                to[slot_word::STATUS].store(status::PUBLISHED, Ordering::Relaxed);
-                for r in &to[slot_word::RES0..] {
+                for r in &to[slot_word::RES0..RES3] {
                     r.store(0, Ordering::Relaxed);
                 }
+                to[RES3].store(status::publish_stamp(p), Ordering::Relaxed);
+                to[slot_word::STATUS].store(status::PUBLISHED, Ordering::Relaxed);
             }
             p = p.wrapping_add(1);
         }
@@ -609,6 +787,135 @@ pub fn debug_drain(mem: &dyn RingMemory) -> Vec<DebugRecord> {
 mod tests {
     use super::*;
     use vyre_isa::SlotOp;
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+    }
+
+    /// A worker's completion of `p`, as a backend would write it.
+    fn finish(mem: &dyn RingMemory, p: u32) {
+        let s = read_claimed(mem, p);
+        assert!(s.seq_ok, "position {p}");
+        complete(mem, p, Ok([s.slot.args[0], p, 7, 0]));
+    }
+
+    #[test]
+    fn published_lines_carry_the_stamp_and_reaping_writes_nothing() {
+        let mem = HeapRing::new(4, 2);
+        let start = u32::MAX - 1; // positions 0xffff_fffe, 0xffff_ffff, 0, 1 (stamp of 0 is 1)
+        initialize(&mem, 4, 2, start);
+        let mut host = HostRing::new(4, start);
+        let slots: Vec<Slot> = (0..4).map(|i| Slot::new(SlotOp::Nop, &[i])).collect();
+        for _lap in 0..3 {
+            let first = host.tail();
+            assert_eq!(host.publish(&mem, &slots), 4);
+            for k in 0..4u32 {
+                let p = first.wrapping_add(k);
+                let w = &mem.slots()[slot_base(4, p)..][..SLOT_WORDS];
+                assert_eq!(w[RES3].load(Ordering::Relaxed), status::publish_stamp(p));
+                assert_ne!(status::publish_stamp(p), 0);
+                assert_ne!(
+                    status::publish_stamp(p),
+                    status::publish_stamp(p.wrapping_sub(4))
+                );
+                assert_eq!(
+                    w[slot_word::STATUS].load(Ordering::Relaxed),
+                    status::PUBLISHED
+                );
+            }
+            // Two finish with results (RES3 written as 0), two as a light op would: status
+            // only, the stamp left in RES3; both read back with a zero fourth word.
+            finish(&mem, first);
+            finish(&mem, first.wrapping_add(2));
+            for k in [1u32, 3] {
+                let w = &mem.slots()[slot_base(4, first.wrapping_add(k))..][..SLOT_WORDS];
+                w[slot_word::STATUS].store(status::DONE, Ordering::Release);
+            }
+            let before: Vec<u32> = mem
+                .slots()
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed))
+                .collect();
+            let mut got = Vec::new();
+            assert_eq!(host.reap(&mem, |c| got.push(c)), 4);
+            let after: Vec<u32> = mem
+                .slots()
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed))
+                .collect();
+            assert_eq!(before, after, "reaping is read-only");
+            let want: Vec<[u32; 4]> = vec![
+                [0, first, 7, 0],
+                [0; 4],
+                [2, first.wrapping_add(2), 7, 0],
+                [0; 4],
+            ];
+            assert_eq!(got.iter().map(|c| c.results()).collect::<Vec<_>>(), want);
+        }
+    }
+
+    #[test]
+    fn parallel_publish_and_reap_match_the_serial_paths() {
+        let n = PARALLEL_MIN * 2 + 123;
+        let cap = (2 * n).next_power_of_two() as u32;
+        let pool = pool(3);
+        let slots: Vec<Slot> = (0..n as u32)
+            .map(|i| Slot::new(SlotOp::Nop, &[i]))
+            .collect();
+        for whole in [false, true] {
+            let (a, b) = (HeapRing::new(cap, 2), HeapRing::new(cap, 2));
+            let start = u32::MAX - 1000;
+            initialize(&a, cap, 2, start);
+            initialize(&b, cap, 2, start);
+            let (mut ha, mut hb) = (HostRing::new(cap, start), HostRing::new(cap, start));
+            if whole {
+                assert!(ha.publish_whole(&a, &slots));
+                assert!(hb.publish_whole_on(&b, &slots, Some(&pool)));
+            } else {
+                assert_eq!(ha.publish(&a, &slots), n);
+                assert_eq!(hb.publish_on(&b, &slots, Some(&pool)), n);
+            }
+            let words = |m: &HeapRing| -> Vec<u32> {
+                m.slots()
+                    .iter()
+                    .map(|w| w.load(Ordering::Relaxed))
+                    .collect()
+            };
+            assert_eq!(words(&a), words(&b), "whole = {whole}");
+            assert_eq!(
+                b.control()[control::TAIL].load(Ordering::Relaxed),
+                start.wrapping_add(n as u32)
+            );
+            // Everything but one slot in the middle finishes; the last slot is finished, so
+            // the parallel path runs and must stop at the unfinished one.
+            let gap = start.wrapping_add(PARALLEL_MIN as u32 + 17);
+            for k in 0..n as u32 {
+                let p = start.wrapping_add(k);
+                if p != gap {
+                    finish(&b, p);
+                }
+            }
+            let mut out = vec![Completion {
+                position: 0,
+                outcome: Outcome::Done([9; 4]),
+            }];
+            let end = hb.tail();
+            let got = hb.reap_into(&b, end, &mut out, Some(&pool));
+            assert_eq!(got, PARALLEL_MIN + 17);
+            assert_eq!(out.len(), 1 + got);
+            assert_eq!(hb.reap_position(), gap);
+            finish(&b, gap);
+            assert_eq!(hb.reap_into(&b, end, &mut out, Some(&pool)), n - got);
+            for (k, c) in out[1..].iter().enumerate() {
+                let p = start.wrapping_add(k as u32);
+                assert_eq!(c.position, p);
+                assert_eq!(c.results(), [k as u32, p, 7, 0]);
+            }
+        }
+    }
 
     #[test]
     fn transplant_requeues_unfinished_slots_and_workers_skip_finished_ones() {

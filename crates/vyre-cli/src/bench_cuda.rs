@@ -202,6 +202,7 @@ pub fn main(
     drop(mk);
     drop(cuda);
     out.push_str(&host_thread_sweep(seconds, nop)?);
+    out.push_str(&host_alone(nop)?);
     print!("{out}");
     if let Some(path) = out_file {
         std::fs::write(path, &out).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -310,6 +311,54 @@ fn host_thread_sweep(seconds: f64, nop: Slot) -> Result<String, Box<dyn std::err
             rates[0] / b_nop,
             fmt_rate(rates[1]),
             rates[1] / b_hash
+        ));
+    }
+    eprint!("{t}");
+    Ok(t)
+}
+
+/// The host's side alone, on heap memory (no device): 65,536 slots published whole, marked
+/// finished by this thread as a worker would, then reaped, by the number of host threads.
+/// Separates what the host threads cost from what mapped memory and the device add.
+fn host_alone(nop: Slot) -> Result<String, Box<dyn std::error::Error>> {
+    use vyre_runtime::ring::{self, HeapRing, HostRing, RingMemory};
+    let n = 65536usize;
+    let cap = 1u32 << 17;
+    let slots = vec![nop; n];
+    let mut t = String::from(
+        "\n## (e) Host alone, heap ring memory: 65536 slots published whole, then reaped (median of 9)\n\n\
+         | host threads | publish | reap |\n|---|---|---|\n",
+    );
+    for threads in [1usize, 2, 4, 8] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let mem = HeapRing::new(cap, 2);
+        ring::initialize(&mem, cap, 2, 0);
+        let mut host = HostRing::new(cap, 0);
+        let (mut p, mut r) = (Vec::new(), Vec::new());
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..9 {
+            let first = host.tail();
+            let t0 = Instant::now();
+            assert!(host.publish_whole_on(&mem, &slots, Some(&pool)));
+            p.push(t0.elapsed());
+            for k in 0..n as u32 {
+                let pos = first.wrapping_add(k);
+                let w = &mem.slots()[(pos & (cap - 1)) as usize * 16..][..16];
+                w[1].store(vyre_runtime::protocol::status::DONE, std::sync::atomic::Ordering::Release);
+            }
+            out.clear();
+            let t1 = Instant::now();
+            let got = host.reap_into(&mem, host.tail(), &mut out, Some(&pool));
+            r.push(t1.elapsed());
+            if got != n {
+                return Err(format!("host-alone reap took {got} of {n}").into());
+            }
+        }
+        let per = |v: Vec<Duration>| stats(v).0.as_secs_f64() * 1e9 / n as f64;
+        t.push_str(&format!(
+            "| {threads} | {:.2} ns/slot | {:.2} ns/slot |\n",
+            per(p),
+            per(r)
         ));
     }
     eprint!("{t}");

@@ -61,6 +61,10 @@ __device__ __forceinline__ void vstore(u32* p, u32 v) { *(volatile u32*)p = v; }
 __device__ __forceinline__ u32 ld_acquire_sys(const u32* p) {
     u32 v; asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory"); return v;
 }
+__device__ __forceinline__ u32 ld_relaxed_sys(const u32* p) {
+    u32 v; asm volatile("ld.relaxed.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory"); return v;
+}
+__device__ __forceinline__ void fence_acq_rel_sys() { asm volatile("fence.acq_rel.sys;" ::: "memory"); }
 __device__ __forceinline__ u32 ld_acquire_gpu(const u32* p) {
     u32 v; asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory"); return v;
 }
@@ -741,8 +745,14 @@ __device__ void control_warp(const Params& p, u32 lane) {
 #ifndef VYRE_HOT_POLL
 #define VYRE_HOT_POLL 1
 #endif
-// VYRE_LINE_POLL=1 (the default): it also polls that position's slot line (PROTOCOL.md, "Hot
-// slot polling").
+// VYRE_LINE_POLL (PROTOCOL.md, "Hot slot polling"): how the hot warp also polls that
+// position's slot line. 0: it does not (it reads the host's tail); 1 (the default): the line
+// alone (acquire), and the tail (acquire) in the round after the line showed a slot followed
+// by another published one; 2: the
+// line (acquire, issued last) and the tail (relaxed) in every round; 3: both relaxed, and a
+// system-scope fence before running what they show. Measured on an H100 (round trip p50):
+// 1: 4.0 us, 2: 5.5, 3: 6.3, 0: 6.8 (an acquire load holds back the loads after it, and the
+// system-scope fence costs about 2 us).
 #ifndef VYRE_LINE_POLL
 #define VYRE_LINE_POLL 1
 #endif
@@ -901,6 +911,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
     u32 idle = 0, dry = 0;
     Counts counts;
     bool hot = false; // the warp held the next position to publish at its last look
+    bool tail_next = false; // line polling found a slot: read the host's tail in the next round
 #if VYRE_TICKET
     u32 start = 0, pending = 0; // the warp's tickets: start + lane for each bit of pending
 #endif
@@ -917,16 +928,6 @@ __device__ void worker_warp(const Params& p, u32 lane) {
 #if VYRE_TICKET
         u32 first = start + (u32)(__ffs(pending) - 1);
 #endif
-#if VYRE_HOT_LINE
-        // The warp holding the next position to publish also reads that position's slot line
-        // (lanes 8..11, one 64-byte request), so a slot published after the poll began runs
-        // without waiting for a tail read and then a slot read: PROTOCOL.md, "Hot slot polling".
-        uint4 hl = make_uint4(0, 0, 0, 0);
-        if (hot && lane >= 8 && lane < 12) {
-            const uint4* line = (const uint4*)(p.slots + (size_t)(first & (p.capacity - 1)) * VYRE_SLOT_WORDS);
-            hl = ld_acquire_sys_v4(line + (lane - 8));
-        }
-#endif
         // One round of loads, on several lanes at once: the words a claim needs.
         u32 v = 0;
         if (lane == 0) v = vload(&ds[DS_SHUTDOWN]);
@@ -937,10 +938,28 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         else if (lane == 5) v = vload(&ds[DS_RESUME_HEAD]);
         else if (lane == 6) v = ld_acquire_gpu(&ds[DS_RESUME_TAIL]);
 #if VYRE_HOT_POLL
-        // The warp holding the next position to publish reads the host's tail itself (acquire
-        // at system scope), in the same round: the control warp's mirror is a hop of about a
-        // microsecond later.
-        else if (lane == 7 && hot) v = ld_acquire_sys(&p.cb[VYRE_CB_TAIL]);
+        // The warp holding the next position to publish reads the host's tail itself, in the
+        // same round: the control warp's mirror is a hop of about a microsecond later. With
+        // line polling the read is relaxed (an acquire load would hold back the line's load
+        // until it returns: two PCIe round trips per poll) and a system-scope fence makes up
+        // for it when positions it alone shows are run.
+        else if (lane == 7 && hot && (VYRE_LINE_POLL != 1 || tail_next))
+            v = (VYRE_LINE_POLL & 2) ? ld_relaxed_sys(&p.cb[VYRE_CB_TAIL]) : ld_acquire_sys(&p.cb[VYRE_CB_TAIL]);
+#endif
+#if VYRE_HOT_LINE
+        // It also reads that position's slot line (lanes 8..11, one 64-byte request), so a
+        // slot published after the poll began runs without a tail read and then a slot read
+        // (PROTOCOL.md, "Hot slot polling"). Issued last, because an acquire load holds back
+        // the loads after it.
+        // Lane 12 also reads the first 16 bytes of the next position's line in the same load:
+        // if that one is published too, a batch is coming, and the next round reads the tail.
+        uint4 hl = make_uint4(0, 0, 0, 0);
+        if (hot && !tail_next && lane >= 8 && lane < 13) {
+            u32 pos = lane < 12 ? first : first + 1;
+            const uint4* line = (const uint4*)(p.slots + (size_t)(pos & (p.capacity - 1)) * VYRE_SLOT_WORDS);
+            const uint4* at = line + (lane < 12 ? lane - 8 : 0);
+            hl = VYRE_LINE_POLL == 3 ? ld_relaxed_sys_v4(at) : ld_acquire_sys_v4(at);
+        }
 #endif
         u32 stop = __shfl_sync(0xffffffffu, v, 0) | __shfl_sync(0xffffffffu, v, 1);
         u32 head = __shfl_sync(0xffffffffu, v, 2);
@@ -968,17 +987,29 @@ __device__ void worker_warp(const Params& p, u32 lane) {
                 continue;
             }
         }
+        bool sys_acquire = false; // positions only a relaxed read of the host's tail shows will run
 #if VYRE_TICKET
         (void)head;
         u32 pre_lane = 32; // the lane whose slot the line poll found published
 #if VYRE_HOT_POLL
-        u32 htail = __shfl_sync(0xffffffffu, v, 7);
+        u32 htail = VYRE_LINE_POLL == 1 && !tail_next ? tail : __shfl_sync(0xffffffffu, v, 7);
+        tail_next = false;
 #if VYRE_HOT_LINE
         // Valid only if both 32-byte halves are this publication's: SEQ and PUBLISHED in the
         // first (lane 8), the publish stamp (position | 1) in RES3 of the second (lane 11).
         u32 lseq = __shfl_sync(0xffffffffu, hl.x, 8), lst = __shfl_sync(0xffffffffu, hl.y, 8);
         u32 lstamp = __shfl_sync(0xffffffffu, hl.w, 11);
-        if (hot && lseq == first && (lst & 0xff) == VYRE_ST_PUBLISHED && lstamp == (first | 1u)) pre_lane = first - start;
+        u32 nseq = __shfl_sync(0xffffffffu, hl.x, 12), nst = __shfl_sync(0xffffffffu, hl.y, 12);
+        if (hot && lseq == first && (lst & 0xff) == VYRE_ST_PUBLISHED && lstamp == (first | 1u)) {
+            pre_lane = first - start;
+            // A batch: the next round reads the tail instead (acquire), to see the rest of it
+            // at once rather than a line per round.
+            tail_next = VYRE_LINE_POLL == 1 && nseq == first + 1 && (nst & 0xff) == VYRE_ST_PUBLISHED;
+        }
+        // The line's acquire covers `first` alone; anything else past the mirror needs a fence.
+        if (VYRE_LINE_POLL == 3) sys_acquire = hot && ((int)(htail - tail) > 0 || pre_lane < 32);
+        else if (VYRE_LINE_POLL == 2) sys_acquire = hot && (int)(htail - tail) > 0 && !(pre_lane < 32 && htail - first <= 1u);
+        // (Mode 1 reads only with acquire loads.)
 #endif
         if (hot && (int)(htail - tail) > 0) tail = htail;
         hot = first - tail < 32u;
@@ -1026,7 +1057,9 @@ __device__ void worker_warp(const Params& p, u32 lane) {
 #endif
         if (lane == 0) trace(p, 2);
         idle = 0;
-        fence_acq_rel_gpu(); // acquire for every lane: the tail mirror before the slot words
+        // Acquire for every lane: the tail before the slot words (system scope when the tail
+        // came from a relaxed read of the host's).
+        if (sys_acquire) fence_acq_rel_sys(); else fence_acq_rel_gpu();
         if (hang) {
             // Simulated hang: mark the claim taken, hold it, leave only on ABORT.
             if (run) {

@@ -250,7 +250,9 @@ impl MappedHost {
     pub(crate) fn words(&self) -> &[AtomicU32] {
         // SAFETY: cuMemHostAlloc returns page-aligned memory of `bytes` (a multiple of 16)
         // that lives as long as `self`; AtomicU32 has the size and alignment of u32 and any
-        // bit pattern is valid; all host accesses through this slice are atomic.
+        // bit pattern is valid; host accesses through this slice are atomic, except the
+        // 16-byte stores that publish a slot (`MappedRing::write_slot_line`), which no other
+        // host access to that line overlaps.
         unsafe { std::slice::from_raw_parts(self.host as *const AtomicU32, self.bytes / 4) }
     }
 

@@ -29,6 +29,20 @@ pub trait RingMemory: Send + Sync + std::fmt::Debug {
     fn io_queue(&self) -> &[AtomicU32] {
         &[]
     }
+    /// Writes `slots` as published at positions `first, first + 1, …` (each at its slot
+    /// index in a ring of `capacity`). Implementations must make each slot's first 32 bytes
+    /// visible no later than its STATUS (word 1) and its second 32 bytes no later than its
+    /// RES3 (word 15): hot slot polling relies on it (PROTOCOL.md). The default stores word by
+    /// word, those two last; mapped GPU memory may store wider (writing a line costs the host
+    /// a cache-line transfer, and fewer, wider stores overlap more of them).
+    fn write_slots(&self, capacity: u32, first: u32, slots: &[Slot]) {
+        let words = self.slots();
+        for (k, slot) in slots.iter().enumerate() {
+            let p = first.wrapping_add(k as u32);
+            let base = slot_base(capacity, p);
+            write_line(&words[base..base + SLOT_WORDS], &slot_line(p, slot));
+        }
+    }
 }
 
 /// Ring memory on the heap.
@@ -138,7 +152,7 @@ fn slot_base(capacity: u32, position: u32) -> usize {
 /// line without the tail (cuda's hot polling) relies on that order (PROTOCOL.md, "Hot slot
 /// polling"); the release stores keep the compiler from reordering them.
 #[inline(always)]
-fn write_line(dst: &[AtomicU32], line: &[u32; SLOT_WORDS]) {
+pub fn write_line(dst: &[AtomicU32], line: &[u32; SLOT_WORDS]) {
     for (i, (d, &v)) in dst.iter().zip(line).enumerate() {
         if i != slot_word::STATUS && i != RES3 {
             d.store(v, Ordering::Relaxed);
@@ -148,14 +162,13 @@ fn write_line(dst: &[AtomicU32], line: &[u32; SLOT_WORDS]) {
     dst[slot_word::STATUS].store(line[slot_word::STATUS], Ordering::Release);
 }
 
-/// Writes `slot` as published at position `p`.
+/// The sixteen words of `slot` published at position `p`: SEQ, PUBLISHED, the instruction,
+/// zero results and the publish stamp. Built whole, in registers: a line assembled in memory
+/// from narrow stores and read back wide stalls on store forwarding.
 #[inline(always)]
-fn write_slot(words: &[AtomicU32], capacity: u32, p: u32, slot: &Slot) {
-    let base = slot_base(capacity, p);
+pub fn slot_line(p: u32, slot: &Slot) -> [u32; SLOT_WORDS] {
     let e = slot.encode();
-    // Built whole, in registers: a line assembled in memory from narrow stores and read back
-    // wide stalls on store forwarding.
-    let line = [
+    [
         p,
         status::PUBLISHED,
         e[0],
@@ -172,8 +185,7 @@ fn write_slot(words: &[AtomicU32], capacity: u32, p: u32, slot: &Slot) {
         0,
         0,
         status::publish_stamp(p),
-    ];
-    write_line(&words[base..base + SLOT_WORDS], &line);
+    ]
 }
 
 /// Publishes and reaps at least this large are shared with the host pool's threads (when
@@ -346,7 +358,6 @@ impl HostRing {
         let units = slots.len().div_ceil(PARALLEL_UNIT);
         let next = AtomicUsize::new(0);
         let written: Vec<AtomicBool> = (0..units).map(|_| AtomicBool::new(false)).collect();
-        let words = mem.slots();
         let take_unit = || {
             let u = next.fetch_add(1, Ordering::Relaxed);
             if u >= units {
@@ -354,9 +365,7 @@ impl HostRing {
             }
             let first = u * PARALLEL_UNIT;
             let end = (first + PARALLEL_UNIT).min(slots.len());
-            for (k, slot) in slots[first..end].iter().enumerate() {
-                write_slot(words, capacity, base.wrapping_add((first + k) as u32), slot);
-            }
+            mem.write_slots(capacity, base.wrapping_add(first as u32), &slots[first..end]);
             written[u].store(true, Ordering::Release);
             Some(u)
         };
@@ -386,10 +395,7 @@ impl HostRing {
     }
 
     fn publish_chunk(&mut self, mem: &dyn RingMemory, slots: &[Slot]) {
-        let words = mem.slots();
-        for (k, slot) in slots.iter().enumerate() {
-            write_slot(words, self.capacity, self.tail.wrapping_add(k as u32), slot);
-        }
+        mem.write_slots(self.capacity, self.tail, slots);
         self.tail = self.tail.wrapping_add(slots.len() as u32);
         mem.control()[control::TAIL].store(self.tail, Ordering::Release);
     }
@@ -429,9 +435,9 @@ impl HostRing {
         n as usize
     }
 
-    /// As [`HostRing::reap_until`], appending to `out`. When the range is large
-    /// ([`PARALLEL_MIN`] slots or more) and its last slot has already finished, the pool's
-    /// threads read it together: reading a line the device wrote costs the host a cache-line
+    /// As [`HostRing::reap_until`], appending to `out`. When at least [`PARALLEL_MIN`] slots
+    /// of the range have finished (probed at its end, then halfway, and so on), the pool's
+    /// threads read them together: reading a line the device wrote costs the host a cache-line
     /// transfer (about 9 ns on an H100 host), three times what the device takes to run a NOP.
     /// Reaping writes nothing to the ring, so a part read ahead of an unfinished slot is
     /// simply not counted.
@@ -448,11 +454,20 @@ impl HostRing {
             _ => return self.reap_until(mem, end, |c| out.push(c)),
         };
         let words = mem.slots();
-        let last = self.reap.wrapping_add(limit as u32 - 1);
-        let last_st =
-            words[slot_base(self.capacity, last) + slot_word::STATUS].load(Ordering::Acquire);
-        if !matches!(last_st & 0xff, status::DONE | status::FAULT) {
-            return self.reap_until(mem, end, |c| out.push(c));
+        // How much to read together: the longest of limit, limit / 2, … (down to PARALLEL_MIN)
+        // whose last slot has finished. Slots finish roughly in order, so a finished slot far
+        // ahead means most of what precedes it has finished too.
+        let finished = |k: usize| {
+            let p = self.reap.wrapping_add(k as u32 - 1);
+            let st = words[slot_base(self.capacity, p) + slot_word::STATUS].load(Ordering::Acquire);
+            matches!(st & 0xff, status::DONE | status::FAULT)
+        };
+        let mut limit = limit;
+        while !finished(limit) {
+            limit /= 2;
+            if limit < PARALLEL_MIN {
+                return self.reap_until(mem, end, |c| out.push(c));
+            }
         }
         use rayon::prelude::*;
         use std::sync::atomic::AtomicUsize;
@@ -855,6 +870,34 @@ mod tests {
             ];
             assert_eq!(got.iter().map(|c| c.results()).collect::<Vec<_>>(), want);
         }
+    }
+
+    #[test]
+    fn a_partly_finished_range_is_reaped_up_to_its_first_unfinished_slot() {
+        let n = PARALLEL_MIN * 4;
+        let cap = n as u32;
+        let pool = pool(2);
+        let mem = HeapRing::new(cap, 2);
+        initialize(&mem, cap, 2, 5);
+        let mut host = HostRing::new(cap, 5);
+        let slots: Vec<Slot> = (0..n as u32).map(|i| Slot::new(SlotOp::Nop, &[i])).collect();
+        assert_eq!(host.publish_on(&mem, &slots, Some(&pool)), n);
+        // The first 2.5 quarters finish: the probe finds half the range finished and reads it
+        // together; the rest is read one by one up to the first unfinished slot.
+        let done = PARALLEL_MIN * 5 / 2;
+        for k in 0..done as u32 {
+            finish(&mem, 5 + k);
+        }
+        let mut out = Vec::new();
+        let mut got = 0;
+        while got < done {
+            let k = host.reap_into(&mem, host.tail(), &mut out, Some(&pool));
+            assert!(k > 0);
+            got += k;
+        }
+        assert_eq!(got, done);
+        assert_eq!(host.reap_into(&mem, host.tail(), &mut out, Some(&pool)), 0);
+        assert!(out.iter().enumerate().all(|(k, c)| c.position == 5 + k as u32));
     }
 
     #[test]

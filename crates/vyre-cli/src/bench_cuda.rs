@@ -330,7 +330,9 @@ fn host_alone(nop: Slot) -> Result<String, Box<dyn std::error::Error>> {
          | host threads | publish | reap |\n|---|---|---|\n",
     );
     for threads in [1usize, 2, 4, 8] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
         let mem = HeapRing::new(cap, 2);
         ring::initialize(&mem, cap, 2, 0);
         let mut host = HostRing::new(cap, 0);
@@ -344,11 +346,14 @@ fn host_alone(nop: Slot) -> Result<String, Box<dyn std::error::Error>> {
             for k in 0..n as u32 {
                 let pos = first.wrapping_add(k);
                 let w = &mem.slots()[(pos & (cap - 1)) as usize * 16..][..16];
-                w[1].store(vyre_runtime::protocol::status::DONE, std::sync::atomic::Ordering::Release);
+                w[1].store(
+                    vyre_runtime::protocol::status::DONE,
+                    std::sync::atomic::Ordering::Release,
+                );
             }
             out.clear();
             let t1 = Instant::now();
-            let got = host.reap_into(&mem, host.tail(), &mut out, Some(&pool));
+            let got = host.reap_into(&mem, host.tail(), &mut out, Some(&pool), true);
             r.push(t1.elapsed());
             if got != n {
                 return Err(format!("host-alone reap took {got} of {n}").into());

@@ -384,3 +384,48 @@ fn wait_all_takes_any_subset_in_the_order_given_and_leaves_the_rest() {
     assert!(mk.wait_all(&[]).unwrap().is_empty());
     mk.shutdown().unwrap();
 }
+
+#[test]
+fn a_large_batch_with_host_threads_returns_every_completion_in_order() {
+    // Larger than the ring and than the parallel threshold: written and read by the host
+    // pool part by part while the workers run, with a fault in the middle and slots of
+    // other publishers interleaved between the batches.
+    for threads in [1, 3] {
+        let mk = launch(Config {
+            capacity: 1 << 14,
+            host_threads: Some(threads),
+            ..Config::default()
+        });
+        let n = 50_000u32;
+        let data: Vec<u8> = (0..n).flat_map(|i| (i * 7 + 1).to_le_bytes()).collect();
+        let buf = mk
+            .create_buffer_with(data.len() as u64, &data)
+            .expect("buffer");
+        let mut slots: Vec<Slot> = (0..n)
+            .map(|i| Slot::new(SlotOp::LoadU32, &[buf, 4 * i]))
+            .collect();
+        slots[20_001] = Slot::new(SlotOp::LoadU32, &[buf, 4 * n]); // out of bounds
+        for round in 0..3 {
+            // Round 1 has another publisher's slot, not yet taken, ahead of the batch.
+            let other =
+                (round == 1).then(|| mk.publish(Slot::new(SlotOp::Nop, &[])).expect("publish"));
+            let got = mk.run_batch(&slots).expect("run_batch");
+            assert_eq!(got.len(), n as usize, "threads {threads} round {round}");
+            for (i, c) in got.iter().enumerate() {
+                match c.outcome {
+                    Outcome::Done(r) => assert_eq!(r[0], i as u32 * 7 + 1, "slot {i}"),
+                    Outcome::Fault(f) => {
+                        assert_eq!((i, f.code), (20_001, FaultCode::OutOfBounds));
+                    }
+                }
+            }
+            if let Some(t) = other {
+                assert!(matches!(
+                    mk.wait(t).expect("other").outcome,
+                    Outcome::Done(_)
+                ));
+            }
+        }
+        mk.shutdown().expect("shutdown");
+    }
+}

@@ -129,6 +129,7 @@ impl Host {
         end: Ticket,
         out: &mut Vec<Completion>,
         pool: Option<&rayon::ThreadPool>,
+        eager: bool,
     ) -> usize {
         if !self.done.is_empty() || self.base != next {
             return 0;
@@ -136,7 +137,7 @@ impl Host {
         let Host { ring, mem, .. } = self;
         let count = (end - next).min(u64::from(u32::MAX)) as u32;
         let limit = ring.reap_position().wrapping_add(count);
-        let n = ring.reap_into(mem.as_ref(), limit, out, pool);
+        let n = ring.reap_into(mem.as_ref(), limit, out, pool, eager);
         self.base += n as u64;
         n
     }
@@ -191,6 +192,11 @@ impl Backoff {
         } else {
             std::thread::sleep((waited / 4).min(Duration::from_millis(1)));
         }
+    }
+
+    /// Whether the wait has gone on for at least `d`.
+    fn waited(&self, d: Duration) -> bool {
+        self.since.is_some_and(|s| s.elapsed() >= d)
     }
 
     /// Whether the wait has gone on long enough to be worth a health check.
@@ -508,6 +514,11 @@ impl Megakernel {
             .publisher
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        self.publish_locked(slots, whole)
+    }
+
+    /// Publishes checked `slots`; the caller holds the publisher lock.
+    fn publish_locked(&self, slots: &[Slot], whole: bool) -> Result<Range<Ticket>, Error> {
         let mut host = self.host();
         let first = host.next_ticket;
         let mut rest = slots;
@@ -644,13 +655,26 @@ impl Megakernel {
     pub fn wait_range(&self, tickets: Range<Ticket>) -> Result<Vec<Completion>, Error> {
         let mut out = Vec::with_capacity((tickets.end - tickets.start) as usize);
         let mut next = tickets.start;
+        let mut backoff = Backoff::default();
         while next < tickets.end {
             {
                 let mut host = self.host();
                 let before = next;
-                next +=
-                    host.reap_direct(next, tickets.end, &mut out, self.inner.pool.as_ref()) as u64;
+                // A large range is read by the host pool once enough of it has finished;
+                // until then (and for at most 100 µs) the device is left to finish more.
+                let direct = host.done.is_empty() && host.base == next;
+                let eager = self.inner.pool.is_none()
+                    || !direct
+                    || backoff.waited(Duration::from_micros(100));
+                let pool = self.inner.pool.as_ref();
+                next += host.reap_direct(next, tickets.end, &mut out, pool, eager) as u64;
                 if next > before {
+                    backoff = Backoff::default();
+                    continue;
+                }
+                if !eager {
+                    drop(host);
+                    backoff.snooze();
                     continue;
                 }
                 host.reap();
@@ -677,13 +701,31 @@ impl Megakernel {
     /// runs the last, and reaped while it runs the next. Completions in batch order.
     pub fn run_batch(&self, slots: &[Slot]) -> Result<Vec<Completion>, Error> {
         self.check_batch(slots)?;
+        if let Some(pool) = &self.inner.pool {
+            if slots.len() >= 2 * ring::PARALLEL_MIN {
+                return self.run_batch_overlapped(slots, pool);
+            }
+        }
         let mut out = Vec::with_capacity(slots.len());
+        self.run_parts(slots, &mut out, |part| self.publish_batch(part))?;
+        Ok(out)
+    }
+
+    /// Publishes `slots` part by part with `publish`, collecting each part's completions into
+    /// `out` after publishing the next (so the device runs one part while the host writes the
+    /// next).
+    fn run_parts(
+        &self,
+        slots: &[Slot],
+        out: &mut Vec<Completion>,
+        publish: impl Fn(&[Slot]) -> Result<Range<Ticket>, Error>,
+    ) -> Result<(), Error> {
         let chunk = (self.inner.config.capacity as usize / 2)
             .min(slots.len().div_ceil(4).max(ring::PARALLEL_MIN))
             .max(1);
         let mut pending: VecDeque<Range<Ticket>> = VecDeque::new();
         for part in slots.chunks(chunk) {
-            pending.push_back(self.publish_batch(part)?);
+            pending.push_back(publish(part)?);
             if pending.len() > 1 {
                 out.extend(self.wait_range(pending.pop_front().expect("non-empty"))?);
             }
@@ -691,7 +733,98 @@ impl Megakernel {
         for r in pending {
             out.extend(self.wait_range(r)?);
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// `run_batch` for a large batch with a host pool: each step writes the next part (the
+    /// pool's threads sharing the lines) while the completions of earlier parts are read (the
+    /// pool's threads again), under one hold of the host lock; the device runs in between. One
+    /// host thread writing and reading every 64-byte line is what bounds the serial path.
+    /// Anything unusual (another thread's completions in the way, a wait that goes on, a hang
+    /// or a stopped backend) goes through `wait_range`, which reports it.
+    fn run_batch_overlapped(
+        &self,
+        slots: &[Slot],
+        pool: &rayon::ThreadPool,
+    ) -> Result<Vec<Completion>, Error> {
+        let _publisher = self
+            .inner
+            .publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let part = (slots.len() / 8)
+            .max(ring::PARALLEL_MIN)
+            .min(self.inner.config.capacity as usize / 2);
+        let mut out = Vec::with_capacity(slots.len());
+        let mut rest = slots;
+        let mut first: Option<Ticket> = None;
+        let mut next: Ticket = 0; // the next ticket of this batch to collect
+        let mut backoff = Backoff::default();
+        loop {
+            let mut host = self.host();
+            let start = *first.get_or_insert_with(|| {
+                next = host.next_ticket;
+                host.next_ticket
+            });
+            if next == start + slots.len() as u64 {
+                return Ok(out);
+            }
+            if let Some(r) = &host.hung {
+                return Err(hung_error(r));
+            }
+            if !rest.is_empty()
+                && (self.inner.stopped.load(Ordering::Acquire)
+                    || host.mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0)
+            {
+                return Err(Error::new(ErrorKind::Stopped));
+            }
+            let published_end = host.next_ticket;
+            let direct = host.done.is_empty() && host.base == next;
+            if !direct {
+                // Completions of other publishers are in the way (their waiters take them from
+                // the shared buffer): finish on the general path.
+                drop(host);
+                out.extend(self.wait_range(next..published_end)?);
+                self.run_parts(rest, &mut out, |part| self.publish_locked(part, false))?;
+                return Ok(out);
+            }
+            if backoff.slow() {
+                // A wait that goes on: the general path, with its error and lost-work handling.
+                drop(host);
+                out.extend(self.wait_range(next..published_end)?);
+                next = published_end;
+                backoff = Backoff::default();
+                continue;
+            }
+            let eager = backoff.waited(Duration::from_micros(100));
+            let Host { ring, mem, .. } = &mut *host;
+            let (mut writer, mut reader) = ring.sides();
+            let reap_end = reader
+                .reap_position()
+                .wrapping_add((published_end - next).min(u64::from(u32::MAX)) as u32);
+            let take = rest.len().min(part);
+            let mem = mem.as_ref();
+            let (published, reaped) = pool.install(|| {
+                rayon::join(
+                    || writer.publish_on(mem, &rest[..take], Some(pool)),
+                    || reader.reap_into(mem, reap_end, &mut out, Some(pool), eager),
+                )
+            });
+            ring.rejoin(&writer, &reader);
+            if published > 0 {
+                host.backend.doorbell();
+                host.next_ticket += published as u64;
+                rest = &rest[published..];
+            }
+            host.base += reaped as u64;
+            next += reaped as u64;
+            if published + reaped > 0 {
+                backoff = Backoff::default();
+            } else {
+                drop(host);
+                backoff.snooze();
+            }
+        }
     }
 
     /// The done count (wrapping).

@@ -246,7 +246,10 @@ fn read_outcome(w: &[AtomicU32], st: u32) -> Option<Outcome> {
 
 /// The host's side of the ring: publish at the tail, reap completions in order. One host
 /// side exists per ring; callers serialise access to it (the Megakernel holds it in a mutex).
-#[derive(Debug)]
+/// To publish and reap at the same time, work on two copies ([`HostRing::sides`]) and
+/// [`HostRing::rejoin`] them: the publishing copy sees the reap cursor as it was (less free
+/// space than there may be), the reaping copy the tail as it was (fewer slots to reap).
+#[derive(Clone, Debug)]
 pub struct HostRing {
     capacity: u32,
     tail: u32,
@@ -261,6 +264,20 @@ impl HostRing {
             tail: start,
             reap: start,
         }
+    }
+
+    /// Two copies of this host side: one to publish with, one to reap with, concurrently.
+    pub fn sides(&self) -> (HostRing, HostRing) {
+        (self.clone(), self.clone())
+    }
+
+    /// Takes the tail from the publishing copy and the reap cursor from the reaping one.
+    pub fn rejoin(&mut self, publisher: &HostRing, reaper: &HostRing) {
+        debug_assert_eq!(self.capacity, publisher.capacity);
+        debug_assert_eq!(self.reap, publisher.reap);
+        debug_assert_eq!(self.tail, reaper.tail);
+        self.tail = publisher.tail;
+        self.reap = reaper.reap;
     }
 
     /// Slots that can be published before the ring is full.
@@ -365,7 +382,11 @@ impl HostRing {
             }
             let first = u * PARALLEL_UNIT;
             let end = (first + PARALLEL_UNIT).min(slots.len());
-            mem.write_slots(capacity, base.wrapping_add(first as u32), &slots[first..end]);
+            mem.write_slots(
+                capacity,
+                base.wrapping_add(first as u32),
+                &slots[first..end],
+            );
             written[u].store(true, Ordering::Release);
             Some(u)
         };
@@ -441,12 +462,18 @@ impl HostRing {
     /// transfer (about 9 ns on an H100 host), three times what the device takes to run a NOP.
     /// Reaping writes nothing to the ring, so a part read ahead of an unfinished slot is
     /// simply not counted.
+    ///
+    /// With `eager` false, a large range of which fewer than [`PARALLEL_MIN`] slots have
+    /// finished is left alone (returns 0) rather than read one slot at a time: a caller
+    /// waiting for all of it is better served by the device finishing more first (it runs NOP
+    /// slots three times faster than one host thread reads them).
     pub fn reap_into(
         &mut self,
         mem: &dyn RingMemory,
         end: u32,
         out: &mut Vec<Completion>,
         pool: Option<&rayon::ThreadPool>,
+        eager: bool,
     ) -> usize {
         let limit = end.wrapping_sub(self.reap).min(self.outstanding()) as usize;
         let pool = match pool {
@@ -466,6 +493,9 @@ impl HostRing {
         while !finished(limit) {
             limit /= 2;
             if limit < PARALLEL_MIN {
+                if !eager {
+                    return 0;
+                }
                 return self.reap_until(mem, end, |c| out.push(c));
             }
         }
@@ -880,7 +910,9 @@ mod tests {
         let mem = HeapRing::new(cap, 2);
         initialize(&mem, cap, 2, 5);
         let mut host = HostRing::new(cap, 5);
-        let slots: Vec<Slot> = (0..n as u32).map(|i| Slot::new(SlotOp::Nop, &[i])).collect();
+        let slots: Vec<Slot> = (0..n as u32)
+            .map(|i| Slot::new(SlotOp::Nop, &[i]))
+            .collect();
         assert_eq!(host.publish_on(&mem, &slots, Some(&pool)), n);
         // The first 2.5 quarters finish: the probe finds half the range finished and reads it
         // together; the rest is read one by one up to the first unfinished slot.
@@ -891,13 +923,19 @@ mod tests {
         let mut out = Vec::new();
         let mut got = 0;
         while got < done {
-            let k = host.reap_into(&mem, host.tail(), &mut out, Some(&pool));
+            let k = host.reap_into(&mem, host.tail(), &mut out, Some(&pool), true);
             assert!(k > 0);
             got += k;
         }
         assert_eq!(got, done);
-        assert_eq!(host.reap_into(&mem, host.tail(), &mut out, Some(&pool)), 0);
-        assert!(out.iter().enumerate().all(|(k, c)| c.position == 5 + k as u32));
+        assert_eq!(
+            host.reap_into(&mem, host.tail(), &mut out, Some(&pool), true),
+            0
+        );
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(k, c)| c.position == 5 + k as u32));
     }
 
     #[test]
@@ -946,12 +984,12 @@ mod tests {
                 outcome: Outcome::Done([9; 4]),
             }];
             let end = hb.tail();
-            let got = hb.reap_into(&b, end, &mut out, Some(&pool));
+            let got = hb.reap_into(&b, end, &mut out, Some(&pool), true);
             assert_eq!(got, PARALLEL_MIN + 17);
             assert_eq!(out.len(), 1 + got);
             assert_eq!(hb.reap_position(), gap);
             finish(&b, gap);
-            assert_eq!(hb.reap_into(&b, end, &mut out, Some(&pool)), n - got);
+            assert_eq!(hb.reap_into(&b, end, &mut out, Some(&pool), true), n - got);
             for (k, c) in out[1..].iter().enumerate() {
                 let p = start.wrapping_add(k as u32);
                 assert_eq!(c.position, p);

@@ -429,3 +429,23 @@ fn a_large_batch_with_host_threads_returns_every_completion_in_order() {
         mk.shutdown().expect("shutdown");
     }
 }
+
+#[test]
+fn a_hang_during_an_overlapped_batch_is_reported_not_waited_out() {
+    let mk = launch(Config {
+        capacity: 1 << 12,
+        host_threads: Some(3),
+        watchdog: Some(Duration::from_millis(200)),
+        ..Config::default()
+    });
+    let nop = Slot::new(SlotOp::Nop, &[]);
+    assert_eq!(mk.run_batch(&vec![nop; 20_000]).unwrap().len(), 20_000);
+    mk.inject_hang();
+    // Larger than the ring: the writers wait for room that never comes, the batch stalls,
+    // and the general path reports the hang.
+    let err = mk.run_batch(&vec![nop; 20_000]).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Hung(_)), "{err}");
+    let restart = mk.restart(Arc::new(CpuBackend::new())).unwrap();
+    assert!(!restart.requeued.is_empty());
+    mk.shutdown().unwrap();
+}

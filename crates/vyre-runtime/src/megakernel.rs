@@ -84,6 +84,13 @@ pub struct ShutdownReport {
     pub lost: Vec<u32>,
 }
 
+/// Slots one host thread writes at a time in an overlapped `run_batch`.
+const OVERLAP_UNIT: usize = 1024;
+
+/// How long an overlapped `run_batch` waits without any progress before it hands over to the
+/// general path (which reports a hang, a stop or lost work).
+const OVERLAP_STALL: Duration = Duration::from_millis(50);
+
 /// A published slot's ticket; tickets count up from 0 per megakernel.
 pub type Ticket = u64;
 
@@ -736,95 +743,112 @@ impl Megakernel {
         Ok(())
     }
 
-    /// `run_batch` for a large batch with a host pool: each step writes the next part (the
-    /// pool's threads sharing the lines) while the completions of earlier parts are read (the
-    /// pool's threads again), under one hold of the host lock; the device runs in between. One
-    /// host thread writing and reading every 64-byte line is what bounds the serial path.
-    /// Anything unusual (another thread's completions in the way, a wait that goes on, a hang
-    /// or a stopped backend) goes through `wait_range`, which reports it.
+    /// `run_batch` for a large batch with a host pool. The pool's threads write the slots, a
+    /// unit of [`OVERLAP_UNIT`] at a time, while this thread publishes each written prefix
+    /// (one tail store) and reads the completions as they arrive, all under one hold of the
+    /// host lock: writing a 64-byte line costs a host thread about as much as the device
+    /// takes to run two NOP slots, so one thread that writes and reads every line bounds the
+    /// serial path. Writers stay a ring's capacity ahead of the reading at most. When
+    /// something is unusual (another publisher's completions not yet taken, no progress for
+    /// [`OVERLAP_STALL`], a hang, a stop) it finishes on the general path, which reports it.
     fn run_batch_overlapped(
         &self,
         slots: &[Slot],
         pool: &rayon::ThreadPool,
     ) -> Result<Vec<Completion>, Error> {
+        use std::sync::atomic::AtomicUsize;
         let _publisher = self
             .inner
             .publisher
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let part = (slots.len() / 8)
-            .max(ring::PARALLEL_MIN)
-            .min(self.inner.config.capacity as usize / 2);
-        let mut out = Vec::with_capacity(slots.len());
-        let mut rest = slots;
-        let mut first: Option<Ticket> = None;
-        let mut next: Ticket = 0; // the next ticket of this batch to collect
-        let mut backoff = Backoff::default();
-        loop {
-            let mut host = self.host();
-            let start = *first.get_or_insert_with(|| {
-                next = host.next_ticket;
-                host.next_ticket
-            });
-            if next == start + slots.len() as u64 {
-                return Ok(out);
-            }
-            if let Some(r) = &host.hung {
-                return Err(hung_error(r));
-            }
-            if !rest.is_empty()
-                && (self.inner.stopped.load(Ordering::Acquire)
-                    || host.mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0)
-            {
-                return Err(Error::new(ErrorKind::Stopped));
-            }
-            let published_end = host.next_ticket;
-            let direct = host.done.is_empty() && host.base == next;
-            if !direct {
-                // Completions of other publishers are in the way (their waiters take them from
-                // the shared buffer): finish on the general path.
-                drop(host);
-                out.extend(self.wait_range(next..published_end)?);
-                self.run_parts(rest, &mut out, |part| self.publish_locked(part, false))?;
-                return Ok(out);
-            }
-            if backoff.slow() {
-                // A wait that goes on: the general path, with its error and lost-work handling.
-                drop(host);
-                out.extend(self.wait_range(next..published_end)?);
-                next = published_end;
-                backoff = Backoff::default();
-                continue;
-            }
-            let eager = backoff.waited(Duration::from_micros(100));
-            let Host { ring, mem, .. } = &mut *host;
-            let (mut writer, mut reader) = ring.sides();
-            let reap_end = reader
-                .reap_position()
-                .wrapping_add((published_end - next).min(u64::from(u32::MAX)) as u32);
-            let take = rest.len().min(part);
+        let n = slots.len();
+        let mut out = Vec::with_capacity(n);
+        let mut host = self.host();
+        let first = host.next_ticket;
+        let quiet = host.done.is_empty() && host.base == first && host.ring.outstanding() == 0;
+        let stopped = self.inner.stopped.load(Ordering::Acquire)
+            || host.mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0;
+        let mut published = 0usize;
+        if quiet && !stopped && host.hung.is_none() {
+            let capacity = self.inner.config.capacity as usize;
+            let units = n.div_ceil(OVERLAP_UNIT);
+            let next_unit = AtomicUsize::new(0);
+            let written: Vec<AtomicBool> = (0..units).map(|_| AtomicBool::new(false)).collect();
+            let reaped = AtomicUsize::new(0);
+            let abort = AtomicBool::new(false);
+            let Host {
+                ring, mem, backend, ..
+            } = &mut *host;
             let mem = mem.as_ref();
-            let (published, reaped) = pool.install(|| {
-                rayon::join(
-                    || writer.publish_on(mem, &rest[..take], Some(pool)),
-                    || reader.reap_into(mem, reap_end, &mut out, Some(pool), eager),
-                )
+            let base = ring.tail();
+            let write_units = || loop {
+                let u = next_unit.fetch_add(1, Ordering::Relaxed);
+                if u >= units {
+                    return;
+                }
+                let (from, to) = (u * OVERLAP_UNIT, ((u + 1) * OVERLAP_UNIT).min(n));
+                // Room: position base + to - 1 may reuse a slot only once base + to - 1 -
+                // capacity has been read.
+                while to > reaped.load(Ordering::Acquire) + capacity {
+                    if abort.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::hint::spin_loop();
+                }
+                if abort.load(Ordering::Relaxed) {
+                    return;
+                }
+                mem.write_slots(
+                    capacity as u32,
+                    base.wrapping_add(from as u32),
+                    &slots[from..to],
+                );
+                written[u].store(true, Ordering::Release);
+            };
+            pool.in_place_scope(|scope| {
+                for _ in 0..pool.current_num_threads() {
+                    scope.spawn(|_| write_units());
+                }
+                let (mut prefix, mut progress) = (0, Instant::now());
+                while out.len() < n {
+                    let before = prefix;
+                    while prefix < units && written[prefix].load(Ordering::Acquire) {
+                        prefix += 1;
+                    }
+                    if prefix != before {
+                        let upto = (prefix * OVERLAP_UNIT).min(n);
+                        ring.advance_tail(mem, (upto - published) as u32);
+                        published = upto;
+                        backend.doorbell();
+                    }
+                    let got =
+                        ring.reap_until(mem, base.wrapping_add(published as u32), |c| out.push(c));
+                    if got > 0 || prefix != before {
+                        reaped.store(out.len(), Ordering::Release);
+                        progress = Instant::now();
+                    } else if progress.elapsed() > OVERLAP_STALL {
+                        abort.store(true, Ordering::Relaxed);
+                        break;
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                abort.store(true, Ordering::Relaxed);
             });
-            ring.rejoin(&writer, &reader);
-            if published > 0 {
-                host.backend.doorbell();
-                host.next_ticket += published as u64;
-                rest = &rest[published..];
-            }
-            host.base += reaped as u64;
-            next += reaped as u64;
-            if published + reaped > 0 {
-                backoff = Backoff::default();
-            } else {
-                drop(host);
-                backoff.snooze();
+            host.next_ticket += published as u64;
+            host.base += out.len() as u64;
+            if out.len() == n {
+                return Ok(out);
             }
         }
+        drop(host);
+        let done = first + out.len() as u64;
+        out.extend(self.wait_range(done..first + published as u64)?);
+        self.run_parts(&slots[published..], &mut out, |part| {
+            self.publish_locked(part, false)
+        })?;
+        Ok(out)
     }
 
     /// The done count (wrapping).

@@ -246,10 +246,7 @@ fn read_outcome(w: &[AtomicU32], st: u32) -> Option<Outcome> {
 
 /// The host's side of the ring: publish at the tail, reap completions in order. One host
 /// side exists per ring; callers serialise access to it (the Megakernel holds it in a mutex).
-/// To publish and reap at the same time, work on two copies ([`HostRing::sides`]) and
-/// [`HostRing::rejoin`] them: the publishing copy sees the reap cursor as it was (less free
-/// space than there may be), the reaping copy the tail as it was (fewer slots to reap).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct HostRing {
     capacity: u32,
     tail: u32,
@@ -266,18 +263,14 @@ impl HostRing {
         }
     }
 
-    /// Two copies of this host side: one to publish with, one to reap with, concurrently.
-    pub fn sides(&self) -> (HostRing, HostRing) {
-        (self.clone(), self.clone())
-    }
-
-    /// Takes the tail from the publishing copy and the reap cursor from the reaping one.
-    pub fn rejoin(&mut self, publisher: &HostRing, reaper: &HostRing) {
-        debug_assert_eq!(self.capacity, publisher.capacity);
-        debug_assert_eq!(self.reap, publisher.reap);
-        debug_assert_eq!(self.tail, reaper.tail);
-        self.tail = publisher.tail;
-        self.reap = reaper.reap;
+    /// Publishes the next `n` slots, which the caller has already written (with
+    /// [`RingMemory::write_slots`] at the positions from [`HostRing::tail`] on, within
+    /// [`HostRing::free`]): for host threads that share one batch's writing while one of them
+    /// moves the tail.
+    pub fn advance_tail(&mut self, mem: &dyn RingMemory, n: u32) {
+        debug_assert!(n <= self.free());
+        self.tail = self.tail.wrapping_add(n);
+        mem.control()[control::TAIL].store(self.tail, Ordering::Release);
     }
 
     /// Slots that can be published before the ring is full.

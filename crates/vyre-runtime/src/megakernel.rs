@@ -36,8 +36,8 @@ pub struct Config {
     /// moved for this long (`None`: no watchdog).
     pub watchdog: Option<Duration>,
     /// Host threads that share the slot writes and completion reads of large batches
-    /// ([`ring::PARALLEL_MIN`] slots or more); 1 = the calling thread alone; `None` = half
-    /// of the machine's cores, 1 to 8.
+    /// ([`ring::PARALLEL_MIN`] slots or more); 1 = the calling thread alone; `None` = a
+    /// quarter of the machine's cores, 1 to 4.
     pub host_threads: Option<usize>,
 }
 
@@ -308,7 +308,7 @@ impl Megakernel {
         let io = crate::io_service::IoHost::new(host.mem.clone(), host.backend.clone());
         let threads = config.host_threads.unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cores / 2).clamp(1, 8)
+            (cores / 4).clamp(1, 4)
         });
         let pool = (threads > 1)
             .then(|| {
@@ -743,24 +743,20 @@ impl Megakernel {
         Ok(())
     }
 
-    /// `run_batch` for a large batch with a host pool. Half of the pool's threads write the
-    /// slots, a unit of [`OVERLAP_UNIT`] at a time; the other half read the completions of
-    /// published units as they finish; this thread publishes each written prefix (one tail
-    /// store), moves the reap cursor over each read prefix and finally gathers the units'
-    /// completions in order (the pool copying in parallel), all under one hold of the host
-    /// lock. Writing a 64-byte line costs a host thread as much as the device takes to run two
-    /// NOP slots, and reading one the device wrote three, so one host thread bounds the serial
-    /// path. Writers stay at most a ring's capacity ahead of the readers. Anything unusual
-    /// (another publisher's completions not yet taken, no progress for [`OVERLAP_STALL`], a
-    /// hang, a stop) finishes on the general path, which reports it.
+    /// `run_batch` for a large batch with a host pool. The pool's threads write the slots, a
+    /// unit of [`OVERLAP_UNIT`] at a time, while this thread publishes each written prefix
+    /// (one tail store) and reads the completions as they arrive, all under one hold of the
+    /// host lock: writing a 64-byte line costs a host thread about as much as the device
+    /// takes to run two NOP slots, so one thread that writes and reads every line bounds the
+    /// serial path. Writers stay a ring's capacity ahead of the reading at most. When
+    /// something is unusual (another publisher's completions not yet taken, no progress for
+    /// [`OVERLAP_STALL`], a hang, a stop) it finishes on the general path, which reports it.
     fn run_batch_overlapped(
         &self,
         slots: &[Slot],
         pool: &rayon::ThreadPool,
     ) -> Result<Vec<Completion>, Error> {
-        use rayon::prelude::*;
         use std::sync::atomic::AtomicUsize;
-        use std::sync::OnceLock;
         let _publisher = self
             .inner
             .publisher
@@ -775,108 +771,64 @@ impl Megakernel {
             || host.mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0;
         let mut published = 0usize;
         if quiet && !stopped && host.hung.is_none() {
-            let capacity = self.inner.config.capacity;
+            let capacity = self.inner.config.capacity as usize;
             let units = n.div_ceil(OVERLAP_UNIT);
-            let span = |u: usize| (u * OVERLAP_UNIT, ((u + 1) * OVERLAP_UNIT).min(n));
-            let (next_write, next_read) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let next_unit = AtomicUsize::new(0);
             let written: Vec<AtomicBool> = (0..units).map(|_| AtomicBool::new(false)).collect();
-            let read: Vec<OnceLock<Vec<Completion>>> =
-                (0..units).map(|_| OnceLock::new()).collect();
-            // Slots of the batch published (tail) and read in order (reap), for the threads.
-            let (tail_at, reaped_at) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let reaped = AtomicUsize::new(0);
             let abort = AtomicBool::new(false);
             let Host {
                 ring, mem, backend, ..
             } = &mut *host;
             let mem = mem.as_ref();
             let base = ring.tail();
-            // Spins until `ready`; false if the batch was abandoned meanwhile.
-            let wait_for = |ready: &dyn Fn() -> bool| {
-                while !ready() {
+            let write_units = || loop {
+                let u = next_unit.fetch_add(1, Ordering::Relaxed);
+                if u >= units {
+                    return;
+                }
+                let (from, to) = (u * OVERLAP_UNIT, ((u + 1) * OVERLAP_UNIT).min(n));
+                // Room: position base + to - 1 may reuse a slot only once base + to - 1 -
+                // capacity has been read.
+                while to > reaped.load(Ordering::Acquire) + capacity {
                     if abort.load(Ordering::Relaxed) {
-                        return false;
+                        return;
                     }
                     std::hint::spin_loop();
                 }
-                !abort.load(Ordering::Relaxed)
-            };
-            let write_units = || loop {
-                let u = next_write.fetch_add(1, Ordering::Relaxed);
-                if u >= units {
+                if abort.load(Ordering::Relaxed) {
                     return;
                 }
-                let (from, to) = span(u);
-                // Position base + to - 1 reuses a slot once base + to - 1 - capacity is read.
-                if !wait_for(&|| to <= reaped_at.load(Ordering::Acquire) + capacity as usize) {
-                    return;
-                }
-                mem.write_slots(capacity, base.wrapping_add(from as u32), &slots[from..to]);
+                mem.write_slots(
+                    capacity as u32,
+                    base.wrapping_add(from as u32),
+                    &slots[from..to],
+                );
                 written[u].store(true, Ordering::Release);
             };
-            let read_units = || loop {
-                let u = next_read.fetch_add(1, Ordering::Relaxed);
-                if u >= units {
-                    return;
-                }
-                let (from, to) = span(u);
-                if !wait_for(&|| tail_at.load(Ordering::Acquire) >= to) {
-                    return;
-                }
-                let mut got = Vec::with_capacity(to - from);
-                for k in from..to {
-                    let p = base.wrapping_add(k as u32);
-                    let outcome = loop {
-                        if let Some(o) = ring::finished_outcome(mem, capacity, p) {
-                            break o;
-                        }
-                        if abort.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        std::hint::spin_loop();
-                    };
-                    got.push(Completion {
-                        position: p,
-                        outcome,
-                    });
-                }
-                let _ = read[u].set(got);
-            };
-            let threads = pool.current_num_threads();
             pool.in_place_scope(|scope| {
-                for i in 0..threads {
-                    if i % 2 == 0 {
-                        scope.spawn(|_| write_units());
-                    } else {
-                        scope.spawn(|_| read_units());
-                    }
+                for _ in 0..pool.current_num_threads() {
+                    scope.spawn(|_| write_units());
                 }
-                if threads == 1 {
-                    scope.spawn(|_| read_units());
-                }
-                let (mut wrote, mut done, mut progress) = (0, 0, Instant::now());
-                while done < units {
-                    let (w0, d0) = (wrote, done);
-                    while wrote < units && written[wrote].load(Ordering::Acquire) {
-                        wrote += 1;
+                let (mut prefix, mut progress) = (0, Instant::now());
+                while out.len() < n {
+                    let before = prefix;
+                    while prefix < units && written[prefix].load(Ordering::Acquire) {
+                        prefix += 1;
                     }
-                    while done < units && read[done].get().is_some() {
-                        done += 1;
-                    }
-                    if wrote != w0 {
-                        let upto = span(wrote - 1).1;
+                    if prefix != before {
+                        let upto = (prefix * OVERLAP_UNIT).min(n);
                         ring.advance_tail(mem, (upto - published) as u32);
                         published = upto;
-                        tail_at.store(upto, Ordering::Release);
                         backend.doorbell();
                     }
-                    if done != d0 {
-                        let upto = span(done - 1).1;
-                        ring.advance_reap((upto - reaped_at.load(Ordering::Relaxed)) as u32);
-                        reaped_at.store(upto, Ordering::Release);
-                    }
-                    if wrote != w0 || done != d0 {
+                    let got =
+                        ring.reap_until(mem, base.wrapping_add(published as u32), |c| out.push(c));
+                    if got > 0 || prefix != before {
+                        reaped.store(out.len(), Ordering::Release);
                         progress = Instant::now();
                     } else if progress.elapsed() > OVERLAP_STALL {
+                        abort.store(true, Ordering::Relaxed);
                         break;
                     } else {
                         std::hint::spin_loop();
@@ -884,18 +836,9 @@ impl Megakernel {
                 }
                 abort.store(true, Ordering::Relaxed);
             });
-            let reaped = reaped_at.into_inner();
-            let units_read = reaped.div_ceil(OVERLAP_UNIT);
-            pool.install(|| {
-                out.par_extend(
-                    read[..units_read]
-                        .par_iter()
-                        .flat_map_iter(|u| u.get().expect("read").iter().copied()),
-                )
-            });
             host.next_ticket += published as u64;
-            host.base += reaped as u64;
-            if reaped == n {
+            host.base += out.len() as u64;
+            if out.len() == n {
                 return Ok(out);
             }
         }

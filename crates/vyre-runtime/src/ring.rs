@@ -244,13 +244,6 @@ fn read_outcome(w: &[AtomicU32], st: u32) -> Option<Outcome> {
     }
 }
 
-/// How the slot at `position` finished (status read with acquire), or `None` if it has not.
-#[inline]
-pub fn finished_outcome(mem: &dyn RingMemory, capacity: u32, position: u32) -> Option<Outcome> {
-    let w = &mem.slots()[slot_base(capacity, position)..][..SLOT_WORDS];
-    read_outcome(w, w[slot_word::STATUS].load(Ordering::Acquire))
-}
-
 /// The host's side of the ring: publish at the tail, reap completions in order. One host
 /// side exists per ring; callers serialise access to it (the Megakernel holds it in a mutex).
 #[derive(Debug)]
@@ -268,14 +261,6 @@ impl HostRing {
             tail: start,
             reap: start,
         }
-    }
-
-    /// Moves the reap cursor over the next `n` slots, whose completions the caller has read
-    /// itself (with [`finished_outcome`], each finished): reaping writes nothing to the ring,
-    /// so host threads can share the reading of a range and one of them move the cursor.
-    pub fn advance_reap(&mut self, n: u32) {
-        debug_assert!(n <= self.outstanding());
-        self.reap = self.reap.wrapping_add(n);
     }
 
     /// Publishes the next `n` slots, which the caller has already written (with

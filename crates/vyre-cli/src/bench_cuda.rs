@@ -243,7 +243,7 @@ fn round_trip_stages(
     }
     let names = [
         "host: publish() call",
-        "gpu: the worker sees its slot published → slot words loaded (one PCIe read)",
+        "gpu: the worker sees its slot published → slot words loaded (one PCIe read; none when its line poll brought them)",
         "gpu: loaded → executed, results written",
         "gpu: results → status stored",
         "rest: the tail store reaching the worker's poll + the status reaching the host + wait()",

@@ -192,6 +192,11 @@ pub fn slot_line(p: u32, slot: &Slot) -> [u32; SLOT_WORDS] {
 /// there is one); below it, handing work over costs more than it saves.
 pub const PARALLEL_MIN: usize = 8192;
 
+/// The pool to share `n` slots' publishing or reaping with, if it is worth it.
+fn shared(pool: Option<&rayon::ThreadPool>, n: usize) -> Option<&rayon::ThreadPool> {
+    pool.filter(|p| n >= PARALLEL_MIN && p.current_num_threads() > 1)
+}
+
 /// Slots one task of a parallel publish or reap handles.
 const PARALLEL_UNIT: usize = 1024;
 
@@ -312,14 +317,11 @@ impl HostRing {
         pool: Option<&rayon::ThreadPool>,
     ) -> usize {
         let n = (self.free() as usize).min(slots.len());
-        match pool {
-            Some(pool) if n >= PARALLEL_MIN && pool.current_num_threads() > 1 => {
-                self.publish_parallel(mem, &slots[..n], pool, false)
-            }
-            _ => {
-                for chunk in slots[..n].chunks(PUBLISH_CHUNK) {
-                    self.publish_chunk(mem, chunk);
-                }
+        if let Some(pool) = shared(pool, n) {
+            self.publish_parallel(mem, &slots[..n], pool, false);
+        } else {
+            for chunk in slots[..n].chunks(PUBLISH_CHUNK) {
+                self.publish_chunk(mem, chunk);
             }
         }
         n
@@ -342,11 +344,9 @@ impl HostRing {
         if slots.len() > self.free() as usize {
             return false;
         }
-        match pool {
-            Some(pool) if slots.len() >= PARALLEL_MIN && pool.current_num_threads() > 1 => {
-                self.publish_parallel(mem, slots, pool, true)
-            }
-            _ => self.publish_chunk(mem, slots),
+        match shared(pool, slots.len()) {
+            Some(pool) => self.publish_parallel(mem, slots, pool, true),
+            None => self.publish_chunk(mem, slots),
         }
         true
     }
@@ -469,9 +469,8 @@ impl HostRing {
         eager: bool,
     ) -> usize {
         let limit = end.wrapping_sub(self.reap).min(self.outstanding()) as usize;
-        let pool = match pool {
-            Some(pool) if limit >= PARALLEL_MIN && pool.current_num_threads() > 1 => pool,
-            _ => return self.reap_until(mem, end, |c| out.push(c)),
+        let Some(pool) = shared(pool, limit) else {
+            return self.reap_until(mem, end, |c| out.push(c));
         };
         let words = mem.slots();
         // How much to read together: the longest of limit, limit / 2, … (down to PARALLEL_MIN)

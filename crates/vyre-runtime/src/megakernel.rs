@@ -36,8 +36,10 @@ pub struct Config {
     /// moved for this long (`None`: no watchdog).
     pub watchdog: Option<Duration>,
     /// Host threads that share the slot writes and completion reads of large batches
-    /// ([`ring::PARALLEL_MIN`] slots or more); 1 = the calling thread alone; `None` = a
-    /// quarter of the machine's cores, 1 to 4.
+    /// ([`ring::PARALLEL_MIN`] slots or more); 1 = the calling thread alone; `None` = half
+    /// the machine's cores, 1 to 8, for a GPU backend, and a quarter, 1 to 4, for one whose
+    /// workers run on the host's cores (measured on a 16-core H100 host: NOP 65,536 end to
+    /// end 66 M/s with 1 thread, 89 with 4, 114 with 8).
     pub host_threads: Option<usize>,
 }
 
@@ -308,7 +310,11 @@ impl Megakernel {
         let io = crate::io_service::IoHost::new(host.mem.clone(), host.backend.clone());
         let threads = config.host_threads.unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cores / 4).clamp(1, 4)
+            // A CPU backend's workers occupy the cores the host threads would use.
+            match host.backend.capabilities().kind {
+                crate::backend::BackendKind::Gpu => (cores / 2).clamp(1, 8),
+                _ => (cores / 4).clamp(1, 4),
+            }
         });
         let pool = (threads > 1)
             .then(|| {

@@ -321,6 +321,7 @@ fn host_thread_sweep(seconds: f64, nop: Slot) -> Result<String, Box<dyn std::err
 /// finished by this thread as a worker would, then reaped, by the number of host threads.
 /// Separates what the host threads cost from what mapped memory and the device add.
 fn host_alone(nop: Slot) -> Result<String, Box<dyn std::error::Error>> {
+    use vyre_runtime::protocol::{slot_word, SLOT_WORDS};
     use vyre_runtime::ring::{self, HeapRing, HostRing, RingMemory};
     let n = 65536usize;
     let cap = 1u32 << 17;
@@ -345,8 +346,8 @@ fn host_alone(nop: Slot) -> Result<String, Box<dyn std::error::Error>> {
             p.push(t0.elapsed());
             for k in 0..n as u32 {
                 let pos = first.wrapping_add(k);
-                let w = &mem.slots()[(pos & (cap - 1)) as usize * 16..][..16];
-                w[1].store(
+                let w = &mem.slots()[(pos & (cap - 1)) as usize * SLOT_WORDS..][..SLOT_WORDS];
+                w[slot_word::STATUS].store(
                     vyre_runtime::protocol::status::DONE,
                     std::sync::atomic::Ordering::Release,
                 );

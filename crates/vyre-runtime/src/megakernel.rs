@@ -86,9 +86,6 @@ pub struct ShutdownReport {
     pub lost: Vec<u32>,
 }
 
-/// Slots one host thread writes at a time in an overlapped `run_batch`.
-const OVERLAP_UNIT: usize = 1024;
-
 /// How long an overlapped `run_batch` waits without any progress before it hands over to the
 /// general path (which reports a hang, a stop or lost work).
 const OVERLAP_STALL: Duration = Duration::from_millis(50);
@@ -140,7 +137,7 @@ impl Host {
         pool: Option<&rayon::ThreadPool>,
         eager: bool,
     ) -> usize {
-        if !self.done.is_empty() || self.base != next {
+        if !self.direct(next) {
             return 0;
         }
         let Host { ring, mem, .. } = self;
@@ -149,6 +146,12 @@ impl Host {
         let n = ring.reap_into(mem.as_ref(), limit, out, pool, eager);
         self.base += n as u64;
         n
+    }
+
+    /// Whether the ring's next completion is ticket `next`'s with nothing buffered before it,
+    /// so completions can be reaped straight into a caller's vector.
+    fn direct(&self, next: Ticket) -> bool {
+        self.done.is_empty() && self.base == next
     }
 
     fn take(&mut self, ticket: Ticket) -> Option<Completion> {
@@ -231,6 +234,11 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
+    }
+
+    /// After shutdown (or a SHUTDOWN slot) no worker will claim anything new.
+    fn no_new_work(&self, host: &Host) -> bool {
+        self.is_stopped() || host.mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0
     }
 
     pub(crate) fn host(&self) -> MutexGuard<'_, Host> {
@@ -540,10 +548,7 @@ impl Megakernel {
             if let Some(r) = &host.hung {
                 return Err(hung_error(r));
             }
-            // After shutdown (or a SHUTDOWN slot) no worker will claim anything new.
-            if self.inner.stopped.load(Ordering::Acquire)
-                || host.mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0
-            {
+            if self.inner.no_new_work(&host) {
                 return Err(Error::new(ErrorKind::Stopped));
             }
             let n = {
@@ -675,9 +680,8 @@ impl Megakernel {
                 let before = next;
                 // A large range is read by the host pool once enough of it has finished;
                 // until then (and for at most 100 µs) the device is left to finish more.
-                let direct = host.done.is_empty() && host.base == next;
                 let eager = self.inner.pool.is_none()
-                    || !direct
+                    || !host.direct(next)
                     || backoff.waited(Duration::from_micros(100));
                 let pool = self.inner.pool.as_ref();
                 next += host.reap_direct(next, tickets.end, &mut out, pool, eager) as u64;
@@ -750,7 +754,7 @@ impl Megakernel {
     }
 
     /// `run_batch` for a large batch with a host pool. The pool's threads write the slots, a
-    /// unit of [`OVERLAP_UNIT`] at a time, while this thread publishes each written prefix
+    /// unit of [`ring::PARALLEL_UNIT`] at a time, while this thread publishes each written prefix
     /// (one tail store) and reads the completions as they arrive, all under one hold of the
     /// host lock: writing a 64-byte line costs a host thread about as much as the device
     /// takes to run two NOP slots, so one thread that writes and reads every line bounds the
@@ -772,13 +776,12 @@ impl Megakernel {
         let mut out = Vec::with_capacity(n);
         let mut host = self.host();
         let first = host.next_ticket;
-        let quiet = host.done.is_empty() && host.base == first && host.ring.outstanding() == 0;
-        let stopped = self.inner.stopped.load(Ordering::Acquire)
-            || host.mem.control()[control::SHUTDOWN].load(Ordering::Acquire) != 0;
+        let quiet = host.direct(first) && host.ring.outstanding() == 0;
+        let stopped = self.inner.no_new_work(&host);
         let mut published = 0usize;
         if quiet && !stopped && host.hung.is_none() {
             let capacity = self.inner.config.capacity as usize;
-            let units = n.div_ceil(OVERLAP_UNIT);
+            let units = n.div_ceil(ring::PARALLEL_UNIT);
             let next_unit = AtomicUsize::new(0);
             let written: Vec<AtomicBool> = (0..units).map(|_| AtomicBool::new(false)).collect();
             let reaped = AtomicUsize::new(0);
@@ -793,7 +796,10 @@ impl Megakernel {
                 if u >= units {
                     return;
                 }
-                let (from, to) = (u * OVERLAP_UNIT, ((u + 1) * OVERLAP_UNIT).min(n));
+                let (from, to) = (
+                    u * ring::PARALLEL_UNIT,
+                    ((u + 1) * ring::PARALLEL_UNIT).min(n),
+                );
                 // Room: position base + to - 1 may reuse a slot only once base + to - 1 -
                 // capacity has been read.
                 while to > reaped.load(Ordering::Acquire) + capacity {
@@ -823,7 +829,7 @@ impl Megakernel {
                         prefix += 1;
                     }
                     if prefix != before {
-                        let upto = (prefix * OVERLAP_UNIT).min(n);
+                        let upto = (prefix * ring::PARALLEL_UNIT).min(n);
                         ring.advance_tail(mem, (upto - published) as u32);
                         published = upto;
                         backend.doorbell();

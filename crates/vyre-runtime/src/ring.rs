@@ -197,8 +197,8 @@ fn shared(pool: Option<&rayon::ThreadPool>, n: usize) -> Option<&rayon::ThreadPo
     pool.filter(|p| n >= PARALLEL_MIN && p.current_num_threads() > 1)
 }
 
-/// Slots one task of a parallel publish or reap handles.
-const PARALLEL_UNIT: usize = 1024;
+/// Slots one task of a parallel publish or reap (or an overlapped `run_batch`) handles.
+pub const PARALLEL_UNIT: usize = 1024;
 
 /// Slots written between two tail stores. One store per slot costs a cache-line transfer
 /// (a PCIe write for mapped GPU memory) each; one per batch leaves workers idle while the

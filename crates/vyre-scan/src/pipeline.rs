@@ -293,7 +293,6 @@ fn walk_paths(
         .git_global(!opts.no_ignore)
         .git_exclude(!opts.no_ignore)
         .parents(!opts.no_ignore)
-        .require_git(false)
         .follow_links(opts.follow)
         .sort_by_file_path(|a, b| a.cmp(b));
     for (seq, entry) in b.build().enumerate() {

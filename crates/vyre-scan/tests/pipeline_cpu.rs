@@ -227,8 +227,20 @@ fn walk_respects_gitignore_and_hidden_and_reports_missing_paths() {
     let rules = RuleSet::parse_toml(RULES, "test").unwrap();
     let dir = temp_dir("walk");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
-    std::fs::write(dir.join(".gitignore"), "ignored.txt\n").unwrap();
-    for name in ["seen.txt", "ignored.txt", ".hidden.txt", "sub/deep.txt"] {
+    // Like ripgrep: `.gitignore` counts only inside a git repository (the `.git` directory
+    // marks one), `.ignore` everywhere.
+    std::fs::create_dir_all(dir.join("repo/.git")).unwrap();
+    std::fs::write(dir.join("repo/.gitignore"), "ignored.txt\n").unwrap();
+    std::fs::write(dir.join(".gitignore"), "/*\n").unwrap();
+    std::fs::write(dir.join(".ignore"), "ignored-too.txt\n").unwrap();
+    for name in [
+        "seen.txt",
+        "ignored-too.txt",
+        ".hidden.txt",
+        "sub/deep.txt",
+        "repo/ignored.txt",
+        "repo/kept.txt",
+    ] {
         std::fs::write(dir.join(name), "a needle here").unwrap();
     }
     let missing = dir.join("does-not-exist");
@@ -250,9 +262,11 @@ fn walk_respects_gitignore_and_hidden_and_reports_missing_paths() {
         names.sort();
         names
     };
+    // The top `.gitignore` ("/*", as in Debian's linux-source tree) is outside any git
+    // repository, so it hides nothing.
     assert_eq!(
         scanned(WalkOptions::default()),
-        ["seen.txt", "sub/deep.txt"]
+        ["repo/kept.txt", "seen.txt", "sub/deep.txt"]
     );
     assert_eq!(
         scanned(WalkOptions {
@@ -260,7 +274,14 @@ fn walk_respects_gitignore_and_hidden_and_reports_missing_paths() {
             no_ignore: true,
             follow: false
         }),
-        [".hidden.txt", "ignored.txt", "seen.txt", "sub/deep.txt"]
+        [
+            ".hidden.txt",
+            "ignored-too.txt",
+            "repo/ignored.txt",
+            "repo/kept.txt",
+            "seen.txt",
+            "sub/deep.txt"
+        ]
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

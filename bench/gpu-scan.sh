@@ -8,6 +8,7 @@
 #   .bin/vyre  .bin/rg  .bin/corpus
 # Run there:  bash bench/gpu-scan.sh            (all steps, ~8 min on 16 cores + H100)
 #             bash bench/gpu-scan.sh resident   (only the resident DFA_SCAN probe, ~1 min)
+#             bash bench/gpu-scan.sh ab         (two vyre binaries alternated, cuda, literal sets)
 # Results in $OUT: scan-h100.md (the table), scan.log (also the rows of every finished rule set,
 # if the 540 s timeout cuts the run short), machine.txt, rules/ (the generated rule files).
 #
@@ -37,6 +38,21 @@ case "${1:-all}" in
     timeout 300 "$VYRE" bench scan --corpus "$CORPUS" --backends "$BACKENDS" --rules-counts 1000 \
       --no-regex --resident-only --resident-mib "$RESIDENT_MIB" --resident-window "$RESIDENT_WINDOW" \
       --out "$OUT/scan-resident-h100.md" 2>&1 | tee "$OUT/scan-resident.log"
+    ;;
+  ab)
+    # Two vyre binaries alternated (A B A B) on the same corpus and rule sets, cuda only, with
+    # the driver thread's stage times (target vyre_scan::stages) of each run in ab.log.
+    # VYRE_A / VYRE_B: the binaries (A defaults to .gpu/vyre-old, B to $VYRE).
+    A=${VYRE_A:-.gpu/vyre-old} B=${VYRE_B:-$VYRE}; chmod +x "$A" "$B"
+    for round in 1 2; do
+      for bin in "$A" "$B"; do
+        echo "== $bin (round $round)" | tee -a "$OUT/ab.log"
+        RUST_LOG=warn,vyre_scan::stages=info timeout 200 "$bin" bench scan --corpus "$CORPUS" \
+          --backends cuda --rg .bin/rg --rules-counts "$COUNTS" --no-regex --no-ra "${PIPE[@]}" \
+          --rules-dir "$OUT/rules" --out "$OUT/ab-$(basename "$bin")-$round.md" 2>&1 \
+          | grep -E "stages|^\| (10|1000|10000) words" | tee -a "$OUT/ab.log"
+      done
+    done
     ;;
   all)
     timeout 540 "$VYRE" bench scan --corpus "$CORPUS" --backends "$BACKENDS" --rg .bin/rg \

@@ -1,9 +1,9 @@
-//! The scan pipeline: walker → reader → batches → ring → megakernel (DFA_SCAN) → hits → sink.
+//! The scan pipeline: walk + read → batches → ring → megakernel (DFA_SCAN) → hits → sink.
 //!
-//! * A walker thread lists files the way ripgrep does (the `ignore` crate).
-//! * A reader thread reads each file in segments of [`ScanOptions::segment`] bytes and
-//!   prefixes every segment with the last `overlap` bytes of the file before it, where
-//!   `overlap` is the longest match of any bounded rule group.
+//! * Walk threads list files the way ripgrep does (the `ignore` crate's parallel walker) and
+//!   read each file they find in segments of [`ScanOptions::segment`] bytes, prefixing every
+//!   segment with the last `overlap` bytes of the file before it, where `overlap` is the
+//!   longest match of any bounded rule group.
 //! * The driver (the calling thread, `driver.rs`) packs segments into a batch: each is copied
 //!   into the batch's pooled backend buffer as it arrives, and the batch's slots are
 //!   published in one go:
@@ -24,11 +24,13 @@
 //! file in flight at most one carried state per unbounded group.
 
 use crate::compile::Compiled;
+use ignore::WalkState;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 use vyre_runtime::Megakernel;
@@ -59,7 +61,8 @@ pub struct ScanOptions {
     pub batch: usize,
     /// Batches in flight (each holds one data buffer and one hit buffer).
     pub in_flight: usize,
-    /// Reader threads; each reads whole files, so several files are read at once.
+    /// Walk threads; each lists directories and reads whole files it finds, so several
+    /// files are listed and read at once.
     pub readers: usize,
     /// Hits one slot's region holds before the slot is rescanned with a larger one.
     pub hit_capacity: u32,
@@ -238,47 +241,42 @@ pub fn scan(
             opts.segment, opts.window, opts.batch, opts.in_flight
         )));
     }
-    let (path_tx, path_rx) = sync_channel::<(u64, Result<PathBuf, FileError>)>(1024);
     // Deep enough that the driver takes many small files per wake-up (a context switch per
     // file cost more than reading it); at most 256 segments (256 MiB of 1 MiB segments).
     let (item_tx, item_rx) = sync_channel::<Item>(256);
     let walk = {
-        let paths = paths.to_vec();
-        let w = opts.walk.clone();
+        let (paths, w, readers, segment) = (
+            paths.to_vec(),
+            opts.walk.clone(),
+            opts.readers,
+            opts.segment,
+        );
         thread::Builder::new()
             .name("vyre-scan-walk".into())
-            .spawn(move || walk_paths(&paths, &w, &path_tx))
+            .spawn(move || walk_and_read(&paths, &w, readers, &item_tx, segment, overlap))
             .expect("spawn walker")
     };
-    let path_rx = Arc::new(Mutex::new(path_rx));
-    let readers: Vec<_> = (0..opts.readers)
-        .map(|i| {
-            let (paths, tx, segment) = (path_rx.clone(), item_tx.clone(), opts.segment);
-            thread::Builder::new()
-                .name(format!("vyre-scan-read-{i}"))
-                .spawn(move || read_files(&paths, tx, segment, overlap))
-                .expect("spawn reader")
-        })
-        .collect();
-    drop(item_tx);
-    // Once the readers are gone, the walker's next send fails and it stops.
-    drop(path_rx);
     let mut driver = driver::Driver::new(mk, rules, opts)?;
     let result = driver.run(item_rx, sink);
-    // On error the receivers are gone and the threads stop at their next send.
-    for r in readers {
-        let _ = r.join();
-    }
+    // On error the receiver is gone and the walk stops at its next send.
+    drop(driver);
     let _ = walk.join();
     let mut summary = result?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-fn walk_paths(
+/// Walks `paths` on `threads` threads (ignore's parallel walker, as ripgrep does); each
+/// thread reads the files it finds and sends their segments, so listing and reading both
+/// scale with the threads. File ids count walk entries in the order the threads reach
+/// them.
+fn walk_and_read(
     paths: &[PathBuf],
     opts: &WalkOptions,
-    tx: &SyncSender<(u64, Result<PathBuf, FileError>)>,
+    threads: usize,
+    tx: &SyncSender<Item>,
+    segment: usize,
+    overlap: usize,
 ) {
     let Some((first, rest)) = paths.split_first() else {
         return;
@@ -294,17 +292,33 @@ fn walk_paths(
         .git_exclude(!opts.no_ignore)
         .parents(!opts.no_ignore)
         .follow_links(opts.follow)
-        .sort_by_file_path(|a, b| a.cmp(b));
-    for (seq, entry) in b.build().enumerate() {
-        let item = match entry {
-            Ok(e) if e.file_type().is_some_and(|t| t.is_file()) => Ok(e.into_path()),
-            Ok(_) => continue,
-            Err(e) => Err(walk_error(e)),
-        };
-        if tx.send((seq as u64, item)).is_err() {
-            return;
-        }
-    }
+        .threads(threads);
+    let next = AtomicU64::new(0);
+    b.build_parallel().run(|| {
+        let (tx, next) = (tx.clone(), &next);
+        Box::new(move |entry| {
+            let path = match entry {
+                Ok(e) if e.file_type().is_some_and(|t| t.is_file()) => Ok(e.into_path()),
+                Ok(_) => return WalkState::Continue,
+                Err(e) => Err(walk_error(e)),
+            };
+            let seq = next.fetch_add(1, Ordering::Relaxed);
+            let going = match path {
+                Ok(path) => read_file(FileMeta { path, seq }, &tx, segment, overlap),
+                Err(e) => tx
+                    .send(Item::Error(
+                        Arc::new(FileMeta { path: e.path, seq }),
+                        e.message,
+                    ))
+                    .is_ok(),
+            };
+            if going {
+                WalkState::Continue
+            } else {
+                WalkState::Quit
+            }
+        })
+    });
 }
 
 /// A walk error as a per-file error, without the path twice.
@@ -328,38 +342,13 @@ fn walk_error(e: ignore::Error) -> FileError {
     }
 }
 
-fn read_files(
-    paths: &Mutex<Receiver<(u64, Result<PathBuf, FileError>)>>,
-    tx: SyncSender<Item>,
-    window: usize,
-    overlap: usize,
-) {
-    loop {
-        let next = paths.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok((seq, p)) = next else {
-            return;
-        };
-        let (path, r) = match p {
-            Ok(path) => {
-                let file = Arc::new(FileMeta { path, seq });
-                let r = match read_one(&file, &tx, window, overlap) {
-                    Ok(true) => Ok(()),
-                    // The driver stopped: read nothing more.
-                    Ok(false) => return,
-                    Err(e) => Err(e),
-                };
-                (file, r)
-            }
-            Err(e) => (
-                Arc::new(FileMeta { path: e.path, seq }),
-                Err(io::Error::other(e.message)),
-            ),
-        };
-        if let Err(e) = r {
-            if tx.send(Item::Error(path, e.to_string())).is_err() {
-                return;
-            }
-        }
+/// Reads one file and sends its segments, or its error; false once the driver has stopped
+/// taking them.
+fn read_file(file: FileMeta, tx: &SyncSender<Item>, segment: usize, overlap: usize) -> bool {
+    let file = Arc::new(file);
+    match read_one(&file, tx, segment, overlap) {
+        Ok(going) => going,
+        Err(e) => tx.send(Item::Error(file, e.to_string())).is_ok(),
     }
 }
 

@@ -6,7 +6,7 @@ use crate::compile::Compiled;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vyre_isa::dfa::{HIT_HEADER_BYTES, REPORT_EOI, START_LOOKBEHIND, START_TEXT};
 use vyre_isa::{Slot, SlotOp};
 use vyre_runtime::{Megakernel, Outcome, Ticket};
@@ -101,6 +101,26 @@ pub(crate) struct Driver<'a> {
     max_slots: usize,
     overflow: Option<(u32, u32)>,
     summary: Summary,
+    stages: Stages,
+}
+
+/// Where the driver thread's time went (logged at the end of a scan, at `info` level of
+/// target `vyre_scan::stages`): the numbers that say whether the walk, the copies, the
+/// device or the hits bound a scan.
+#[derive(Debug, Default)]
+struct Stages {
+    /// Waiting for segments from the walk threads.
+    recv: Duration,
+    /// Planning slots and copying segments in.
+    add: Duration,
+    /// Copying gathered segments in and publishing slots.
+    flush: Duration,
+    /// Waiting for batches to complete.
+    wait: Duration,
+    /// Reading hits back and handing them to the sink.
+    hits: Duration,
+    segments: u64,
+    batches: u64,
 }
 
 impl<'a> Driver<'a> {
@@ -153,6 +173,7 @@ impl<'a> Driver<'a> {
             max_slots,
             overflow: None,
             summary: Summary::default(),
+            stages: Stages::default(),
         })
     }
 
@@ -172,6 +193,7 @@ impl<'a> Driver<'a> {
                 self.complete_front(sink)?;
             }
             let idle = self.fifo.is_empty() && self.current.is_none();
+            let waited = Instant::now();
             let item = if idle {
                 match items.recv() {
                     Ok(i) => i,
@@ -192,8 +214,15 @@ impl<'a> Driver<'a> {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
+            self.stages.recv += waited.elapsed();
             match item {
-                Item::Chunk(c) => self.add(c, sink)?,
+                Item::Chunk(c) => {
+                    // Less the batches `add` completes to free a buffer (counted there).
+                    let (t, other) = (Instant::now(), self.stages.wait + self.stages.hits);
+                    self.add(c, sink)?;
+                    self.stages.add += t.elapsed() - (self.stages.wait + self.stages.hits - other);
+                    self.stages.segments += 1;
+                }
                 Item::Error(file, message) => {
                     // The file's earlier segments come first, so its matches precede its
                     // error.
@@ -228,6 +257,20 @@ impl<'a> Driver<'a> {
         while !self.fifo.is_empty() {
             self.complete_front(sink)?;
         }
+        let st = &self.stages;
+        tracing::info!(
+            target: "vyre_scan::stages",
+            "driver thread: waiting for segments {:.3} s, planning and copying {} segments \
+             {:.3} s, copying and publishing {} batches {:.3} s, waiting for the device {:.3} s, \
+             hits to the sink {:.3} s",
+            st.recv.as_secs_f64(),
+            st.segments,
+            st.add.as_secs_f64(),
+            st.batches,
+            st.flush.as_secs_f64(),
+            st.wait.as_secs_f64(),
+            st.hits.as_secs_f64()
+        );
         Ok(self.summary.clone())
     }
 
@@ -400,10 +443,13 @@ impl<'a> Driver<'a> {
         let Some(mut b) = self.current.take() else {
             return Ok(());
         };
+        let t = Instant::now();
         write_staged(self.mk, &mut b)?;
         b.flushed = true;
         publish_ready(self.mk, &mut b)?;
         self.fifo.push_back(b);
+        self.stages.flush += t.elapsed();
+        self.stages.batches += 1;
         Ok(())
     }
 
@@ -421,12 +467,18 @@ impl<'a> Driver<'a> {
                 _ => unreachable!("a batch completes after its predecessors published everything"),
             })
             .collect();
+        let t = Instant::now();
         let results: Vec<Outcome> = self
             .mk
             .wait_all(&tickets)?
             .into_iter()
             .map(|c| c.outcome)
             .collect();
+        let t = {
+            let now = Instant::now();
+            self.stages.wait += now - t;
+            now
+        };
         // One read covers every region that holds hits.
         let last = results
             .iter()
@@ -507,6 +559,7 @@ impl<'a> Driver<'a> {
         }
         sink.progress(self.summary.bytes, self.summary.files);
         self.free.push((b.bufs, std::mem::take(&mut b.staged)));
+        self.stages.hits += t.elapsed();
         Ok(())
     }
 

@@ -14,7 +14,7 @@
 #
 # Knobs (environment): GB (corpus size, default 1.4), COUNTS (default 10,1000,10000),
 # BACKENDS (default cpu,cuda), MAX_COMPILE (seconds, default 90), WINDOW / BATCH / IN_FLIGHT
-# (vyre file pipeline overrides; default: each backend's ScanOptions::for_backend), RESIDENT_MIB (default 1024), RESIDENT_WINDOW (bytes
+# / READERS (vyre file pipeline overrides; default: each backend's ScanOptions::for_backend), RESIDENT_MIB (default 1024), RESIDENT_WINDOW (bytes
 # per DFA_SCAN slot, a list: one row each; default 65536,16384,4096).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ CORPUS=${CORPUS:-/tmp/vyre-corpus}
 GB=${GB:-1.4} COUNTS=${COUNTS:-10,1000,10000} BACKENDS=${BACKENDS:-cpu,cuda}
 MAX_COMPILE=${MAX_COMPILE:-90}
 PIPE=(); [ -n "${WINDOW:-}" ] && PIPE+=(--window "$WINDOW"); [ -n "${BATCH:-}" ] && PIPE+=(--batch "$BATCH")
-[ -n "${IN_FLIGHT:-}" ] && PIPE+=(--in-flight "$IN_FLIGHT")
+[ -n "${IN_FLIGHT:-}" ] && PIPE+=(--in-flight "$IN_FLIGHT"); [ -n "${READERS:-}" ] && PIPE+=(--readers "$READERS")
 RESIDENT_MIB=${RESIDENT_MIB:-1024} RESIDENT_WINDOW=${RESIDENT_WINDOW:-65536,16384,4096}
 VYRE=${VYRE:-.bin/vyre}
 export RUST_LOG=${RUST_LOG:-warn}

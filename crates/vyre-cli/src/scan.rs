@@ -68,6 +68,9 @@ pub struct Tuning {
     /// Worker threads for the cpu backend (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Threads that walk directories and read files (default: 2 on cpu, 8 on a GPU).
+    #[arg(long, value_name = "N")]
+    pub readers: Option<usize>,
 }
 
 impl Tuning {
@@ -82,6 +85,7 @@ impl Tuning {
             window: self.window.unwrap_or(defaults.window),
             batch: self.batch.unwrap_or(defaults.batch),
             in_flight: self.in_flight.unwrap_or(defaults.in_flight),
+            readers: self.readers.unwrap_or(defaults.readers),
             walk,
             ..defaults
         };

@@ -102,6 +102,10 @@ impl Backend for CpuBackend {
     fn create_buffer(&self, size: u64) -> Result<u32, BackendError> {
         self.shared.buffers.create(size, MAX_BUFFER_BYTES)
     }
+    /// Every buffer of this backend is host memory its workers write in place.
+    fn create_host_buffer(&self, size: u64) -> Result<Option<u32>, BackendError> {
+        self.create_buffer(size).map(Some)
+    }
     fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         self.shared.buffers.host_write(handle, offset, data)
     }

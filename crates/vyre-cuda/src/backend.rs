@@ -582,6 +582,13 @@ impl Backend for CudaBackend {
         self.create_buffer_in(size, self.placement)
     }
 
+    /// Mapped page-locked host memory: the kernel's writes reach it over the bus, and the
+    /// host reads what it needs with no device copy.
+    fn create_host_buffer(&self, size: u64) -> Result<Option<u32>, BackendError> {
+        self.create_buffer_in(size, BufferPlacement::HostMapped)
+            .map(Some)
+    }
+
     fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         self.with_buffer(handle, offset, data.len() as u64, |b| match &b.storage {
             Storage::Device(d) if data.len() >= STAGED_WRITE_BYTES => {

@@ -177,6 +177,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ) -> Result<Arc<dyn RingMemory>, BackendError>;
     /// Registers a zero-filled buffer; returns its handle (never 0).
     fn create_buffer(&self, size: u64) -> Result<u32, BackendError>;
+    /// Registers a zero-filled buffer in host memory that the workers write in place (cuda:
+    /// mapped page-locked memory), for results the host reads back often and in small
+    /// pieces: reading a few bytes of it costs no device copy. `Ok(None)` where the backend
+    /// has no such memory (the default); the caller then uses [`Backend::create_buffer`].
+    fn create_host_buffer(&self, size: u64) -> Result<Option<u32>, BackendError> {
+        let _ = size;
+        Ok(None)
+    }
     /// Copies bytes into a buffer.
     fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), BackendError>;
     /// Copies bytes out of a buffer.

@@ -106,6 +106,8 @@ pub(crate) struct Host {
     base: Ticket,
     /// Sizes of the registered buffers, by handle - 1.
     pub(crate) buffers: Vec<u64>,
+    /// Handles of the buffers made by `create_host_buffer`.
+    pub(crate) host_buffers: Vec<u32>,
     /// Host regions registered in place, by handle (a restart registers them again).
     pub(crate) regions: Vec<(u32, Arc<dyn HostRegion>)>,
     /// The loaded programs, by id - 1.
@@ -310,6 +312,7 @@ impl Megakernel {
             done: VecDeque::new(),
             base: 0,
             buffers: Vec::new(),
+            host_buffers: Vec::new(),
             regions: Vec::new(),
             programs: Vec::new(),
             hung: None,
@@ -379,6 +382,26 @@ impl Megakernel {
         }
         host.buffers.push(size);
         Ok(h)
+    }
+
+    /// Registers a zero-filled buffer in host memory that the workers write in place, for
+    /// results read back often in small pieces (see [`Backend::create_host_buffer`]);
+    /// `Ok(None)` where the backend has no such memory. A restart recreates it the same way.
+    pub fn create_host_buffer(&self, size: u64) -> Result<Option<u32>, Error> {
+        let mut host = self.host();
+        let Some(h) = host.backend.create_host_buffer(size)? else {
+            return Ok(None);
+        };
+        if h as usize != host.buffers.len() + 1 {
+            return Err(Error::new(ErrorKind::Config(format!(
+                "backend {} returned handle {h}, expected {}",
+                host.backend.name(),
+                host.buffers.len() + 1
+            ))));
+        }
+        host.buffers.push(size);
+        host.host_buffers.push(h);
+        Ok(Some(h))
     }
 
     /// Registers host memory as a buffer used in place (see [`HostRegion`]); fails with the

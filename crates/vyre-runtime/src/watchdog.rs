@@ -134,7 +134,15 @@ pub(crate) fn restart(inner: &Inner, new: Arc<dyn Backend>) -> Result<RestartRep
             continue;
         }
         let data = old.read_buffer(h, 0, size).map_err(|e| restart_err(format!("buffer {h} cannot be read back from the old {} backend ({e}); its contents are lost, so its slots cannot be requeued", old.name())))?;
-        let nh = new.create_buffer(size)?;
+        let host_memory = if host.host_buffers.contains(&h) {
+            new.create_host_buffer(size)?
+        } else {
+            None
+        };
+        let nh = match host_memory {
+            Some(nh) => nh,
+            None => new.create_buffer(size)?,
+        };
         if nh != h {
             return Err(restart_err(format!(
                 "the new backend gave handle {nh} for buffer {h}; use a fresh backend"

@@ -25,17 +25,18 @@
 
 use crate::compile::Compiled;
 use ignore::WalkState;
-use std::fs::File;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 use vyre_runtime::Megakernel;
 
 mod driver;
+mod read;
+
+use read::{Pack, PackPool, Reader};
 
 /// How paths are walked.
 #[derive(Debug, Clone, Default)]
@@ -193,22 +194,8 @@ pub(crate) struct FileMeta {
 }
 
 #[derive(Debug)]
-pub(crate) struct Chunk {
-    pub(crate) file: Arc<FileMeta>,
-    /// File offset of the segment's own bytes (`data[prefix..]`).
-    pub(crate) at: u64,
-    /// `prefix` bytes of the file before `at`, then the segment's bytes.
-    pub(crate) data: Vec<u8>,
-    pub(crate) prefix: usize,
-    /// The byte before the prefix, if the prefix does not start the file.
-    pub(crate) before: Option<u8>,
-    /// The file ends with this segment.
-    pub(crate) last: bool,
-}
-
-#[derive(Debug)]
 pub(crate) enum Item {
-    Chunk(Chunk),
+    Pack(Pack),
     Error(Arc<FileMeta>, String),
 }
 
@@ -241,22 +228,26 @@ pub fn scan(
             opts.segment, opts.window, opts.batch, opts.in_flight
         )));
     }
-    // Deep enough that the driver takes many small files per wake-up (a context switch per
-    // file cost more than reading it); at most 256 segments (256 MiB of 1 MiB segments).
-    let (item_tx, item_rx) = sync_channel::<Item>(256);
+    // At most 64 packs (64 MiB of 1 MiB packs) wait for the driver.
+    let (item_tx, item_rx) = sync_channel::<Item>(64);
+    let pool = Arc::new(PackPool::default());
     let walk = {
-        let (paths, w, readers, segment) = (
+        let (paths, w, readers, pool) = (
             paths.to_vec(),
             opts.walk.clone(),
             opts.readers,
-            opts.segment,
+            pool.clone(),
         );
+        let segment = opts.segment;
         thread::Builder::new()
             .name("vyre-scan-walk".into())
-            .spawn(move || walk_and_read(&paths, &w, readers, &item_tx, segment, overlap))
+            .spawn(move || {
+                let reader = || Reader::new(item_tx.clone(), pool.clone(), segment, overlap);
+                walk_and_read(&paths, &w, readers, reader)
+            })
             .expect("spawn walker")
     };
-    let mut driver = driver::Driver::new(mk, rules, opts)?;
+    let mut driver = driver::Driver::new(mk, rules, opts, pool)?;
     let result = driver.run(item_rx, sink);
     // On error the receiver is gone and the walk stops at its next send.
     drop(driver);
@@ -274,9 +265,7 @@ fn walk_and_read(
     paths: &[PathBuf],
     opts: &WalkOptions,
     threads: usize,
-    tx: &SyncSender<Item>,
-    segment: usize,
-    overlap: usize,
+    reader: impl Fn() -> Reader + Sync,
 ) {
     let Some((first, rest)) = paths.split_first() else {
         return;
@@ -295,7 +284,7 @@ fn walk_and_read(
         .threads(threads);
     let next = AtomicU64::new(0);
     b.build_parallel().run(|| {
-        let (tx, next) = (tx.clone(), &next);
+        let (mut reader, next) = (reader(), &next);
         Box::new(move |entry| {
             let path = match entry {
                 Ok(e) if e.file_type().is_some_and(|t| t.is_file()) => Ok(e.into_path()),
@@ -304,13 +293,8 @@ fn walk_and_read(
             };
             let seq = next.fetch_add(1, Ordering::Relaxed);
             let going = match path {
-                Ok(path) => read_file(FileMeta { path, seq }, &tx, segment, overlap),
-                Err(e) => tx
-                    .send(Item::Error(
-                        Arc::new(FileMeta { path: e.path, seq }),
-                        e.message,
-                    ))
-                    .is_ok(),
+                Ok(path) => reader.file(FileMeta { path, seq }),
+                Err(e) => reader.error(Arc::new(FileMeta { path: e.path, seq }), e.message),
             };
             if going {
                 WalkState::Continue
@@ -339,112 +323,5 @@ fn walk_error(e: ignore::Error) -> FileError {
             path: PathBuf::new(),
             message: other.to_string(),
         },
-    }
-}
-
-/// Reads one file and sends its segments, or its error; false once the driver has stopped
-/// taking them.
-fn read_file(file: FileMeta, tx: &SyncSender<Item>, segment: usize, overlap: usize) -> bool {
-    let file = Arc::new(file);
-    match read_one(&file, tx, segment, overlap) {
-        Ok(going) => going,
-        Err(e) => tx.send(Item::Error(file, e.to_string())).is_ok(),
-    }
-}
-
-/// Reads one file as segments; `Ok(false)` when the driver has stopped taking them.
-fn read_one(
-    file: &Arc<FileMeta>,
-    tx: &SyncSender<Item>,
-    window: usize,
-    overlap: usize,
-) -> io::Result<bool> {
-    let mut f = File::open(&file.path)?;
-    // Buffers are sized by the file's length (one byte more, to see the end in the same
-    // read), not by the segment: a 1 MiB buffer per small file cost more in page faults
-    // than reading the file. A file that grows past its length still reads to its end.
-    let size = f.metadata().map_or(0, |m| m.len());
-    // The last `overlap + 1` bytes read so far.
-    let mut tail: Vec<u8> = Vec::with_capacity(overlap + 1);
-    let mut at = 0u64;
-    loop {
-        let prefix = tail.len().min(overlap);
-        let before = (tail.len() > prefix).then(|| tail[tail.len() - prefix - 1]);
-        let hint = usize::try_from(size.saturating_sub(at).saturating_add(1)).unwrap_or(window);
-        let mut data = Vec::with_capacity(prefix + hint.min(window));
-        data.extend_from_slice(&tail[tail.len() - prefix..]);
-        let n = read_full(&mut f, &mut data, window, hint)?;
-        let last = n < window;
-        let keep = (overlap + 1).min(data.len());
-        tail.clear();
-        tail.extend_from_slice(&data[data.len() - keep..]);
-        let chunk = Chunk {
-            file: file.clone(),
-            at,
-            data,
-            prefix,
-            before,
-            last,
-        };
-        if tx.send(Item::Chunk(chunk)).is_err() {
-            return Ok(false);
-        }
-        at += n as u64;
-        if last {
-            return Ok(true);
-        }
-    }
-}
-
-/// Appends up to `want` bytes; fewer only at the end of the file. The buffer starts at
-/// `hint` bytes and doubles (up to `want`) only if the file has more.
-fn read_full(f: &mut File, out: &mut Vec<u8>, want: usize, hint: usize) -> io::Result<usize> {
-    let start = out.len();
-    let mut room = hint.clamp(1, want);
-    let mut got = 0;
-    while got < want {
-        if got == room {
-            room = (room * 2).min(want);
-        }
-        out.resize(start + room, 0);
-        match f.read(&mut out[start + got..start + room]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                out.truncate(start + got);
-                return Err(e);
-            }
-        }
-    }
-    out.truncate(start + got);
-    Ok(got)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::read_full;
-    use std::io::Write;
-
-    #[test]
-    fn read_full_grows_past_a_short_hint_and_stops_at_the_end() {
-        let path = std::env::temp_dir().join(format!("vyre-read-full-{}", std::process::id()));
-        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(&data)
-            .unwrap();
-        let mut f = std::fs::File::open(&path).unwrap();
-        // A hint far below the file (a file that grew since its length was read).
-        let mut out = vec![9u8; 2];
-        assert_eq!(read_full(&mut f, &mut out, 600, 3).unwrap(), 600);
-        assert_eq!(out[..2], [9, 9]);
-        assert_eq!(out[2..], data[..600]);
-        // The rest, with a hint past the end: a short read, then the end.
-        let mut rest = Vec::new();
-        assert_eq!(read_full(&mut f, &mut rest, 600, 1000).unwrap(), 400);
-        assert_eq!(rest, data[600..]);
-        assert_eq!(read_full(&mut f, &mut rest, 600, 1).unwrap(), 0);
-        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -1,7 +1,8 @@
 //! The driver: packs segments into batches, publishes their DFA_SCAN slots, completes
 //! batches in FIFO order and hands hits to the sink. See the module docs of `pipeline`.
 
-use super::{Chunk, FileError, FileMeta, Item, ScanError, ScanOptions, Sink, Summary};
+use super::read::{Pack, PackPool, Piece};
+use super::{FileError, FileMeta, Item, ScanError, ScanOptions, Sink, Summary};
 use crate::compile::Compiled;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -13,10 +14,6 @@ use vyre_runtime::{Megakernel, Outcome, Ticket};
 
 /// Extra windows a batch may hold beyond `batch / window`: each small file adds one.
 const SMALL_FILE_WINDOWS: usize = 1024;
-
-/// Segments at least this large are written into the batch buffer directly; smaller ones are
-/// gathered and written together.
-const DIRECT_WRITE_BYTES: usize = 256 << 10;
 
 /// One pooled pair of backend buffers.
 #[derive(Debug, Clone, Copy)]
@@ -57,13 +54,23 @@ struct Planned {
     state: State,
 }
 
+/// Bytes of the pack being placed that are not yet copied into the batch: consecutive
+/// pieces of a pack lie back to back in both, so they go in with one write.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Pack offset.
+    from: usize,
+    /// Batch offset.
+    to: usize,
+    len: usize,
+}
+
 #[derive(Debug)]
 struct Batch {
     bufs: Buffers,
     /// Bytes of the data buffer used so far.
     used: usize,
-    /// Small segments not yet copied in: they go in with one write, at `used - staged.len()`.
-    staged: Vec<u8>,
+    pending: Option<Pending>,
     segments: Vec<Segment>,
     slots: Vec<Planned>,
     /// How many of `slots` are published, and the highest ticket among them (completions
@@ -91,13 +98,17 @@ pub(crate) struct Driver<'a> {
     tables: Vec<u32>,
     unbounded: Vec<usize>,
     bounded: Vec<usize>,
-    free: Vec<(Buffers, Vec<u8>)>,
+    free: Vec<Buffers>,
+    packs: Arc<PackPool>,
     fifo: VecDeque<Batch>,
     current: Option<Batch>,
     carry: HashMap<u64, Carry>,
     /// Files whose scan faulted: the rest of them reports nothing.
     failed: HashSet<u64>,
     region: u64,
+    /// Hit regions are in host memory (`create_host_buffer`): each slot's hits are read on
+    /// their own. Otherwise one read covers every region up to the last with hits.
+    host_hits: bool,
     max_slots: usize,
     overflow: Option<(u32, u32)>,
     summary: Summary,
@@ -128,6 +139,7 @@ impl<'a> Driver<'a> {
         mk: &'a Megakernel,
         rules: &'a Compiled,
         opts: &ScanOptions,
+        packs: Arc<PackPool>,
     ) -> Result<Driver<'a>, ScanError> {
         let mut tables = Vec::with_capacity(rules.groups.len());
         for g in &rules.groups {
@@ -150,10 +162,18 @@ impl<'a> Driver<'a> {
             r[..4].copy_from_slice(&opts.hit_capacity.to_le_bytes());
         }
         let mut free = Vec::with_capacity(opts.in_flight);
+        let mut host_hits = false;
         for _ in 0..opts.in_flight {
             let data = mk.create_buffer(opts.batch.next_multiple_of(4) as u64)?;
-            let hits = mk.create_buffer_with(header.len() as u64, &header)?;
-            free.push((Buffers { data, hits }, Vec::new()));
+            let hits = match mk.create_host_buffer(header.len() as u64)? {
+                Some(h) => {
+                    host_hits = true;
+                    mk.write_buffer(h, 0, &header)?;
+                    h
+                }
+                None => mk.create_buffer_with(header.len() as u64, &header)?,
+            };
+            free.push(Buffers { data, hits });
         }
         let (unbounded, bounded) =
             (0..rules.groups.len()).partition(|&g| rules.groups[g].max_len.is_none());
@@ -165,11 +185,13 @@ impl<'a> Driver<'a> {
             unbounded,
             bounded,
             free,
+            packs,
             fifo: VecDeque::new(),
             current: None,
             carry: HashMap::new(),
             failed: HashSet::new(),
             region,
+            host_hits,
             max_slots,
             overflow: None,
             summary: Summary::default(),
@@ -216,12 +238,22 @@ impl<'a> Driver<'a> {
             };
             self.stages.recv += waited.elapsed();
             match item {
-                Item::Chunk(c) => {
+                Item::Pack(pack) => {
                     // Less the batches `add` completes to free a buffer (counted there).
                     let (t, other) = (Instant::now(), self.stages.wait + self.stages.hits);
-                    self.add(c, sink)?;
+                    for piece in &pack.pieces {
+                        // A pack may hold hundreds of files: stop within it too.
+                        if sink.stopped() {
+                            break;
+                        }
+                        self.add(piece, &pack, sink)?;
+                    }
+                    if let Some(b) = self.current.as_mut() {
+                        write_pending(self.mk, b, &pack)?;
+                    }
+                    self.packs.give(pack.buf);
                     self.stages.add += t.elapsed() - (self.stages.wait + self.stages.hits - other);
-                    self.stages.segments += 1;
+                    self.stages.segments += pack.pieces.len() as u64;
                 }
                 Item::Error(file, message) => {
                     // The file's earlier segments come first, so its matches precede its
@@ -293,28 +325,30 @@ impl<'a> Driver<'a> {
     }
 
     /// Adds a segment to the current batch, flushing first when it does not fit.
-    fn add(&mut self, c: Chunk, sink: &mut dyn Sink) -> Result<(), ScanError> {
+    fn add(&mut self, c: &Piece, pack: &Pack, sink: &mut dyn Sink) -> Result<(), ScanError> {
         let seq = c.file.seq;
+        let data = c.data(pack);
         let need_slots =
-            self.bounded.len() * self.windows(c.data.len() - c.prefix) + self.unbounded.len();
+            self.bounded.len() * self.windows(data.len() - c.prefix) + self.unbounded.len();
         let fits = self.current.as_ref().is_some_and(|b| {
-            b.used + c.data.len() <= self.opts.batch && b.slots.len() + need_slots <= self.max_slots
+            b.used + data.len() <= self.opts.batch && b.slots.len() + need_slots <= self.max_slots
         });
         // A segment whose unbounded groups continue from a segment in this same batch must
         // go into a later batch: it can start only after that one has completed.
         let chained = !self.unbounded.is_empty() && c.at > 0 && self.current_has(seq);
         if self.current.is_some() && (!fits || chained) {
+            write_pending(self.mk, self.current.as_mut().expect("a current batch"), pack)?;
             self.flush()?;
         }
         if self.current.is_none() {
             if self.free.is_empty() {
                 self.complete_front(sink)?;
             }
-            let (bufs, staged) = self.free.pop().expect("a free batch after completing");
+            let bufs = self.free.pop().expect("a free batch after completing");
             self.current = Some(Batch {
                 bufs,
                 used: 0,
-                staged,
+                pending: None,
                 segments: Vec::new(),
                 slots: Vec::new(),
                 published: 0,
@@ -346,24 +380,28 @@ impl<'a> Driver<'a> {
         }
         let b = self.current.as_mut().expect("a current batch");
         let base = b.used;
-        let n = c.data.len() - c.prefix;
+        let n = data.len() - c.prefix;
         let segment = b.segments.len();
-        // Into the batch's buffer (its slots are published only at the flush): a large
-        // segment straight in, small ones gathered into one write, since every write is a
-        // synchronous copy.
-        if c.data.len() >= DIRECT_WRITE_BYTES {
-            write_staged(self.mk, b)?;
-            self.mk.write_buffer(b.bufs.data, base as u64, &c.data)?;
-        } else {
-            b.staged.extend_from_slice(&c.data);
+        // Into the batch's buffer (its slots are published only at the flush), with the
+        // pack's next pieces in the same write where they follow on.
+        match &mut b.pending {
+            Some(p) if p.from + p.len == c.start && p.to + p.len == base => p.len += data.len(),
+            _ => {
+                write_pending(self.mk, b, pack)?;
+                b.pending = Some(Pending {
+                    from: c.start,
+                    to: base,
+                    len: data.len(),
+                });
+            }
         }
-        b.used += c.data.len();
+        b.used += data.len();
         let region = |slots: &Vec<Planned>| (slots.len() as u64 * self.region) as u32;
         // Bounded groups: one slot per window.
         let windows = n.div_ceil(self.opts.window).max(1);
         for w in 0..windows {
             let own = c.prefix + w * self.opts.window;
-            let end = (own + self.opts.window).min(c.data.len());
+            let end = (own + self.opts.window).min(data.len());
             let eoi = if c.last && w + 1 == windows {
                 REPORT_EOI
             } else {
@@ -376,7 +414,7 @@ impl<'a> Driver<'a> {
                 let code = if c.at - c.prefix as u64 + from as u64 == 0 {
                     START_TEXT as u32
                 } else if from > 0 {
-                    u32::from(c.data[from - 1])
+                    u32::from(data[from - 1])
                 } else {
                     u32::from(c.before.expect("a byte before a prefix that is not at 0"))
                 };
@@ -427,7 +465,7 @@ impl<'a> Driver<'a> {
             });
         }
         b.segments.push(Segment {
-            file: c.file,
+            file: c.file.clone(),
             at: c.at,
             prefix: c.prefix,
             len: n,
@@ -444,7 +482,7 @@ impl<'a> Driver<'a> {
             return Ok(());
         };
         let t = Instant::now();
-        write_staged(self.mk, &mut b)?;
+        debug_assert!(b.pending.is_none(), "a pack's bytes are written before a flush");
         b.flushed = true;
         publish_ready(self.mk, &mut b)?;
         self.fifo.push_back(b);
@@ -479,15 +517,15 @@ impl<'a> Driver<'a> {
             self.stages.wait += now - t;
             now
         };
-        // One read covers every region that holds hits.
+        // In device memory, one read covers every region that holds hits.
         let last = results
             .iter()
             .rposition(|o| matches!(o, Outcome::Done(r) if r[2] > 0 && r[0] == r[2]));
         let hit_bytes = match last {
-            Some(i) => self
+            Some(i) if !self.host_hits => self
                 .mk
                 .read_buffer(b.bufs.hits, 0, (i as u64 + 1) * self.region)?,
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); b.segments.len()];
         let mut faults: Vec<Option<String>> = vec![None; b.segments.len()];
@@ -518,9 +556,15 @@ impl<'a> Driver<'a> {
                 let bytes = rescan(self.mk, &mut self.overflow, p.slot, r[0])?;
                 push_hits(&bytes, &group.rules, origin, &mut seg.hits);
             } else if r[2] > 0 {
-                let at = i * self.region as usize + HIT_HEADER_BYTES as usize;
-                let bytes = &hit_bytes[at..at + 8 * r[2] as usize];
-                push_hits(bytes, &group.rules, origin, &mut seg.hits);
+                let at = i as u64 * self.region + HIT_HEADER_BYTES;
+                let len = 8 * u64::from(r[2]);
+                if self.host_hits {
+                    let bytes = self.mk.read_buffer(b.bufs.hits, at, len)?;
+                    push_hits(&bytes, &group.rules, origin, &mut seg.hits);
+                } else {
+                    let bytes = &hit_bytes[at as usize..(at + len) as usize];
+                    push_hits(bytes, &group.rules, origin, &mut seg.hits);
+                }
             }
         }
         for (k, seg) in b.segments.iter_mut().enumerate() {
@@ -558,7 +602,7 @@ impl<'a> Driver<'a> {
             }
         }
         sink.progress(self.summary.bytes, self.summary.files);
-        self.free.push((b.bufs, std::mem::take(&mut b.staged)));
+        self.free.push(b.bufs);
         self.stages.hits += t.elapsed();
         Ok(())
     }
@@ -604,12 +648,10 @@ impl<'a> Driver<'a> {
     }
 }
 
-/// Copies the batch's gathered small segments in.
-fn write_staged(mk: &Megakernel, b: &mut Batch) -> Result<(), ScanError> {
-    if !b.staged.is_empty() {
-        let at = b.used - b.staged.len();
-        mk.write_buffer(b.bufs.data, at as u64, &b.staged)?;
-        b.staged.clear();
+/// Copies the batch's pending bytes in from `pack`.
+fn write_pending(mk: &Megakernel, b: &mut Batch, pack: &Pack) -> Result<(), ScanError> {
+    if let Some(p) = b.pending.take() {
+        mk.write_buffer(b.bufs.data, p.to as u64, &pack.buf[p.from..p.from + p.len])?;
     }
     Ok(())
 }

@@ -71,6 +71,10 @@ pub struct Tuning {
     /// Threads that walk directories and read files (default: 2 on cpu, 8 on a GPU).
     #[arg(long, value_name = "N")]
     pub readers: Option<usize>,
+    /// Read files into plain memory instead of the backend's staging memory (page-locked on
+    /// cuda); for measuring what staging gains.
+    #[arg(long, hide = true)]
+    pub no_staging: bool,
 }
 
 impl Tuning {
@@ -86,6 +90,7 @@ impl Tuning {
             batch: self.batch.unwrap_or(defaults.batch),
             in_flight: self.in_flight.unwrap_or(defaults.in_flight),
             readers: self.readers.unwrap_or(defaults.readers),
+            staging: !self.no_staging,
             walk,
             ..defaults
         };

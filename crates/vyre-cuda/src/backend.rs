@@ -2,7 +2,7 @@
 //! memory, launching and stopping the persistent kernel, health.
 
 use crate::compile::{self, CompiledKernel};
-use crate::driver::{self, Bounce, DeviceAlloc, MappedHost, RegisteredHost};
+use crate::driver::{self, Bounce, DeviceAlloc, MappedHost, Pinned, RegisteredHost};
 use crate::ds;
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig as CuLaunch, PushKernelArg,
@@ -16,7 +16,7 @@ use vyre_runtime::protocol::{control, debug_record, IO_QUEUE_WORDS_PER_SLOT, SLO
 use vyre_runtime::ring::RingMemory;
 use vyre_runtime::{
     Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
-    HostRegion, LaunchConfig,
+    HostRegion, LaunchConfig, Staging,
 };
 
 const MAX_BUFFERS: u32 = 1 << 14;
@@ -608,6 +608,38 @@ impl Backend for CudaBackend {
                 Ok(())
             }
         })
+    }
+
+    fn create_staging(&self, bytes: usize) -> Result<Option<Box<dyn Staging>>, BackendError> {
+        let p = Pinned::zeroed(&self.ctx, bytes)
+            .map_err(|e| launch_err("allocating page-locked staging memory", e))?;
+        Ok(Some(Box::new(p)))
+    }
+
+    fn write_from_staging(
+        &self,
+        handle: u32,
+        offset: u64,
+        src: &dyn Staging,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), BackendError> {
+        let data = &src.bytes()[range];
+        if src.as_any().downcast_ref::<Pinned>().is_none() {
+            return self.write_buffer(handle, offset, data);
+        }
+        // Page-locked: the copy engine reads it directly (host-side buffers take a memcpy).
+        let copied = self.with_buffer(handle, offset, data.len() as u64, |b| match &b.storage {
+            Storage::Device(d) => d
+                .write(&self.copies, offset as usize, data)
+                .map(|()| true)
+                .map_err(|e| launch_err("copying to the device", e)),
+            _ => Ok(false),
+        })?;
+        if copied {
+            Ok(())
+        } else {
+            self.write_buffer(handle, offset, data)
+        }
     }
 
     fn read_buffer(&self, handle: u32, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {

@@ -286,6 +286,67 @@ impl Drop for MappedHost {
     }
 }
 
+/// Page-locked host memory handed out as staging (`Backend::create_staging`): a copy from
+/// it to the device is one DMA, with no bounce copy on the host. Portable, so a backend
+/// restarted on a fresh context copies from it too.
+pub(crate) struct Pinned {
+    host: *mut u8,
+    bytes: usize,
+    ctx: Arc<CudaContext>,
+}
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pinned({} bytes)", self.bytes)
+    }
+}
+
+// SAFETY: plain page-locked host memory owned by this value; shared access is read-only
+// (`bytes`), mutable access needs `&mut self`.
+unsafe impl Send for Pinned {}
+// SAFETY: see Send.
+unsafe impl Sync for Pinned {}
+
+impl Pinned {
+    /// `bytes` of zeroed page-locked memory.
+    pub(crate) fn zeroed(ctx: &Arc<CudaContext>, bytes: usize) -> Result<Pinned, DriverError> {
+        ctx.bind_to_thread()?;
+        // SAFETY: a plain allocation of a positive size; freed exactly once in Drop.
+        let host =
+            unsafe { result::malloc_host(bytes.max(1), sys::CU_MEMHOSTALLOC_PORTABLE)? } as *mut u8;
+        // SAFETY: `host` points to at least `bytes` writable bytes just allocated.
+        unsafe { std::ptr::write_bytes(host, 0, bytes) };
+        Ok(Pinned {
+            host,
+            bytes,
+            ctx: ctx.clone(),
+        })
+    }
+}
+
+impl vyre_runtime::Staging for Pinned {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `bytes` initialised bytes that live as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.host, self.bytes) }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, borrowed exclusively through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.host, self.bytes) }
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by malloc_host in `zeroed`, freed only here; copies from it
+        // are synchronous, so none is in flight.
+        let _ = unsafe { result::free_host(self.host.cast()) };
+    }
+}
+
 /// Host memory owned elsewhere (io_uring ingest's staging region), page-locked and mapped
 /// into the device's address space in place with `cuMemHostRegister` (no copy); unregistered
 /// on drop. Holding the `Arc` keeps the memory alive and unmoved while it is registered.

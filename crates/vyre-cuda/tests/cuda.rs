@@ -303,6 +303,7 @@ fn scan_matches_cpu(passed: &mut u32, failed: &mut u32) {
         window: 4096,
         in_flight: 64,
         hit_capacity: 8,
+        staging: true,
         ..ScanOptions::default()
     };
     // Reader threads interleave files, so compare the matches in (path, end, rule) order.

@@ -2,7 +2,9 @@
 //! above this trait knows which engine or GPU API is in use.
 
 use crate::ring::RingMemory;
+use std::any::Any;
 use std::fmt;
+use std::ops::Range;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use vyre_isa::{Program, SlotOp};
@@ -162,6 +164,31 @@ pub trait HostRegion: Send + Sync + fmt::Debug {
     fn words(&self) -> &[AtomicU32];
 }
 
+/// Host memory that a producer fills and a backend copies into its buffers
+/// ([`Backend::write_from_staging`]). A backend may hand out memory it copies from fastest
+/// ([`Backend::create_staging`]: cuda gives page-locked memory, so a copy is one DMA with
+/// no bounce copy on the host); anything else is a plain `Vec<u8>`.
+pub trait Staging: Send + Sync + fmt::Debug + 'static {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+    /// The bytes, to fill.
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// For the backend that made it, to recognise its own memory.
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl Staging for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
 /// An execution engine for the ring. Buffers and programs may be added before or after
 /// launch; handles and ids are never reused while the backend lives.
 pub trait Backend: Send + Sync + fmt::Debug {
@@ -187,6 +214,23 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
     /// Copies bytes into a buffer.
     fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), BackendError>;
+    /// `bytes` of zeroed host memory this backend copies from fastest, or `Ok(None)` where
+    /// plain memory is as good (the default).
+    fn create_staging(&self, bytes: usize) -> Result<Option<Box<dyn Staging>>, BackendError> {
+        let _ = bytes;
+        Ok(None)
+    }
+    /// Copies `src[range]` into a buffer at `offset` (a backend recognises its own staging
+    /// memory; the default is [`Backend::write_buffer`]).
+    fn write_from_staging(
+        &self,
+        handle: u32,
+        offset: u64,
+        src: &dyn Staging,
+        range: Range<usize>,
+    ) -> Result<(), BackendError> {
+        self.write_buffer(handle, offset, &src.bytes()[range])
+    }
     /// Copies bytes out of a buffer.
     fn read_buffer(&self, handle: u32, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
     /// Loads a validated program; returns its id.

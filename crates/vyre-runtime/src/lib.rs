@@ -21,7 +21,7 @@ mod watchdog;
 
 pub use backend::{
     Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
-    HostRegion, LaunchConfig,
+    HostRegion, LaunchConfig, Staging,
 };
 pub use error::{Error, ErrorKind, PublishRejection};
 pub use io_service::{FileRead, IoService, PreadService};

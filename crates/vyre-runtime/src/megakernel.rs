@@ -1,7 +1,7 @@
 //! The host API: bootstrap a backend, register buffers, load programs, publish slots, wait
 //! for completions, shut down.
 
-use crate::backend::{Backend, Health, HostRegion, LaunchConfig};
+use crate::backend::{Backend, Health, HostRegion, LaunchConfig, Staging};
 use crate::error::{Error, ErrorKind, PublishRejection};
 use crate::protocol::control;
 use crate::ring::{self, Completion, DebugRecord, HostRing, RingMemory};
@@ -432,6 +432,27 @@ impl Megakernel {
     pub fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), Error> {
         let backend = self.backend();
         Ok(backend.write_buffer(handle, offset, data)?)
+    }
+
+    /// `bytes` of zeroed host memory the backend copies from fastest (see
+    /// [`Backend::create_staging`]), or a plain `Vec` where it has none.
+    pub fn create_staging(&self, bytes: usize) -> Result<Box<dyn Staging>, Error> {
+        let backend = self.backend();
+        Ok(backend
+            .create_staging(bytes)?
+            .unwrap_or_else(|| Box::new(vec![0u8; bytes])))
+    }
+
+    /// Copies `src[range]` into a buffer at `offset`.
+    pub fn write_from_staging(
+        &self,
+        handle: u32,
+        offset: u64,
+        src: &dyn Staging,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), Error> {
+        let backend = self.backend();
+        Ok(backend.write_from_staging(handle, offset, src, range)?)
     }
 
     /// Copies bytes out of a buffer.

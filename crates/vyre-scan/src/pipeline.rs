@@ -67,6 +67,10 @@ pub struct ScanOptions {
     pub readers: usize,
     /// Hits one slot's region holds before the slot is rescanned with a larger one.
     pub hit_capacity: u32,
+    /// Read files into the backend's staging memory (`Megakernel::create_staging`:
+    /// page-locked on cuda, so a batch's copy to the device is a DMA with no host copy);
+    /// false: plain memory.
+    pub staging: bool,
     /// How directories are walked.
     pub walk: WalkOptions,
 }
@@ -125,6 +129,7 @@ impl Default for ScanOptions {
             in_flight: 4,
             readers: 4,
             hit_capacity: 64,
+            staging: true,
             walk: WalkOptions::default(),
         }
     }
@@ -230,7 +235,7 @@ pub fn scan(
     }
     // At most 64 packs (64 MiB of 1 MiB packs) wait for the driver.
     let (item_tx, item_rx) = sync_channel::<Item>(64);
-    let pool = Arc::new(PackPool::default());
+    let pool = Arc::new(PackPool::new(opts.staging.then(|| mk.backend())));
     let walk = {
         let (paths, w, readers, pool) = (
             paths.to_vec(),

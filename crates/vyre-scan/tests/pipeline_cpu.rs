@@ -179,6 +179,7 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
             in_flight,
             readers: 1 + window % 3,
             hit_capacity,
+            staging: true,
             walk: WalkOptions::default(),
         };
         let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
@@ -214,6 +215,7 @@ fn a_file_larger_than_everything_in_flight_streams() {
         in_flight: 3,
         readers: 2,
         hit_capacity: 64,
+        staging: true,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -315,6 +317,7 @@ fn thousands_of_literal_rules_agree_with_the_reference() {
         in_flight: 4,
         readers: 3,
         hit_capacity: 256,
+        staging: true,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -372,6 +375,7 @@ fn a_faulting_scan_fails_its_file_once_and_the_others_go_on() {
         in_flight: 2,
         readers: 2,
         hit_capacity: 4,
+        staging: true,
         walk: WalkOptions::default(),
     };
     let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();

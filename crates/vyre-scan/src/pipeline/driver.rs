@@ -651,7 +651,7 @@ impl<'a> Driver<'a> {
 /// Copies the batch's pending bytes in from `pack`.
 fn write_pending(mk: &Megakernel, b: &mut Batch, pack: &Pack) -> Result<(), ScanError> {
     if let Some(p) = b.pending.take() {
-        mk.write_buffer(b.bufs.data, p.to as u64, &pack.buf[p.from..p.from + p.len])?;
+        mk.write_from_staging(b.bufs.data, p.to as u64, &*pack.buf, p.from..p.from + p.len)?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
+use vyre_runtime::{Backend, Staging};
 
 /// Pack buffers at least this large (more when a segment and its overlap need more).
 pub(crate) const PACK_BYTES: usize = 1 << 20;
@@ -16,8 +17,10 @@ pub(crate) const PACK_BYTES: usize = 1 << 20;
 /// File bytes read by one walk thread: pieces of one or more files, back to back.
 #[derive(Debug)]
 pub(crate) struct Pack {
-    /// The buffer; its length is its capacity, and bytes past `used` mean nothing.
-    pub(crate) buf: Vec<u8>,
+    /// The buffer (the backend's staging memory, page-locked on cuda, so that the copy
+    /// into the device is one DMA); its length is its capacity, and bytes past `used` mean
+    /// nothing.
+    pub(crate) buf: Box<dyn Staging>,
     pub(crate) used: usize,
     pub(crate) pieces: Vec<Piece>,
 }
@@ -41,24 +44,45 @@ pub(crate) struct Piece {
 impl Piece {
     /// The piece's bytes (prefix, then its own).
     pub(crate) fn data<'p>(&self, pack: &'p Pack) -> &'p [u8] {
-        &pack.buf[self.start..self.start + self.len]
+        &pack.buf.bytes()[self.start..self.start + self.len]
     }
 }
 
-/// Pack buffers the driver has finished with, for the walk threads to fill again (no page
-/// faults and no zeroing per pack).
-#[derive(Debug, Default)]
-pub(crate) struct PackPool(Mutex<Vec<Vec<u8>>>);
+/// Pack buffers: made by the backend (`Backend::create_staging`) or plain, and given back by
+/// the driver once copied in, for the walk threads to fill again (no allocation, page
+/// faults or zeroing per pack).
+#[derive(Debug)]
+pub(crate) struct PackPool {
+    free: Mutex<Vec<Box<dyn Staging>>>,
+    /// Where staging memory comes from; `None`: plain memory.
+    backend: Option<Arc<dyn Backend>>,
+}
 
 impl PackPool {
-    pub(crate) fn give(&self, buf: Vec<u8>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+    pub(crate) fn new(backend: Option<Arc<dyn Backend>>) -> PackPool {
+        PackPool {
+            free: Mutex::new(Vec::new()),
+            backend,
+        }
     }
 
-    fn take(&self, bytes: usize) -> Vec<u8> {
-        let buf = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        buf.filter(|b| b.len() == bytes)
-            .unwrap_or_else(|| vec![0; bytes])
+    pub(crate) fn give(&self, buf: Box<dyn Staging>) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+    }
+
+    fn take(&self, bytes: usize) -> Box<dyn Staging> {
+        let buf = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(b) = buf.filter(|b| b.bytes().len() == bytes) {
+            return b;
+        }
+        match self.backend.as_ref().map(|b| b.create_staging(bytes)) {
+            Some(Ok(Some(b))) => b,
+            Some(Err(e)) => {
+                tracing::debug!("staging memory: {e}; reading into plain memory");
+                Box::new(vec![0u8; bytes])
+            }
+            _ => Box::new(vec![0u8; bytes]),
+        }
     }
 }
 
@@ -129,7 +153,7 @@ impl Reader {
         if self
             .pack
             .as_ref()
-            .is_some_and(|p| p.buf.len() - p.used < need)
+            .is_some_and(|p| p.buf.bytes().len() - p.used < need)
         {
             self.send();
         }
@@ -160,15 +184,15 @@ impl Reader {
                 .unwrap_or(self.segment)
                 .min(self.segment);
             let pack = self.room(prefix + want);
-            let start = pack.used;
+            let (start, buf) = (pack.used, pack.buf.bytes_mut());
             let own = start + prefix;
-            pack.buf[start..own].copy_from_slice(&tail[tail.len() - prefix..]);
-            let n = read_full(&mut f, &mut pack.buf[own..own + want])?;
+            buf[start..own].copy_from_slice(&tail[tail.len() - prefix..]);
+            let n = read_full(&mut f, &mut buf[own..own + want])?;
             let last = n < want;
             let len = prefix + n;
             let keep = (overlap + 1).min(len);
             tail.clear();
-            tail.extend_from_slice(&pack.buf[start + len - keep..start + len]);
+            tail.extend_from_slice(&buf[start + len - keep..start + len]);
             pack.used += len;
             pack.pieces.push(Piece {
                 file: file.clone(),
@@ -228,7 +252,7 @@ mod tests {
     fn read_all(files: &[PathBuf], segment: usize, overlap: usize) -> (Seen, usize) {
         let (tx, rx) = sync_channel(1024);
         {
-            let mut r = Reader::new(tx, Arc::new(PackPool::default()), segment, overlap);
+            let mut r = Reader::new(tx, Arc::new(PackPool::new(None)), segment, overlap);
             for (seq, path) in files.iter().enumerate() {
                 let meta = FileMeta {
                     path: path.clone(),
@@ -298,7 +322,7 @@ mod tests {
         let (tx, rx) = sync_channel(16);
         let ok = temp_file("ok", b"needle");
         {
-            let mut r = Reader::new(tx, Arc::new(PackPool::default()), 1 << 20, 0);
+            let mut r = Reader::new(tx, Arc::new(PackPool::new(None)), 1 << 20, 0);
             let meta = |path: PathBuf, seq| FileMeta { path, seq };
             assert!(r.file(meta(ok.clone(), 0)));
             assert!(r.file(meta(PathBuf::from("/nonexistent/vyre"), 1)));

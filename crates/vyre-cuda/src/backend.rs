@@ -2,7 +2,7 @@
 //! memory, launching and stopping the persistent kernel, health.
 
 use crate::compile::{self, CompiledKernel};
-use crate::driver::{self, Bounce, DeviceAlloc, MappedHost, Pinned, RegisteredHost};
+use crate::driver::{self, Bounce, DeviceAlloc, MappedHost, Pinned, PinnedPool, RegisteredHost};
 use crate::ds;
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig as CuLaunch, PushKernelArg,
@@ -314,6 +314,8 @@ pub struct CudaBackend {
     /// Pinned staging for large writes to device buffers (allocated before any launch:
     /// allocations are kept away from a running kernel).
     bounce: Mutex<Bounce>,
+    /// Staging memory (`create_staging`), freed after the kernel has stopped.
+    pinned: Arc<PinnedPool>,
     failure: Mutex<Option<String>>,
     /// Stage timestamps written by the kernel when `VYRE_CUDA_TRACE=1` (see
     /// [`CudaBackend::trace_words`]).
@@ -350,6 +352,7 @@ impl CudaBackend {
 
     fn build(cache: &PipelineCache, fresh: bool) -> Result<CudaBackend, BackendError> {
         let (ctx, info) = open_device_in(fresh)?;
+        let pinned = PinnedPool::new(&ctx);
         let kernel = compile::megakernel(cache, &info.arch(), &info.key())
             .map_err(|e| launch_err("compiling the megakernel", e.to_string()))?;
         let module = ctx
@@ -433,6 +436,7 @@ impl CudaBackend {
             ring: Mutex::new(None),
             running: OnceLock::new(),
             bounce: Mutex::new(bounce),
+            pinned,
             failure: Mutex::new(None),
             trace,
         })
@@ -611,7 +615,9 @@ impl Backend for CudaBackend {
     }
 
     fn create_staging(&self, bytes: usize) -> Result<Option<Box<dyn Staging>>, BackendError> {
-        let p = Pinned::zeroed(&self.ctx, bytes)
+        let p = self
+            .pinned
+            .take(bytes)
             .map_err(|e| launch_err("allocating page-locked staging memory", e))?;
         Ok(Some(Box::new(p)))
     }
@@ -855,6 +861,7 @@ impl Drop for CudaBackend {
                 std::mem::forget(r);
             }
             std::mem::forget(lock(&self.ring).take());
+            std::mem::forget(self.pinned.clone());
         }
     }
 }

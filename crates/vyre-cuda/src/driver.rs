@@ -5,7 +5,7 @@
 
 use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use std::sync::atomic::AtomicU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vyre_runtime::HostRegion;
 
 /// Bytes of zeros copied per call when zeroing device memory.
@@ -286,13 +286,79 @@ impl Drop for MappedHost {
     }
 }
 
+/// Page-locked blocks of staging memory that dropped [`Pinned`] values gave back, kept for
+/// reuse and freed only when the pool goes, after the backend has stopped its kernel:
+/// `cuMemFreeHost` waits for the device to go idle, which a persistent kernel never does
+/// (a scan that freed its staging at the end hung there).
+pub(crate) struct PinnedPool {
+    free: Mutex<Vec<(usize, usize)>>,
+    ctx: Arc<CudaContext>,
+}
+
+impl std::fmt::Debug for PinnedPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PinnedPool({} free)", lock(&self.free).len())
+    }
+}
+
+impl PinnedPool {
+    pub(crate) fn new(ctx: &Arc<CudaContext>) -> Arc<PinnedPool> {
+        Arc::new(PinnedPool {
+            free: Mutex::new(Vec::new()),
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// `bytes` of page-locked memory: a block given back earlier, or a new zeroed one.
+    pub(crate) fn take(self: &Arc<Self>, bytes: usize) -> Result<Pinned, DriverError> {
+        let reused = {
+            let mut free = lock(&self.free);
+            let i = free.iter().position(|&(_, n)| n == bytes);
+            i.map(|i| free.swap_remove(i))
+        };
+        let host = match reused {
+            Some((host, _)) => host as *mut u8,
+            None => {
+                self.ctx.bind_to_thread()?;
+                // SAFETY: a plain allocation of a positive size; freed exactly once, when the
+                // pool goes.
+                let host = unsafe {
+                    result::malloc_host(bytes.max(1), sys::CU_MEMHOSTALLOC_PORTABLE)?
+                } as *mut u8;
+                // SAFETY: `host` points to at least `bytes` writable bytes just allocated.
+                unsafe { std::ptr::write_bytes(host, 0, bytes) };
+                host
+            }
+        };
+        Ok(Pinned {
+            host,
+            bytes,
+            pool: self.clone(),
+        })
+    }
+}
+
+impl Drop for PinnedPool {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        for &(host, _) in lock(&self.free).iter() {
+            // SAFETY: allocated by malloc_host in `take`, given back once, freed only here.
+            let _ = unsafe { result::free_host(host as *mut std::ffi::c_void) };
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Page-locked host memory handed out as staging (`Backend::create_staging`): a copy from
 /// it to the device is one DMA, with no bounce copy on the host. Portable, so a backend
-/// restarted on a fresh context copies from it too.
+/// restarted on a fresh context copies from it too. Dropping it gives it back to its pool.
 pub(crate) struct Pinned {
     host: *mut u8,
     bytes: usize,
-    ctx: Arc<CudaContext>,
+    pool: Arc<PinnedPool>,
 }
 
 impl std::fmt::Debug for Pinned {
@@ -307,26 +373,9 @@ unsafe impl Send for Pinned {}
 // SAFETY: see Send.
 unsafe impl Sync for Pinned {}
 
-impl Pinned {
-    /// `bytes` of zeroed page-locked memory.
-    pub(crate) fn zeroed(ctx: &Arc<CudaContext>, bytes: usize) -> Result<Pinned, DriverError> {
-        ctx.bind_to_thread()?;
-        // SAFETY: a plain allocation of a positive size; freed exactly once in Drop.
-        let host =
-            unsafe { result::malloc_host(bytes.max(1), sys::CU_MEMHOSTALLOC_PORTABLE)? } as *mut u8;
-        // SAFETY: `host` points to at least `bytes` writable bytes just allocated.
-        unsafe { std::ptr::write_bytes(host, 0, bytes) };
-        Ok(Pinned {
-            host,
-            bytes,
-            ctx: ctx.clone(),
-        })
-    }
-}
-
 impl vyre_runtime::Staging for Pinned {
     fn bytes(&self) -> &[u8] {
-        // SAFETY: `bytes` initialised bytes that live as long as `self`.
+        // SAFETY: `bytes` initialised bytes (zeroed when allocated) owned by `self`.
         unsafe { std::slice::from_raw_parts(self.host, self.bytes) }
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
@@ -340,10 +389,8 @@ impl vyre_runtime::Staging for Pinned {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        let _ = self.ctx.bind_to_thread();
-        // SAFETY: allocated by malloc_host in `zeroed`, freed only here; copies from it
-        // are synchronous, so none is in flight.
-        let _ = unsafe { result::free_host(self.host.cast()) };
+        // Copies from it are synchronous, so none is in flight.
+        lock(&self.pool.free).push((self.host as usize, self.bytes));
     }
 }
 

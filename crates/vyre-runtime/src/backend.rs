@@ -214,8 +214,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
     /// Copies bytes into a buffer.
     fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), BackendError>;
-    /// `bytes` of zeroed host memory this backend copies from fastest, or `Ok(None)` where
-    /// plain memory is as good (the default).
+    /// `bytes` of host memory this backend copies from fastest (initialised, contents
+    /// unspecified: a backend may hand out memory given back by an earlier value), or
+    /// `Ok(None)` where plain memory is as good (the default). Dropping it never waits for
+    /// the device.
     fn create_staging(&self, bytes: usize) -> Result<Option<Box<dyn Staging>>, BackendError> {
         let _ = bytes;
         Ok(None)

@@ -434,8 +434,9 @@ impl Megakernel {
         Ok(backend.write_buffer(handle, offset, data)?)
     }
 
-    /// `bytes` of zeroed host memory the backend copies from fastest (see
-    /// [`Backend::create_staging`]), or a plain `Vec` where it has none.
+    /// `bytes` of host memory the backend copies from fastest (see
+    /// [`Backend::create_staging`]; contents unspecified), or a zeroed `Vec` where it has
+    /// none.
     pub fn create_staging(&self, bytes: usize) -> Result<Box<dyn Staging>, Error> {
         let backend = self.backend();
         Ok(backend

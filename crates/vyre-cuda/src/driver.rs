@@ -322,9 +322,9 @@ impl PinnedPool {
                 self.ctx.bind_to_thread()?;
                 // SAFETY: a plain allocation of a positive size; freed exactly once, when the
                 // pool goes.
-                let host = unsafe {
-                    result::malloc_host(bytes.max(1), sys::CU_MEMHOSTALLOC_PORTABLE)?
-                } as *mut u8;
+                let host =
+                    unsafe { result::malloc_host(bytes.max(1), sys::CU_MEMHOSTALLOC_PORTABLE)? }
+                        as *mut u8;
                 // SAFETY: `host` points to at least `bytes` writable bytes just allocated.
                 unsafe { std::ptr::write_bytes(host, 0, bytes) };
                 host

@@ -15,6 +15,10 @@ use vyre_runtime::{Megakernel, Outcome, Ticket};
 /// Extra windows a batch may hold beyond `batch / window`: each small file adds one.
 const SMALL_FILE_WINDOWS: usize = 1024;
 
+/// Hit regions in host memory hold one hit per this many bytes a slot scans (at least
+/// `hit_capacity`): a region too small for its slot's hits costs a rescan of the slot.
+const HIT_BYTES: u64 = 64;
+
 /// One pooled pair of backend buffers.
 #[derive(Debug, Clone, Copy)]
 struct Buffers {
@@ -49,6 +53,9 @@ enum State {
 #[derive(Debug)]
 struct Planned {
     slot: Slot,
+    /// Its hit region's capacity (written into the region's header when it is published,
+    /// for regions in host memory).
+    hit_cap: u32,
     group: usize,
     segment: usize,
     state: State,
@@ -70,6 +77,8 @@ struct Batch {
     bufs: Buffers,
     /// Bytes of the data buffer used so far.
     used: usize,
+    /// Bytes of the hit buffer given to slots so far (regions in host memory).
+    hit_used: u64,
     pending: Option<Pending>,
     segments: Vec<Segment>,
     slots: Vec<Planned>,
@@ -110,7 +119,7 @@ pub(crate) struct Driver<'a> {
     /// their own. Otherwise one read covers every region up to the last with hits.
     host_hits: bool,
     max_slots: usize,
-    overflow: Option<(u32, u32)>,
+    overflow: Option<Overflow>,
     summary: Summary,
     stages: Stages,
 }
@@ -132,6 +141,8 @@ struct Stages {
     hits: Duration,
     segments: u64,
     batches: u64,
+    /// Slots run again because their hit regions overflowed.
+    rescans: u64,
 }
 
 impl<'a> Driver<'a> {
@@ -149,29 +160,48 @@ impl<'a> Driver<'a> {
         let groups = rules.groups.len().max(1);
         let max_slots = groups * (opts.batch.div_ceil(opts.window) + SMALL_FILE_WINDOWS);
         let region = HIT_HEADER_BYTES + 8 * u64::from(opts.hit_capacity);
-        if max_slots as u64 * region > u64::from(u32::MAX) {
-            return Err(ScanError::Options(format!(
-                "{} rule groups × {max_slots} slots per batch × {region}-byte hit regions pass \
-                 DFA_SCAN's 32-bit offsets; use a larger --window or a smaller --batch",
-                rules.groups.len()
-            )));
-        }
-        // Every region starts with its capacity; the kernel never writes the header.
-        let mut header = vec![0u8; max_slots * region as usize];
-        for r in header.chunks_exact_mut(region as usize) {
-            r[..4].copy_from_slice(&opts.hit_capacity.to_le_bytes());
+        // Regions in host memory are sized by what each slot scans and laid out back to
+        // back; the bytes slots scan are at most each group's batch plus each window's
+        // look-behind.
+        let look_behind = rules
+            .groups
+            .iter()
+            .filter_map(|g| g.max_len)
+            .max()
+            .unwrap_or(0);
+        let scanned = groups as u64 * opts.batch as u64 + max_slots as u64 * u64::from(look_behind);
+        let host_bytes = max_slots as u64 * (region + 8) + 8 * (scanned / HIT_BYTES + 1);
+        for (what, bytes) in [
+            ("", max_slots as u64 * region),
+            (" in host memory", host_bytes),
+        ] {
+            if bytes > u64::from(u32::MAX) {
+                return Err(ScanError::Options(format!(
+                    "{} rule groups × {max_slots} slots per batch need {bytes} bytes of hit \
+                     regions{what}, past DFA_SCAN's 32-bit offsets; use a larger --window or a \
+                     smaller --batch",
+                    rules.groups.len()
+                )));
+            }
         }
         let mut free = Vec::with_capacity(opts.in_flight);
         let mut host_hits = false;
         for _ in 0..opts.in_flight {
             let data = mk.create_buffer(opts.batch.next_multiple_of(4) as u64)?;
-            let hits = match mk.create_host_buffer(header.len() as u64)? {
+            let hits = match mk.create_host_buffer(host_bytes)? {
                 Some(h) => {
                     host_hits = true;
-                    mk.write_buffer(h, 0, &header)?;
                     h
                 }
-                None => mk.create_buffer_with(header.len() as u64, &header)?,
+                None => {
+                    // Every region starts with its capacity; the kernel never writes the
+                    // header.
+                    let mut header = vec![0u8; max_slots * region as usize];
+                    for r in header.chunks_exact_mut(region as usize) {
+                        r[..4].copy_from_slice(&opts.hit_capacity.to_le_bytes());
+                    }
+                    mk.create_buffer_with(header.len() as u64, &header)?
+                }
             };
             free.push(Buffers { data, hits });
         }
@@ -294,14 +324,15 @@ impl<'a> Driver<'a> {
             target: "vyre_scan::stages",
             "driver thread: waiting for segments {:.3} s, planning and copying {} segments \
              {:.3} s, copying and publishing {} batches {:.3} s, waiting for the device {:.3} s, \
-             hits to the sink {:.3} s",
+             hits to the sink {:.3} s ({} slots rescanned)",
             st.recv.as_secs_f64(),
             st.segments,
             st.add.as_secs_f64(),
             st.batches,
             st.flush.as_secs_f64(),
             st.wait.as_secs_f64(),
-            st.hits.as_secs_f64()
+            st.hits.as_secs_f64(),
+            st.rescans
         );
         Ok(self.summary.clone())
     }
@@ -337,7 +368,11 @@ impl<'a> Driver<'a> {
         // go into a later batch: it can start only after that one has completed.
         let chained = !self.unbounded.is_empty() && c.at > 0 && self.current_has(seq);
         if self.current.is_some() && (!fits || chained) {
-            write_pending(self.mk, self.current.as_mut().expect("a current batch"), pack)?;
+            write_pending(
+                self.mk,
+                self.current.as_mut().expect("a current batch"),
+                pack,
+            )?;
             self.flush()?;
         }
         if self.current.is_none() {
@@ -348,6 +383,7 @@ impl<'a> Driver<'a> {
             self.current = Some(Batch {
                 bufs,
                 used: 0,
+                hit_used: 0,
                 pending: None,
                 segments: Vec::new(),
                 slots: Vec::new(),
@@ -396,7 +432,7 @@ impl<'a> Driver<'a> {
             }
         }
         b.used += data.len();
-        let region = |slots: &Vec<Planned>| (slots.len() as u64 * self.region) as u32;
+        let (host, region, hc) = (self.host_hits, self.region, self.opts.hit_capacity);
         // Bounded groups: one slot per window.
         let windows = n.div_ceil(self.opts.window).max(1);
         for w in 0..windows {
@@ -418,6 +454,7 @@ impl<'a> Driver<'a> {
                 } else {
                     u32::from(c.before.expect("a byte before a prefix that is not at 0"))
                 };
+                let (hits_at, hit_cap) = place_hits(b, host, region, hc, end - from);
                 let slot = dfa_slot(
                     self.tables[g],
                     b.bufs,
@@ -425,10 +462,11 @@ impl<'a> Driver<'a> {
                     (end - from) as u32,
                     t as u32 | eoi,
                     START_LOOKBEHIND | code,
-                    region(&b.slots),
+                    hits_at,
                 );
                 b.slots.push(Planned {
                     slot,
+                    hit_cap,
                     group: g,
                     segment,
                     state: State::Ready,
@@ -439,6 +477,7 @@ impl<'a> Driver<'a> {
         for (k, &g) in self.unbounded.iter().enumerate() {
             let eoi = if c.last { REPORT_EOI } else { 0 };
             let start = rows.as_ref().map_or(0, |r| r[k]);
+            let (hits_at, hit_cap) = place_hits(b, host, region, hc, n);
             let slot = dfa_slot(
                 self.tables[g],
                 b.bufs,
@@ -446,7 +485,7 @@ impl<'a> Driver<'a> {
                 n as u32,
                 eoi,
                 start,
-                region(&b.slots),
+                hits_at,
             );
             // After a fault in this file the state is unknown: keep the slot harmless (the
             // file's results are dropped and its error already reported).
@@ -459,6 +498,7 @@ impl<'a> Driver<'a> {
             };
             b.slots.push(Planned {
                 slot,
+                hit_cap,
                 group: g,
                 segment,
                 state,
@@ -482,9 +522,12 @@ impl<'a> Driver<'a> {
             return Ok(());
         };
         let t = Instant::now();
-        debug_assert!(b.pending.is_none(), "a pack's bytes are written before a flush");
+        debug_assert!(
+            b.pending.is_none(),
+            "a pack's bytes are written before a flush"
+        );
         b.flushed = true;
-        publish_ready(self.mk, &mut b)?;
+        publish_ready(self.mk, &mut b, self.host_hits)?;
         self.fifo.push_back(b);
         self.stages.flush += t.elapsed();
         self.stages.batches += 1;
@@ -522,14 +565,36 @@ impl<'a> Driver<'a> {
             .iter()
             .rposition(|o| matches!(o, Outcome::Done(r) if r[2] > 0 && r[0] == r[2]));
         let hit_bytes = match last {
-            Some(i) if !self.host_hits => self
-                .mk
-                .read_buffer(b.bufs.hits, 0, (i as u64 + 1) * self.region)?,
+            Some(i) if !self.host_hits => {
+                self.mk
+                    .read_buffer(b.bufs.hits, 0, (i as u64 + 1) * self.region)?
+            }
             _ => Vec::new(),
         };
+        // Slots whose regions overflowed, run again together.
+        let overflowed: Vec<usize> = (0..results.len())
+            .filter(|&i| {
+                matches!(results[i], Outcome::Done(r) if r[0] > r[2])
+                    && b.slots[i].slot.op == SlotOp::DfaScan as u16
+            })
+            .collect();
+        let mut rescanned = if overflowed.is_empty() {
+            Vec::new()
+        } else {
+            let slots: Vec<(Slot, u32)> = overflowed
+                .iter()
+                .map(|&i| match results[i] {
+                    Outcome::Done(r) => (b.slots[i].slot, r[0]),
+                    Outcome::Fault(_) => unreachable!("only finished slots overflow"),
+                })
+                .collect();
+            self.stages.rescans += slots.len() as u64;
+            rescan_all(self.mk, &mut self.overflow, &slots)?
+        }
+        .into_iter();
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); b.segments.len()];
         let mut faults: Vec<Option<String>> = vec![None; b.segments.len()];
-        for (i, (p, outcome)) in b.slots.iter().zip(&results).enumerate() {
+        for (p, outcome) in b.slots.iter().zip(&results) {
             let seg = &mut b.segments[p.segment];
             let r = match *outcome {
                 Outcome::Done(r) => r,
@@ -553,10 +618,10 @@ impl<'a> Driver<'a> {
             let origin = seg.at - seg.prefix as u64 + (p.slot.args[2] as usize - seg.base) as u64;
             let group = &self.rules.groups[p.group];
             if r[0] > r[2] {
-                let bytes = rescan(self.mk, &mut self.overflow, p.slot, r[0])?;
+                let bytes = rescanned.next().expect("one rescan per overflowed slot");
                 push_hits(&bytes, &group.rules, origin, &mut seg.hits);
             } else if r[2] > 0 {
-                let at = i as u64 * self.region + HIT_HEADER_BYTES;
+                let at = u64::from(p.slot.args[7]) + HIT_HEADER_BYTES;
                 let len = 8 * u64::from(r[2]);
                 if self.host_hits {
                     let bytes = self.mk.read_buffer(b.bufs.hits, at, len)?;
@@ -610,7 +675,7 @@ impl<'a> Driver<'a> {
     /// The segment of file `seq` just completed with unbounded-group states `rows` (`None`
     /// after a fault): start its successor's waiting slots, or remember the states.
     fn continue_file(&mut self, seq: u64, rows: Option<Vec<u32>>) -> Result<(), ScanError> {
-        let mk = self.mk;
+        let (mk, host_hits) = (self.mk, self.host_hits);
         let unbounded = &self.unbounded;
         let waiting = |b: &Batch| {
             b.segments
@@ -636,7 +701,7 @@ impl<'a> Driver<'a> {
                 }
             }
             if b.flushed {
-                publish_ready(mk, b)?;
+                publish_ready(mk, b, host_hits)?;
             }
             return Ok(());
         }
@@ -656,7 +721,20 @@ fn write_pending(mk: &Megakernel, b: &mut Batch, pack: &Pack) -> Result<(), Scan
     Ok(())
 }
 
-fn publish_ready(mk: &Megakernel, b: &mut Batch) -> Result<(), ScanError> {
+/// The hit region of a slot that scans `len` bytes: its offset and capacity. In host memory,
+/// one hit per [`HIT_BYTES`] scanned (at least `hc`), after the batch's earlier regions;
+/// otherwise the slot's fixed region of `hc` hits, whose header is already written.
+fn place_hits(b: &mut Batch, host: bool, region: u64, hc: u32, len: usize) -> (u32, u32) {
+    if !host {
+        return ((b.slots.len() as u64 * region) as u32, hc);
+    }
+    let cap = (len as u64).div_ceil(HIT_BYTES).max(u64::from(hc));
+    let at = b.hit_used;
+    b.hit_used += HIT_HEADER_BYTES + 8 * cap;
+    (at as u32, cap as u32)
+}
+
+fn publish_ready(mk: &Megakernel, b: &mut Batch, host_hits: bool) -> Result<(), ScanError> {
     let ready: Vec<Slot> = b
         .slots
         .iter()
@@ -665,6 +743,16 @@ fn publish_ready(mk: &Megakernel, b: &mut Batch) -> Result<(), ScanError> {
         .collect();
     if ready.is_empty() {
         return Ok(());
+    }
+    if host_hits {
+        // Each region starts with its capacity (the kernel never writes the header). A NOP
+        // standing in for a failed file's slot has no region.
+        let scans =
+            |p: &&Planned| matches!(p.state, State::Ready) && p.slot.op == SlotOp::DfaScan as u16;
+        for p in b.slots.iter().filter(scans) {
+            let at = u64::from(p.slot.args[7]);
+            mk.write_buffer(b.bufs.hits, at, &p.hit_cap.to_le_bytes())?;
+        }
     }
     let mut tickets = mk.publish_batch(&ready)?;
     b.published += ready.len();
@@ -679,35 +767,91 @@ fn publish_ready(mk: &Megakernel, b: &mut Batch) -> Result<(), ScanError> {
     Ok(())
 }
 
-/// Runs a slot again with a hit region of exactly `found` hits; returns the hit pairs.
-fn rescan(
+/// The overflow buffer: room for `bytes`, host memory where the backend has it.
+#[derive(Debug, Clone, Copy)]
+struct Overflow {
+    handle: u32,
+    bytes: u64,
+    host: bool,
+}
+
+/// Runs the slots whose hit regions overflowed again, all at once, each with a region of
+/// exactly the hits it found (`(slot, found)`); returns each one's hit pairs. One round trip
+/// for a batch's overflows: run one by one, they cost the driver a device round trip and a
+/// lane's whole scan each.
+fn rescan_all(
     mk: &Megakernel,
-    overflow: &mut Option<(u32, u32)>,
-    slot: Slot,
-    found: u32,
-) -> Result<Vec<u8>, ScanError> {
-    let handle = match *overflow {
-        Some((h, cap)) if cap >= found => h,
+    overflow: &mut Option<Overflow>,
+    slots: &[(Slot, u32)],
+) -> Result<Vec<Vec<u8>>, ScanError> {
+    let region = |found: u32| HIT_HEADER_BYTES + 8 * u64::from(found);
+    let need: u64 = slots.iter().map(|&(_, n)| region(n)).sum();
+    if need > u64::from(u32::MAX) {
+        return Err(ScanError::Options(format!(
+            "{} overflowing windows found {need} bytes of hits, more than DFA_SCAN's 32-bit \
+             offsets reach; use a smaller --window",
+            slots.len()
+        )));
+    }
+    let o = match *overflow {
+        Some(o) if o.bytes >= need => o,
         _ => {
             // Grows geometrically; the runtime has no way to free a buffer.
-            let cap = found.max(overflow.map_or(0, |o| o.1.saturating_mul(2)));
-            let h = mk.create_buffer(HIT_HEADER_BYTES + 8 * u64::from(cap))?;
-            *overflow = Some((h, cap));
-            h
+            let bytes = need
+                .max(overflow.map_or(0, |o| o.bytes.saturating_mul(2)))
+                .min(u64::from(u32::MAX));
+            let (handle, host) = match mk.create_host_buffer(bytes)? {
+                Some(h) => (h, true),
+                None => (mk.create_buffer(bytes)?, false),
+            };
+            *overflow = Some(Overflow {
+                handle,
+                bytes,
+                host,
+            });
+            overflow.expect("just set")
         }
     };
-    mk.write_buffer(handle, 0, &found.to_le_bytes())?;
-    let mut again = slot;
-    again.args[6] = handle;
-    again.args[7] = 0;
-    match mk.wait(mk.publish(again)?)?.outcome {
-        Outcome::Done(r) if r[2] == found => {
-            Ok(mk.read_buffer(handle, HIT_HEADER_BYTES, 8 * u64::from(found))?)
-        }
-        other => Err(ScanError::Options(format!(
-            "a rescan with room for {found} hits did not store them all ({other:?})"
-        ))),
+    // The regions back to back, each headed by its capacity.
+    let mut layout = vec![0u8; need as usize];
+    let mut again = Vec::with_capacity(slots.len());
+    let mut at = 0u64;
+    for &(slot, found) in slots {
+        layout[at as usize..at as usize + 4].copy_from_slice(&found.to_le_bytes());
+        let mut s = slot;
+        s.args[6] = o.handle;
+        s.args[7] = at as u32;
+        again.push(s);
+        at += region(found);
     }
+    mk.write_buffer(o.handle, 0, &layout)?;
+    let tickets = mk.publish_batch(&again)?;
+    let done = mk.wait_range(tickets)?;
+    let span = if o.host {
+        Vec::new()
+    } else {
+        mk.read_buffer(o.handle, 0, need)?
+    };
+    let mut out = Vec::with_capacity(slots.len());
+    let mut at = 0u64;
+    for (c, &(_, found)) in done.iter().zip(slots) {
+        match c.outcome {
+            Outcome::Done(r) if r[2] == found => {}
+            other => {
+                return Err(ScanError::Options(format!(
+                    "a rescan with room for {found} hits did not store them all ({other:?})"
+                )))
+            }
+        }
+        let (from, len) = (at + HIT_HEADER_BYTES, 8 * u64::from(found));
+        out.push(if o.host {
+            mk.read_buffer(o.handle, from, len)?
+        } else {
+            span[from as usize..(from + len) as usize].to_vec()
+        });
+        at += region(found);
+    }
+    Ok(out)
 }
 
 fn dfa_slot(

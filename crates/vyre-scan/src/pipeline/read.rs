@@ -67,7 +67,10 @@ impl PackPool {
     }
 
     pub(crate) fn give(&self, buf: Box<dyn Staging>) {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(buf);
     }
 
     fn take(&self, bytes: usize) -> Box<dyn Staging> {
@@ -240,8 +243,7 @@ mod tests {
     use std::sync::mpsc::sync_channel;
 
     fn temp_file(name: &str, data: &[u8]) -> PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("vyre-read-{name}-{}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("vyre-read-{name}-{}", std::process::id()));
         File::create(&path).unwrap().write_all(data).unwrap();
         path
     }
@@ -294,7 +296,14 @@ mod tests {
         assert_eq!(seen[2], (2, 0, 0, None, false, large[..1000].to_vec()));
         assert_eq!(
             seen[3],
-            (2, 1000, 10, Some(large[989]), false, large[990..2000].to_vec())
+            (
+                2,
+                1000,
+                10,
+                Some(large[989]),
+                false,
+                large[990..2000].to_vec()
+            )
         );
         assert_eq!(
             seen[4],

@@ -55,6 +55,16 @@ impl CpuBuffer {
     fn read(&self, off: u64, dst: &mut [u8]) {
         let mut i = 0usize;
         let mut at = off;
+        if at % 4 == 0 && dst.len() >= 4 {
+            let first = (at / 4) as usize;
+            let n = dst.len() / 4;
+            let words = &self.words()[first..first + n];
+            for (w, b) in words.iter().zip(dst.chunks_exact_mut(4)) {
+                b.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+            }
+            i = n * 4;
+            at += i as u64;
+        }
         while i < dst.len() {
             let word = self.words()[(at / 4) as usize]
                 .load(Ordering::Relaxed)
@@ -70,6 +80,20 @@ impl CpuBuffer {
     fn write(&self, off: u64, src: &[u8]) {
         let mut i = 0usize;
         let mut at = off;
+        // Whole words in a tight loop (a scan copies every file byte in through here),
+        // partial words at either end below.
+        if at % 4 == 0 && src.len() >= 4 {
+            let first = (at / 4) as usize;
+            let words = &self.words()[first..first + src.len() / 4];
+            for (w, b) in words.iter().zip(src.chunks_exact(4)) {
+                w.store(
+                    u32::from_le_bytes(b.try_into().expect("4 bytes")),
+                    Ordering::Relaxed,
+                );
+            }
+            i = src.len() / 4 * 4;
+            at += i as u64;
+        }
         while i < src.len() {
             let w = &self.words()[(at / 4) as usize];
             let shift = (at % 4) as usize;

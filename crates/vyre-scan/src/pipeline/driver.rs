@@ -17,7 +17,7 @@ const SMALL_FILE_WINDOWS: usize = 1024;
 
 /// Hit regions in host memory hold one hit per this many bytes a slot scans (at least
 /// `hit_capacity`): a region too small for its slot's hits costs a rescan of the slot.
-const HIT_BYTES: u64 = 64;
+const HIT_BYTES: u64 = 16;
 
 /// One pooled pair of backend buffers.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +143,10 @@ struct Stages {
     batches: u64,
     /// Slots run again because their hit regions overflowed.
     rescans: u64,
+    /// Of `hits`: running them again.
+    rescan: Duration,
+    /// Of `hits`: reading hits back.
+    read: Duration,
 }
 
 impl<'a> Driver<'a> {
@@ -324,7 +328,7 @@ impl<'a> Driver<'a> {
             target: "vyre_scan::stages",
             "driver thread: waiting for segments {:.3} s, planning and copying {} segments \
              {:.3} s, copying and publishing {} batches {:.3} s, waiting for the device {:.3} s, \
-             hits to the sink {:.3} s ({} slots rescanned)",
+             hits to the sink {:.3} s ({} slots rescanned in {:.3} s, hits read in {:.3} s)",
             st.recv.as_secs_f64(),
             st.segments,
             st.add.as_secs_f64(),
@@ -332,7 +336,9 @@ impl<'a> Driver<'a> {
             st.flush.as_secs_f64(),
             st.wait.as_secs_f64(),
             st.hits.as_secs_f64(),
-            st.rescans
+            st.rescans,
+            st.rescan.as_secs_f64(),
+            st.read.as_secs_f64()
         );
         Ok(self.summary.clone())
     }
@@ -578,6 +584,7 @@ impl<'a> Driver<'a> {
                     && b.slots[i].slot.op == SlotOp::DfaScan as u16
             })
             .collect();
+        let t_rescan = Instant::now();
         let mut rescanned = if overflowed.is_empty() {
             Vec::new()
         } else {
@@ -592,6 +599,8 @@ impl<'a> Driver<'a> {
             rescan_all(self.mk, &mut self.overflow, &slots)?
         }
         .into_iter();
+        self.stages.rescan += t_rescan.elapsed();
+        let t_read = Instant::now();
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); b.segments.len()];
         let mut faults: Vec<Option<String>> = vec![None; b.segments.len()];
         for (p, outcome) in b.slots.iter().zip(&results) {
@@ -632,6 +641,7 @@ impl<'a> Driver<'a> {
                 }
             }
         }
+        self.stages.read += t_read.elapsed();
         for (k, seg) in b.segments.iter_mut().enumerate() {
             let seq = seg.file.seq;
             if let Some(message) = faults[k].take() {

@@ -19,6 +19,12 @@ const SMALL_FILE_WINDOWS: usize = 1024;
 /// `hit_capacity`): a region too small for its slot's hits costs a rescan of the slot.
 const HIT_BYTES: u64 = 16;
 
+/// Hit regions go into host memory only while all batches' regions together stay under this:
+/// page-locked memory on cuda is slow to allocate and zero, and the 10 groups of the bench's
+/// secret rule set would ask for about 0.8 GB of it (that set scanned in 41.7 s with host
+/// regions against 25.4 s before them, bench/results/scan-h100.md).
+const HOST_HITS_MAX_BYTES: u64 = 256 << 20;
+
 /// One pooled pair of backend buffers.
 #[derive(Debug, Clone, Copy)]
 struct Buffers {
@@ -192,7 +198,12 @@ impl<'a> Driver<'a> {
         let mut host_hits = false;
         for _ in 0..opts.in_flight {
             let data = mk.create_buffer(opts.batch.next_multiple_of(4) as u64)?;
-            let hits = match mk.create_host_buffer(host_bytes)? {
+            let host = host_bytes * opts.in_flight as u64 <= HOST_HITS_MAX_BYTES;
+            let hits = match host
+                .then(|| mk.create_host_buffer(host_bytes))
+                .transpose()?
+                .flatten()
+            {
                 Some(h) => {
                     host_hits = true;
                     h

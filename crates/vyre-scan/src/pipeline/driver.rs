@@ -19,10 +19,9 @@ const SMALL_FILE_WINDOWS: usize = 1024;
 /// `hit_capacity`): a region too small for its slot's hits costs a rescan of the slot.
 const HIT_BYTES: u64 = 16;
 
-/// Hit regions go into host memory only while all batches' regions together stay under this:
-/// page-locked memory on cuda is slow to allocate and zero, and the 10 groups of the bench's
-/// secret rule set would ask for about 0.8 GB of it (that set scanned in 41.7 s with host
-/// regions against 25.4 s before them, bench/results/scan-h100.md).
+/// Hit regions go into host memory only while all batches' regions together stay under this,
+/// which bounds the page-locked memory a scan takes on cuda (the 10 groups of the bench's
+/// secret rule set would ask for about 0.8 GB of it); past it they stay in device memory.
 const HOST_HITS_MAX_BYTES: u64 = 256 << 20;
 
 /// One pooled pair of backend buffers.

@@ -298,6 +298,12 @@ fn watchdog_declares_a_hang_and_restart_requeues_every_unfinished_slot() {
     };
     let mk = Megakernel::launch(Arc::new(CpuBackend::new().with_workers(2)), config).unwrap();
     let buf = mk.create_buffer(4).unwrap();
+    // A host buffer (recreated as one by the restart) keeps its handle and contents too.
+    let host = mk
+        .create_host_buffer(8)
+        .unwrap()
+        .expect("cpu buffers are host memory");
+    mk.write_buffer(host, 0, b"kept 7!!").unwrap();
     let add = Slot::new(SlotOp::AtomicAdd, &[buf, 0, 1]);
     assert_eq!(mk.run_batch(&[add; 10]).unwrap().len(), 10);
     mk.inject_hang();
@@ -328,7 +334,8 @@ fn watchdog_declares_a_hang_and_restart_requeues_every_unfinished_slot() {
     let restart = mk.restart(Arc::new(CpuBackend::new())).unwrap();
     assert_eq!(restart.requeued.len(), 100);
     assert_eq!(restart.possibly_partial, report.claimed);
-    assert_eq!((restart.buffers, restart.programs), (1, 0));
+    assert_eq!((restart.buffers, restart.programs), (2, 0));
+    assert_eq!(mk.read_buffer(host, 0, 8).unwrap(), b"kept 7!!");
     // The same tickets complete on the new backend; every slot ran exactly once.
     let done = mk.wait_range(tickets).unwrap();
     assert!(done.iter().all(|c| matches!(c.outcome, Outcome::Done(_))));
@@ -447,5 +454,23 @@ fn a_hang_during_an_overlapped_batch_is_reported_not_waited_out() {
     assert!(matches!(err.kind(), ErrorKind::Hung(_)), "{err}");
     let restart = mk.restart(Arc::new(CpuBackend::new())).unwrap();
     assert!(!restart.requeued.is_empty());
+    mk.shutdown().unwrap();
+}
+
+#[test]
+fn staging_memory_is_copied_into_a_buffer_by_range() {
+    let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();
+    let buf = mk.create_buffer(16).unwrap();
+    let mut staging = mk.create_staging(32).unwrap();
+    assert_eq!(staging.bytes().len(), 32);
+    staging.bytes_mut()[8..16].copy_from_slice(b"abcdefgh");
+    mk.write_from_staging(buf, 4, &*staging, 8..16).unwrap();
+    assert_eq!(
+        mk.read_buffer(buf, 0, 16).unwrap(),
+        b"\0\0\0\0abcdefgh\0\0\0\0"
+    );
+    // A range past the buffer is the usual bounds error, not a panic.
+    let err = mk.write_from_staging(buf, 12, &*staging, 0..8).unwrap_err();
+    assert!(err.to_string().contains("outside buffer"), "{err}");
     mk.shutdown().unwrap();
 }

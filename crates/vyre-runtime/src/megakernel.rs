@@ -373,13 +373,7 @@ impl Megakernel {
     pub fn create_buffer(&self, size: u64) -> Result<u32, Error> {
         let mut host = self.host();
         let h = host.backend.create_buffer(size)?;
-        if h as usize != host.buffers.len() + 1 {
-            return Err(Error::new(ErrorKind::Config(format!(
-                "backend {} returned handle {h}, expected {}",
-                host.backend.name(),
-                host.buffers.len() + 1
-            ))));
-        }
+        next_buffer_handle(&host, h)?;
         host.buffers.push(size);
         Ok(h)
     }
@@ -392,13 +386,7 @@ impl Megakernel {
         let Some(h) = host.backend.create_host_buffer(size)? else {
             return Ok(None);
         };
-        if h as usize != host.buffers.len() + 1 {
-            return Err(Error::new(ErrorKind::Config(format!(
-                "backend {} returned handle {h}, expected {}",
-                host.backend.name(),
-                host.buffers.len() + 1
-            ))));
-        }
+        next_buffer_handle(&host, h)?;
         host.buffers.push(size);
         host.host_buffers.push(h);
         Ok(Some(h))
@@ -409,13 +397,7 @@ impl Megakernel {
     pub fn register_host_region(&self, region: Arc<dyn HostRegion>) -> Result<u32, Error> {
         let mut host = self.host();
         let h = host.backend.register_host_region(region.clone())?;
-        if h as usize != host.buffers.len() + 1 {
-            return Err(Error::new(ErrorKind::Config(format!(
-                "backend {} returned handle {h}, expected {}",
-                host.backend.name(),
-                host.buffers.len() + 1
-            ))));
-        }
+        next_buffer_handle(&host, h)?;
         host.buffers.push(region.words().len() as u64 * 4);
         host.regions.push((h, region));
         Ok(h)
@@ -1075,4 +1057,17 @@ pub struct RestartReport {
     pub buffers: usize,
     /// Programs reloaded.
     pub programs: usize,
+}
+
+/// Handles count up from 1 in registration order; a backend that breaks that would make the
+/// runtime's bookkeeping (sizes, restart) name the wrong buffers.
+fn next_buffer_handle(host: &Host, h: u32) -> Result<(), Error> {
+    if h as usize == host.buffers.len() + 1 {
+        return Ok(());
+    }
+    Err(Error::new(ErrorKind::Config(format!(
+        "backend {} returned handle {h}, expected {}",
+        host.backend.name(),
+        host.buffers.len() + 1
+    ))))
 }

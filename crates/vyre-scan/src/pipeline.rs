@@ -23,7 +23,8 @@
 //! Memory is bounded: `in_flight` batches, bounded channels between the threads, and per
 //! file in flight at most one carried state per unbounded group.
 
-use crate::compile::Compiled;
+use crate::compile::{Compiled, Group};
+use crate::scan::check_table;
 use ignore::WalkState;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +72,12 @@ pub struct ScanOptions {
     /// page-locked on cuda, so a batch's copy to the device is a DMA with no host copy);
     /// false: plain memory.
     pub staging: bool,
+    /// Scan rule groups whose matches can be unboundedly long on the walk threads, as they
+    /// read each file (carrying the DFA state in the thread), instead of as one DFA_SCAN slot
+    /// per segment chained after the file's previous one. On a GPU such a chain runs each
+    /// segment on one lane, one after another (the bench's secret rules on an H100: 45 s for
+    /// 1.4 GB); the cpu backend's workers are host threads anyway.
+    pub unbounded_on_host: bool,
     /// How directories are walked.
     pub walk: WalkOptions,
 }
@@ -94,6 +101,7 @@ impl ScanOptions {
                 in_flight: 6,
                 readers: 8,
                 hit_capacity: 256,
+                unbounded_on_host: true,
                 ..ScanOptions::default()
             },
         }
@@ -130,6 +138,7 @@ impl Default for ScanOptions {
             readers: 4,
             hit_capacity: 64,
             staging: true,
+            unbounded_on_host: false,
             walk: WalkOptions::default(),
         }
     }
@@ -244,10 +253,31 @@ pub fn scan(
             pool.clone(),
         );
         let segment = opts.segment;
+        // Unbounded groups scanned by the walk threads as they read, if asked.
+        let host: Arc<Vec<Group>> = Arc::new(if opts.unbounded_on_host {
+            let unbounded = rules.groups.iter().filter(|g| g.max_len.is_none());
+            unbounded.cloned().collect()
+        } else {
+            Vec::new()
+        });
+        // A malformed table would panic the host scan; the device reports it as a fault.
+        if let Some((g, e)) = host
+            .iter()
+            .enumerate()
+            .find_map(|(g, t)| check_table(&t.table).err().map(|e| (g, e)))
+        {
+            return Err(ScanError::Options(format!(
+                "unbounded rule group {g} has a malformed table ({e}); scan it on the device \
+                 (unbounded_on_host: false) to see the fault"
+            )));
+        }
         thread::Builder::new()
             .name("vyre-scan-walk".into())
             .spawn(move || {
-                let reader = || Reader::new(item_tx.clone(), pool.clone(), segment, overlap);
+                let reader = || {
+                    let (tx, pool) = (item_tx.clone(), pool.clone());
+                    Reader::new(tx, pool, host.clone(), segment, overlap)
+                };
                 walk_and_read(&paths, &w, readers, reader)
             })
             .expect("spawn walker")

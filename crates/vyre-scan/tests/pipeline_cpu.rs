@@ -165,13 +165,18 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
     // (window, segment, batch, in_flight, hit capacity): tiny windows and segments put many
     // matches across boundaries; tiny regions force rescans; small batches force a flush
     // between a file's segments (unbounded rules continue from the previous one's state).
-    for (window, segment, batch, in_flight, hit_capacity) in [
+    // Each row once with unbounded rules as chained DFA_SCAN slots and once scanned by the
+    // walk threads (as on a GPU).
+    let rows = [
         (7, 13, 40, 2, 1),
         (64, 64, 200, 3, 2),
         (61, 1000, 5000, 1, 4096),
         (4096, 4096, 1 << 16, 4, 3),
         (1 << 20, 1 << 20, 2 << 20, 2, 64),
-    ] {
+    ];
+    for ((window, segment, batch, in_flight, hit_capacity), unbounded_on_host) in
+        rows.into_iter().flat_map(|r| [(r, false), (r, true)])
+    {
         let opts = ScanOptions {
             window,
             segment,
@@ -180,6 +185,7 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
             readers: 1 + window % 3,
             hit_capacity,
             staging: true,
+            unbounded_on_host,
             walk: WalkOptions::default(),
         };
         let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
@@ -216,6 +222,7 @@ fn a_file_larger_than_everything_in_flight_streams() {
         readers: 2,
         hit_capacity: 64,
         staging: true,
+        unbounded_on_host: false,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -318,6 +325,7 @@ fn thousands_of_literal_rules_agree_with_the_reference() {
         readers: 3,
         hit_capacity: 256,
         staging: true,
+        unbounded_on_host: false,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -376,6 +384,7 @@ fn a_faulting_scan_fails_its_file_once_and_the_others_go_on() {
         readers: 2,
         hit_capacity: 4,
         staging: true,
+        unbounded_on_host: false,
         walk: WalkOptions::default(),
     };
     let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();

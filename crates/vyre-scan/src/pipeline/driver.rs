@@ -219,8 +219,12 @@ impl<'a> Driver<'a> {
             };
             free.push(Buffers { data, hits });
         }
-        let (unbounded, bounded) =
+        let (mut unbounded, bounded): (Vec<usize>, Vec<usize>) =
             (0..rules.groups.len()).partition(|&g| rules.groups[g].max_len.is_none());
+        if opts.unbounded_on_host {
+            // The walk threads scan them and hand over their hits with each piece.
+            unbounded.clear();
+        }
         Ok(Driver {
             mk,
             rules,
@@ -435,8 +439,10 @@ impl<'a> Driver<'a> {
         let n = data.len() - c.prefix;
         let segment = b.segments.len();
         // Into the batch's buffer (its slots are published only at the flush), with the
-        // pack's next pieces in the same write where they follow on.
+        // pack's next pieces in the same write where they follow on; no slot reads it when
+        // every group is scanned on the host.
         match &mut b.pending {
+            _ if self.bounded.is_empty() && self.unbounded.is_empty() => {}
             Some(p) if p.from + p.len == c.start && p.to + p.len == base => p.len += data.len(),
             _ => {
                 write_pending(self.mk, b, pack)?;
@@ -527,7 +533,7 @@ impl<'a> Driver<'a> {
             len: n,
             last: c.last,
             base,
-            hits: Vec::new(),
+            hits: c.hits.clone(),
         });
         Ok(())
     }

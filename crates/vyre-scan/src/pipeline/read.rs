@@ -5,10 +5,13 @@
 //! buffer (bench/results/scan-h100.md, session 5).
 
 use super::{FileMeta, Item};
+use crate::compile::Group;
+use crate::scan::{scan_slice, Start};
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
+use vyre_isa::dfa::START_TEXT;
 use vyre_runtime::{Backend, Staging};
 
 /// Pack buffers at least this large (more when a segment and its overlap need more).
@@ -39,6 +42,9 @@ pub(crate) struct Piece {
     pub(crate) before: Option<u8>,
     /// The file ends with this segment.
     pub(crate) last: bool,
+    /// Matches of the groups scanned on the host (`ScanOptions::unbounded_on_host`) that end
+    /// in this segment's own bytes: (file offset of the end, rule).
+    pub(crate) hits: Vec<(u64, u32)>,
 }
 
 impl Piece {
@@ -89,9 +95,14 @@ impl PackPool {
     }
 }
 
-/// One walk thread's reader: fills its pack and sends it when full, or when dropped.
+/// One walk thread's reader: fills its pack and sends it when full, or when dropped. It also
+/// scans the `host` groups over each file as it reads it, carrying their states from segment
+/// to segment in the thread (rules whose matches can be unboundedly long chain every segment
+/// of a file after the one before: on a GPU each segment would run on one lane, one after
+/// another).
 pub(crate) struct Reader {
     tx: SyncSender<Item>,
+    host: Arc<Vec<Group>>,
     pool: Arc<PackPool>,
     pack: Option<Pack>,
     pack_bytes: usize,
@@ -105,11 +116,13 @@ impl Reader {
     pub(crate) fn new(
         tx: SyncSender<Item>,
         pool: Arc<PackPool>,
+        host: Arc<Vec<Group>>,
         segment: usize,
         overlap: usize,
     ) -> Reader {
         Reader {
             tx,
+            host,
             pool,
             pack: None,
             pack_bytes: PACK_BYTES.max(segment + overlap),
@@ -177,6 +190,9 @@ impl Reader {
         // The last `overlap + 1` bytes read so far.
         let mut tail: Vec<u8> = Vec::with_capacity(self.overlap + 1);
         let (mut at, overlap) = (0u64, self.overlap);
+        let host = self.host.clone();
+        let mut states: Vec<Start> = vec![Start::LookBehind(START_TEXT as u16); host.len()];
+        let mut found = Vec::new();
         loop {
             if self.stopped {
                 return Ok(());
@@ -196,6 +212,14 @@ impl Reader {
             let keep = (overlap + 1).min(len);
             tail.clear();
             tail.extend_from_slice(&buf[start + len - keep..start + len]);
+            let mut hits = Vec::new();
+            for (g, state) in host.iter().zip(&mut states) {
+                found.clear();
+                let row = scan_slice(&g.table, &buf[own..own + n], *state, 0, last, &mut found);
+                *state = Start::Row(row);
+                let rule = |p: u32| g.rules[p as usize];
+                hits.extend(found.iter().map(|&(end, p)| (at + u64::from(end), rule(p))));
+            }
             pack.used += len;
             pack.pieces.push(Piece {
                 file: file.clone(),
@@ -205,6 +229,7 @@ impl Reader {
                 prefix,
                 before,
                 last,
+                hits,
             });
             at += n as u64;
             if last {
@@ -254,7 +279,8 @@ mod tests {
     fn read_all(files: &[PathBuf], segment: usize, overlap: usize) -> (Seen, usize) {
         let (tx, rx) = sync_channel(1024);
         {
-            let mut r = Reader::new(tx, Arc::new(PackPool::new(None)), segment, overlap);
+            let pool = Arc::new(PackPool::new(None));
+            let mut r = Reader::new(tx, pool, Arc::default(), segment, overlap);
             for (seq, path) in files.iter().enumerate() {
                 let meta = FileMeta {
                     path: path.clone(),
@@ -331,7 +357,8 @@ mod tests {
         let (tx, rx) = sync_channel(16);
         let ok = temp_file("ok", b"needle");
         {
-            let mut r = Reader::new(tx, Arc::new(PackPool::new(None)), 1 << 20, 0);
+            let pool = Arc::new(PackPool::new(None));
+            let mut r = Reader::new(tx, pool, Arc::default(), 1 << 20, 0);
             let meta = |path: PathBuf, seq| FileMeta { path, seq };
             assert!(r.file(meta(ok.clone(), 0)));
             assert!(r.file(meta(PathBuf::from("/nonexistent/vyre"), 1)));

@@ -633,19 +633,33 @@ impl Backend for CudaBackend {
         if src.as_any().downcast_ref::<Pinned>().is_none() {
             return self.write_buffer(handle, offset, data);
         }
-        // Page-locked: the copy engine reads it directly (host-side buffers take a memcpy).
-        let copied = self.with_buffer(handle, offset, data.len() as u64, |b| match &b.storage {
-            Storage::Device(d) => d
-                .write(&self.copies, offset as usize, data)
-                .map(|()| true)
-                .map_err(|e| launch_err("copying to the device", e)),
-            _ => Ok(false),
-        })?;
-        if copied {
+        // Page-locked: the copy engine reads it directly while the caller goes on; the
+        // caller waits with `wait_copies` before writing the staging memory again or
+        // publishing slots that read the destination (the `Backend` contract). Host-side
+        // buffers take a memcpy.
+        let started =
+            self.with_buffer(handle, offset, data.len() as u64, |b| match &b.storage {
+                // SAFETY: `data` is page-locked staging memory that, by the contract of
+                // `write_from_staging`, is neither written nor freed before `wait_copies`
+                // synchronises this stream (a dropped `Pinned` goes back to a pool that frees
+                // nothing while the backend lives).
+                Storage::Device(d) => unsafe { d.write_async(&self.copies, offset as usize, data) }
+                    .map(|()| true)
+                    .map_err(|e| launch_err("copying to the device", e)),
+                _ => Ok(false),
+            })?;
+        if started {
             Ok(())
         } else {
             self.write_buffer(handle, offset, data)
         }
+    }
+
+    fn wait_copies(&self) -> Result<(), BackendError> {
+        self.ctx
+            .bind_to_thread()
+            .and_then(|()| self.copies.synchronize())
+            .map_err(|e| launch_err("waiting for copies to the device", e))
     }
 
     fn read_buffer(&self, handle: u32, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {

@@ -77,6 +77,31 @@ impl DeviceAlloc {
         }
     }
 
+    /// Starts copying `src` to `offset` on `stream` and returns without waiting.
+    ///
+    /// # Safety
+    ///
+    /// `src` must stay valid and unmodified until `stream` has been synchronised (for
+    /// page-locked memory the copy engine reads it directly while the copy runs).
+    pub(crate) unsafe fn write_async(
+        &self,
+        stream: &CudaStream,
+        offset: usize,
+        src: &[u8],
+    ) -> Result<(), DriverError> {
+        assert!(
+            offset + src.len() <= self.bytes,
+            "device write out of range"
+        );
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the destination range is inside the allocation (asserted); the caller keeps
+        // `src` alive and unmodified until the stream is synchronised.
+        unsafe { result::memcpy_htod_async(self.ptr + offset as u64, src, stream.cu_stream()) }
+    }
+
     /// Copies `src` to `offset` through the page-locked `bounce` buffer and waits: the
     /// host copies into one half while the copy engine reads the other, instead of the
     /// driver's slower path for pageable memory.

@@ -223,7 +223,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(None)
     }
     /// Copies `src[range]` into a buffer at `offset` (a backend recognises its own staging
-    /// memory; the default is [`Backend::write_buffer`]).
+    /// memory; the default is [`Backend::write_buffer`]). The copy may still be running when
+    /// this returns (cuda: a DMA from page-locked staging): until [`Backend::wait_copies`]
+    /// returns, the caller must neither write `src` nor publish slots that read the
+    /// destination.
     fn write_from_staging(
         &self,
         handle: u32,
@@ -232,6 +235,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
         range: Range<usize>,
     ) -> Result<(), BackendError> {
         self.write_buffer(handle, offset, &src.bytes()[range])
+    }
+    /// Waits for the copies [`Backend::write_from_staging`] left running (none by default).
+    fn wait_copies(&self) -> Result<(), BackendError> {
+        Ok(())
     }
     /// Copies bytes out of a buffer.
     fn read_buffer(&self, handle: u32, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;

@@ -426,7 +426,9 @@ impl Megakernel {
             .unwrap_or_else(|| Box::new(vec![0u8; bytes])))
     }
 
-    /// Copies `src[range]` into a buffer at `offset`.
+    /// Copies `src[range]` into a buffer at `offset`; the copy may still be running when this
+    /// returns. Call [`Megakernel::wait_copies`] before writing `src` again or publishing
+    /// slots that read what it copied.
     pub fn write_from_staging(
         &self,
         handle: u32,
@@ -436,6 +438,12 @@ impl Megakernel {
     ) -> Result<(), Error> {
         let backend = self.backend();
         Ok(backend.write_from_staging(handle, offset, src, range)?)
+    }
+
+    /// Waits for the copies [`Megakernel::write_from_staging`] left running.
+    pub fn wait_copies(&self) -> Result<(), Error> {
+        let backend = self.backend();
+        Ok(backend.wait_copies()?)
     }
 
     /// Copies bytes out of a buffer.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vyre_isa::dfa::{HIT_HEADER_BYTES, REPORT_EOI, START_LOOKBEHIND, START_TEXT};
 use vyre_isa::{Slot, SlotOp};
-use vyre_runtime::{Megakernel, Outcome, Ticket};
+use vyre_runtime::{Megakernel, Outcome, Staging, Ticket};
 
 /// Extra windows a batch may hold beyond `batch / window`: each small file adds one.
 const SMALL_FILE_WINDOWS: usize = 1024;
@@ -114,6 +114,9 @@ pub(crate) struct Driver<'a> {
     bounded: Vec<usize>,
     free: Vec<Buffers>,
     packs: Arc<PackPool>,
+    /// Packs whose copies into the device may still be running: given back to the pool at
+    /// the next flush, after `wait_copies`.
+    held: Vec<Box<dyn Staging>>,
     fifo: VecDeque<Batch>,
     current: Option<Batch>,
     carry: HashMap<u64, Carry>,
@@ -234,6 +237,7 @@ impl<'a> Driver<'a> {
             bounded,
             free,
             packs,
+            held: Vec::new(),
             fifo: VecDeque::new(),
             current: None,
             carry: HashMap::new(),
@@ -299,7 +303,7 @@ impl<'a> Driver<'a> {
                     if let Some(b) = self.current.as_mut() {
                         write_pending(self.mk, b, &pack)?;
                     }
-                    self.packs.give(pack.buf);
+                    self.held.push(pack.buf);
                     self.stages.add += t.elapsed() - (self.stages.wait + self.stages.hits - other);
                     self.stages.segments += pack.pieces.len() as u64;
                 }
@@ -548,6 +552,12 @@ impl<'a> Driver<'a> {
             b.pending.is_none(),
             "a pack's bytes are written before a flush"
         );
+        // The batch's copies land before its slots can read them, and the packs they came
+        // from can be filled again.
+        self.mk.wait_copies()?;
+        for buf in self.held.drain(..) {
+            self.packs.give(buf);
+        }
         b.flushed = true;
         publish_ready(self.mk, &mut b, self.host_hits)?;
         self.fifo.push_back(b);

@@ -61,18 +61,9 @@ impl DeviceAlloc {
         offset: usize,
         src: &[u8],
     ) -> Result<(), DriverError> {
-        assert!(
-            offset + src.len() <= self.bytes,
-            "device write out of range"
-        );
-        if src.is_empty() {
-            return Ok(());
-        }
-        self.ctx.bind_to_thread()?;
-        // SAFETY: the destination range is inside the allocation (asserted); `src` outlives the
-        // copy because we synchronise the stream before returning.
+        // SAFETY: `src` outlives the copy because we synchronise the stream before returning.
         unsafe {
-            result::memcpy_htod_async(self.ptr + offset as u64, src, stream.cu_stream())?;
+            self.write_async(stream, offset, src)?;
             result::stream::synchronize(stream.cu_stream())
         }
     }

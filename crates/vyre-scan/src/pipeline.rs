@@ -3,25 +3,29 @@
 //! * Walk threads list files the way ripgrep does (the `ignore` crate's parallel walker) and
 //!   read each file they find in segments of [`ScanOptions::segment`] bytes, prefixing every
 //!   segment with the last `overlap` bytes of the file before it, where `overlap` is the
-//!   longest match of any bounded rule group.
-//! * The driver (the calling thread, `driver.rs`) packs segments into a batch: each is copied
-//!   into the batch's pooled backend buffer as it arrives, and the batch's slots are
-//!   published in one go:
+//!   longest match of any bounded rule group. Segments go back to back into 1 MiB packs of
+//!   the backend's staging memory (`read.rs`), sent to the driver when full.
+//! * The driver (the calling thread, `driver.rs`) places each pack's segments into a batch,
+//!   copying each run of them into the batch's pooled backend buffer with one write, and
+//!   publishes the batch's slots in one go:
 //!   - bounded groups: one DFA_SCAN per window of [`ScanOptions::window`] bytes. A window
 //!     owns the match ends in its own bytes; its slot starts `L` bytes early (from the
 //!     look-behind start state of the byte before that) and reports only from its own first
 //!     byte on, so every match is reported by exactly one window, and windows are
 //!     independent (a GPU runs thousands at once);
 //!   - unbounded groups: one DFA_SCAN per segment, from the state the file's previous
-//!     segment ended in (its r1), published once that segment has completed.
+//!     segment ended in (its r1), published once that segment has completed; or, with
+//!     [`ScanOptions::unbounded_on_host`] (GPU backends), scanned by the walk thread as it
+//!     reads the file, its hits handed over with each segment.
 //! * The last segment of a file (a short read, possibly empty) asks for the end-of-input
 //!   transition, which reports matches that end at the end of the file (`$`, `\b`).
-//! * Batches complete in FIFO order; a slot's hits are read back only when r2 > 0. A region
-//!   that overflowed (r0 > r2) is rescanned with a region of exactly r0 hits, so nothing is
-//!   dropped. Each segment's hits are sorted by (end, rule) and handed to the [`Sink`].
+//! * Batches complete in FIFO order; a slot's hits are read back only when r2 > 0, from host
+//!   memory where the backend has it. Regions that overflowed (r0 > r2) are rescanned
+//!   together, each with a region of exactly r0 hits, so nothing is dropped. Each segment's
+//!   hits are sorted by (end, rule) and handed to the [`Sink`].
 //!
-//! Memory is bounded: `in_flight` batches, bounded channels between the threads, and per
-//! file in flight at most one carried state per unbounded group.
+//! Memory is bounded: `in_flight` batches, a bounded channel of packs, and per file in
+//! flight at most one carried state per unbounded group.
 
 use crate::compile::{Compiled, Group};
 use crate::scan::check_table;

@@ -4,6 +4,7 @@
 use super::read::{Pack, PackPool, Piece};
 use super::{FileError, FileMeta, Item, ScanError, ScanOptions, Sink, Summary};
 use crate::compile::Compiled;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -202,9 +203,9 @@ impl<'a> Driver<'a> {
         }
         let mut free = Vec::with_capacity(opts.in_flight);
         let mut host_hits = false;
+        let host = host_bytes * opts.in_flight as u64 <= HOST_HITS_MAX_BYTES;
         for _ in 0..opts.in_flight {
             let data = mk.create_buffer(opts.batch.next_multiple_of(4) as u64)?;
-            let host = host_bytes * opts.in_flight as u64 <= HOST_HITS_MAX_BYTES;
             let hits = match host
                 .then(|| mk.create_host_buffer(host_bytes))
                 .transpose()?
@@ -660,15 +661,13 @@ impl<'a> Driver<'a> {
                 let bytes = rescanned.next().expect("one rescan per overflowed slot");
                 push_hits(&bytes, &group.rules, origin, &mut seg.hits);
             } else if r[2] > 0 {
-                let at = u64::from(p.slot.args[7]) + HIT_HEADER_BYTES;
-                let len = 8 * u64::from(r[2]);
-                if self.host_hits {
-                    let bytes = self.mk.read_buffer(b.bufs.hits, at, len)?;
-                    push_hits(&bytes, &group.rules, origin, &mut seg.hits);
-                } else {
-                    let bytes = &hit_bytes[at as usize..(at + len) as usize];
-                    push_hits(bytes, &group.rules, origin, &mut seg.hits);
-                }
+                let hits = HitBuffer {
+                    handle: b.bufs.hits,
+                    host: self.host_hits,
+                    span: &hit_bytes,
+                };
+                let bytes = hits.read(self.mk, u64::from(p.slot.args[7]), r[2])?;
+                push_hits(&bytes, &group.rules, origin, &mut seg.hits);
             }
         }
         self.stages.read += t_read.elapsed();
@@ -872,6 +871,11 @@ fn rescan_all(
     } else {
         mk.read_buffer(o.handle, 0, need)?
     };
+    let hits = HitBuffer {
+        handle: o.handle,
+        host: o.host,
+        span: &span,
+    };
     let mut out = Vec::with_capacity(slots.len());
     let mut at = 0u64;
     for (c, &(_, found)) in done.iter().zip(slots) {
@@ -879,19 +883,35 @@ fn rescan_all(
             Outcome::Done(r) if r[2] == found => {}
             other => {
                 return Err(ScanError::Options(format!(
-                    "a rescan with room for {found} hits did not store them all ({other:?})"
+                    "a rescan with room for {found} hits did not store them all ({other:?}); \
+                     this is a bug in vyre, please report it with the rule file"
                 )))
             }
         }
-        let (from, len) = (at + HIT_HEADER_BYTES, 8 * u64::from(found));
-        out.push(if o.host {
-            mk.read_buffer(o.handle, from, len)?
-        } else {
-            span[from as usize..(from + len) as usize].to_vec()
-        });
+        out.push(hits.read(mk, at, found)?.into_owned());
         at += region(found);
     }
     Ok(out)
+}
+
+/// A buffer of hit regions: in host memory each region is read on its own; otherwise `span`
+/// holds the buffer's bytes from 0, read back in one go.
+struct HitBuffer<'s> {
+    handle: u32,
+    host: bool,
+    span: &'s [u8],
+}
+
+impl HitBuffer<'_> {
+    /// The `stored` (end, pattern) pairs of the region at `at`.
+    fn read(&self, mk: &Megakernel, at: u64, stored: u32) -> Result<Cow<'_, [u8]>, ScanError> {
+        let (from, len) = (at + HIT_HEADER_BYTES, 8 * u64::from(stored));
+        Ok(if self.host {
+            Cow::Owned(mk.read_buffer(self.handle, from, len)?)
+        } else {
+            Cow::Borrowed(&self.span[from as usize..(from + len) as usize])
+        })
+    }
 }
 
 fn dfa_slot(

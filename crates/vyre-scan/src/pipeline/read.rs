@@ -197,7 +197,7 @@ impl Reader {
             if self.stopped {
                 return Ok(());
             }
-            let prefix = tail.len().min(self.overlap);
+            let prefix = tail.len().min(overlap);
             let before = (tail.len() > prefix).then(|| tail[tail.len() - prefix - 1]);
             let want = usize::try_from(size.saturating_sub(at).saturating_add(1))
                 .unwrap_or(self.segment)

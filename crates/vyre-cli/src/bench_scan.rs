@@ -104,6 +104,12 @@ pub struct Args {
     /// Timed repetitions of the resident probe (the best is reported).
     #[arg(long, default_value_t = 3)]
     pub resident_reps: usize,
+    /// Most resident-probe slots published and not yet reaped; the ring holds at least
+    /// 4/3 of this. It must exceed the backend's worker lanes (an H100's 2 blocks of 128 per
+    /// SM: 33,792) or the GPU idles between rounds (32,768, half a 65,536-slot ring, was
+    /// the probe's setting until session 6 and measured about half the throughput).
+    #[arg(long, default_value_t = 196_608, value_name = "SLOTS")]
+    pub resident_in_flight: usize,
     /// Skip the file-scan comparison (only the resident probe, if asked for).
     #[arg(long)]
     pub resident_only: bool,
@@ -986,25 +992,31 @@ fn resident(
     );
     let _ = writeln!(
         s,
-        "| backend | bytes per slot | slots per pass | best s | GB/s | matches found (last pass) |"
+        "| backend | bytes per slot | slots per pass | most in flight | best s | GB/s | matches found (last pass) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     const CAP: u32 = 64;
     let region = HIT_HEADER_BYTES + 8 * u64::from(CAP);
     for backend in &a.backends {
         let b = match backends::create(backend, &[SlotOp::DfaScan]) {
             Ok((b, _)) => b,
             Err(e) => {
-                let _ = writeln!(s, "| {backend} | skipped: unavailable: {e} | | | | |");
+                let _ = writeln!(s, "| {backend} | skipped: unavailable: {e} | | | | | |");
                 continue;
             }
         };
         let name = b.name().to_string();
+        let batch = 1 << 12;
+        let in_flight_max = a.resident_in_flight.max(batch);
+        let capacity = (in_flight_max / 3 * 4)
+            .next_power_of_two()
+            .clamp(1 << 16, 1 << 20);
         let config = Config {
-            capacity: 1 << 16,
+            capacity: capacity as u32,
             workers: a.tuning.workers,
             ..vyre_scan::pipeline::megakernel_config(&name)
         };
+        let in_flight_max = in_flight_max.min(capacity / 4 * 3);
         let mk = Megakernel::launch(b, config)?;
         let mut tables = Vec::new();
         for g in &compiled.groups {
@@ -1052,10 +1064,8 @@ fn resident(
                 let t = Instant::now();
                 let mut pending = std::collections::VecDeque::new();
                 let mut n_found = 0u64;
-                let batch = 1 << 12;
                 for part in slots.chunks(batch) {
-                    // At most half the ring's capacity in flight.
-                    while pending.len() * batch >= 1 << 15 {
+                    while (pending.len() + 1) * batch > in_flight_max {
                         let r = pending.pop_front().expect("pending");
                         for c in mk.wait_range(r)? {
                             tally(&c, &mut n_found, &mut failed);
@@ -1075,7 +1085,7 @@ fn resident(
             eprintln!("resident {name}, {w} bytes per slot: {gbps:.2} GB/s");
             let _ = writeln!(
                 s,
-                "| {name} | {w} | {} | {best:.4} | {gbps:.2} | {found}{} |",
+                "| {name} | {w} | {} | {in_flight_max} | {best:.4} | {gbps:.2} | {found}{} |",
                 slots.len(),
                 failed
                     .map(|f| format!(" (a slot faulted: {f})"))

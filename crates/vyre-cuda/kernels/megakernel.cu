@@ -284,17 +284,20 @@ __device__ bool run_program(const Params& p, const ProgEntry& pe, u64* regs, u64
 // that use it are published); data words are read with ld.global.cg, since pooled data
 // buffers are rewritten between scans.
 
-// last_row: the largest row offset whose C columns all lie inside the transitions.
+// last_row: the largest row offset whose C columns all lie inside the transitions, capped at
+// 2^31 - 1 (a transition entry's row never exceeds that), so that row arithmetic is 32-bit:
+// a row plus a column stays below 2^32. The per-byte step is kept to two dependent loads
+// (class, then transition) and one compare; 64-bit word indexes are formed only on a fault.
 #ifndef VYRE_DFA_LOAD16
 #define VYRE_DFA_LOAD16 1
 #endif
-struct Dfa { const u32* t; u32 stride; u64 rows_end; u64 last_row; u64 mi; u64 ml; u64 mw; };
+struct Dfa { const u32* t; const u32* trans; const u8* cm; u32 stride; u32 last_row; u64 mi; u64 ml; u64 mw; };
 
 __device__ __forceinline__ u32 tword(const Dfa& d, u64 i) { return __ldg(d.t + i); }
 
-__device__ bool dfa_emit(const Dfa& d, u32 next, u32 end, u32 report_from, u32* hits, u32 cap,
-                         u32* found, u32* stored, Fault* f) {
-    u64 row = next & ~VYRE_DFA_MATCH_BIT;
+__device__ __forceinline__ bool dfa_emit(const Dfa& d, u32 next, u32 end, u32 report_from,
+                                         u32* hits, u32 cap, u32& found, u32& stored, Fault* f) {
+    u32 row = next & ~VYRE_DFA_MATCH_BIT;
     u64 at = d.mi + row / d.stride;
     u64 entry = tword(d, at);
     if (entry >= d.mw) FAIL(VYRE_F_BAD_PROGRAM, at);
@@ -304,25 +307,25 @@ __device__ bool dfa_emit(const Dfa& d, u32 next, u32 end, u32 report_from, u32* 
     if (end < report_from) return true;
     for (u64 k = 0; k < n; k++) {
         u32 pat = tword(d, list + 1 + k);
-        if (*stored < cap) {
-            hits[2 * (u64)*stored] = end;
-            hits[2 * (u64)*stored + 1] = pat;
-            *stored += 1;
+        if (stored < cap) {
+            hits[2 * (u64)stored] = end;
+            hits[2 * (u64)stored + 1] = pat;
+            stored += 1;
         }
-        *found += 1;
+        found += 1;
     }
     return true;
 }
 
-__device__ __forceinline__ bool dfa_step(const Dfa& d, const u8* cm, u32* state, u32 byte, u32 end,
-                                         u32 report_from, u32* hits, u32 cap, u32* found,
-                                         u32* stored, Fault* f) {
-    u64 at = VYRE_DFA_TRANS_WORD + (u64)*state + cm[byte];
-    u32 next = tword(d, at);
-    if ((u64)(next & ~VYRE_DFA_MATCH_BIT) > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, at);
+__device__ __forceinline__ bool dfa_step(const Dfa& d, u32& state, u32 byte, u32 end,
+                                         u32 report_from, u32* hits, u32 cap, u32& found,
+                                         u32& stored, Fault* f) {
+    u32 col = state + __ldg(d.cm + byte);
+    u32 next = __ldg(d.trans + col);
+    if ((next & ~VYRE_DFA_MATCH_BIT) > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, VYRE_DFA_TRANS_WORD + (u64)col);
     if ((next & VYRE_DFA_MATCH_BIT) &&
         !dfa_emit(d, next, end, report_from, hits, cap, found, stored, f)) return false;
-    *state = next & ~VYRE_DFA_MATCH_BIT;
+    state = next & ~VYRE_DFA_MATCH_BIT;
     return true;
 }
 
@@ -351,9 +354,12 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
     if (states == 0) FAIL(VYRE_F_BAD_PROGRAM, 2);
     if (d.stride < 2 || d.stride > 257) FAIL(VYRE_F_BAD_PROGRAM, 3);
     if (tword(d, 7) != 0) FAIL(VYRE_F_BAD_PROGRAM, 7);
-    d.rows_end = (u64)states * d.stride;
-    d.last_row = d.rows_end - d.stride;
-    d.mi = VYRE_DFA_TRANS_WORD + d.rows_end;
+    u64 rows_end = (u64)states * d.stride;
+    u64 last_row = rows_end - d.stride;
+    d.last_row = last_row < 0x7fffffffull ? (u32)last_row : 0x7fffffffu;
+    d.trans = d.t + VYRE_DFA_TRANS_WORD;
+    d.cm = (const u8*)(d.t + VYRE_DFA_CLASS_MAP_WORD);
+    d.mi = VYRE_DFA_TRANS_WORD + rows_end;
     d.ml = d.mi + states;
     d.mw = mwords;
     if ((d.ml + d.mw) * 4 > tb.size) FAIL(VYRE_F_BAD_PROGRAM, 6);
@@ -368,14 +374,13 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
         if (code > VYRE_DFA_START_TEXT) FAIL(VYRE_F_MALFORMED_SLOT, 5);
         u64 at = VYRE_DFA_START_WORD + (u64)code;
         state = tword(d, at);
-        if ((u64)state > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, at);
+        if (state > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, at);
     } else {
-        if ((u64)start > d.last_row) FAIL(VYRE_F_MALFORMED_SLOT, 5);
+        if (start > d.last_row) FAIL(VYRE_F_MALFORMED_SLOT, 5);
         state = start;
     }
     u32 report_from = report & ~VYRE_DFA_REPORT_EOI;
     u32 found = 0, stored = 0;
-    const u8* cm = (const u8*)(d.t + VYRE_DFA_CLASS_MAP_WORD);
     const u8* s = db.base + off;
     u32 i = 0;
     // Bytes up to an aligned boundary, then whole words (16 bytes per load with
@@ -383,7 +388,7 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
     // each read a different line) through L2, then the tail.
 #if VYRE_DFA_LOAD16
     while (i < len && (((size_t)(s + i)) & 15) != 0) {
-        if (!dfa_step(d, cm, &state, __ldcg(s + i), i, report_from, hits, cap, &found, &stored, f)) return false;
+        if (!dfa_step(d, state, __ldcg(s + i), i, report_from, hits, cap, found, stored, f)) return false;
         i++;
     }
     while (i + 16 <= len) {
@@ -393,26 +398,26 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
         for (u32 j = 0; j < 4; j++) {
             #pragma unroll
             for (u32 k = 0; k < 4; k++) {
-                if (!dfa_step(d, cm, &state, (ws[j] >> (8 * k)) & 0xff, i + 4 * j + k, report_from, hits, cap, &found, &stored, f)) return false;
+                if (!dfa_step(d, state, (ws[j] >> (8 * k)) & 0xff, i + 4 * j + k, report_from, hits, cap, found, stored, f)) return false;
             }
         }
         i += 16;
     }
 #else
     while (i < len && (((size_t)(s + i)) & 3) != 0) {
-        if (!dfa_step(d, cm, &state, __ldcg(s + i), i, report_from, hits, cap, &found, &stored, f)) return false;
+        if (!dfa_step(d, state, __ldcg(s + i), i, report_from, hits, cap, found, stored, f)) return false;
         i++;
     }
 #endif
     while (i + 4 <= len) {
         u32 w = __ldcg((const unsigned int*)(s + i));
         for (u32 k = 0; k < 4; k++) {
-            if (!dfa_step(d, cm, &state, (w >> (8 * k)) & 0xff, i + k, report_from, hits, cap, &found, &stored, f)) return false;
+            if (!dfa_step(d, state, (w >> (8 * k)) & 0xff, i + k, report_from, hits, cap, found, stored, f)) return false;
         }
         i += 4;
     }
     while (i < len) {
-        if (!dfa_step(d, cm, &state, __ldcg(s + i), i, report_from, hits, cap, &found, &stored, f)) return false;
+        if (!dfa_step(d, state, __ldcg(s + i), i, report_from, hits, cap, found, stored, f)) return false;
         i++;
     }
     r[1] = state;
@@ -421,7 +426,7 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
         u32 next = tword(d, at);
         if ((u64)(next & ~VYRE_DFA_MATCH_BIT) > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, at);
         if ((next & VYRE_DFA_MATCH_BIT) &&
-            !dfa_emit(d, next, len, report_from, hits, cap, &found, &stored, f)) return false;
+            !dfa_emit(d, next, len, report_from, hits, cap, found, stored, f)) return false;
     }
     r[0] = found; r[2] = stored;
     return true;

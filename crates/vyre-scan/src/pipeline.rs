@@ -95,10 +95,11 @@ impl ScanOptions {
                 readers: 2,
                 ..ScanOptions::default()
             },
-            // 16 KiB windows scanned fastest with data already on an H100 (80 GB/s against
-            // 46 GB/s at 64 KiB and 70 GB/s at 4 KiB; bench/results/scan-h100.md). Through
-            // files the host is the bottleneck, and 16 MiB batches pipelined better than
-            // 64 MiB ones (3.4-3.8 against 2.4-2.5 GB/s on four large files, same run).
+            // With data already on an H100, 16 KiB windows scan at 126-134 GB/s and 4 KiB
+            // ones at 160-172 GB/s (bench/results/scan-resident-h100.md); through files the
+            // host is the bottleneck and every window costs the driver thread planning and a
+            // hit region, so files keep 16 KiB. 16 MiB batches pipelined better than 64 MiB
+            // ones (3.4-3.8 against 2.4-2.5 GB/s on four large files, same run).
             _ => ScanOptions {
                 window: 16 << 10,
                 batch: 16 << 20,

@@ -394,12 +394,13 @@ fn wait_all_takes_any_subset_in_the_order_given_and_leaves_the_rest() {
 
 #[test]
 fn a_large_batch_with_host_threads_returns_every_completion_in_order() {
-    // Larger than the ring and than the parallel threshold: written and read by the host
-    // pool part by part while the workers run, with a fault in the middle and slots of
+    // Larger than the parallel threshold: written by the host pool while the workers run,
+    // and read by the pool's threads together (the batch fits in the ring) or by the
+    // calling thread as it goes (it does not), with a fault in the middle and slots of
     // other publishers interleaved between the batches.
-    for threads in [1, 3] {
+    for (threads, capacity) in [(1, 1 << 14), (3, 1 << 14), (3, 1 << 16), (4, 1 << 17)] {
         let mk = launch(Config {
-            capacity: 1 << 14,
+            capacity,
             host_threads: Some(threads),
             ..Config::default()
         });
@@ -450,6 +451,26 @@ fn a_hang_during_an_overlapped_batch_is_reported_not_waited_out() {
     mk.inject_hang();
     // Larger than the ring: the writers wait for room that never comes, the batch stalls,
     // and the general path reports the hang.
+    let err = mk.run_batch(&vec![nop; 20_000]).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Hung(_)), "{err}");
+    let restart = mk.restart(Arc::new(CpuBackend::new())).unwrap();
+    assert!(!restart.requeued.is_empty());
+    mk.shutdown().unwrap();
+}
+
+#[test]
+fn a_hang_while_the_pool_reads_a_batch_is_reported_not_waited_out() {
+    // The batch fits in the ring, so the pool's threads read the completions; they spin on
+    // slots that never finish until the stall hands over to the general path.
+    let mk = launch(Config {
+        capacity: 1 << 15,
+        host_threads: Some(3),
+        watchdog: Some(Duration::from_millis(200)),
+        ..Config::default()
+    });
+    let nop = Slot::new(SlotOp::Nop, &[]);
+    assert_eq!(mk.run_batch(&vec![nop; 20_000]).unwrap().len(), 20_000);
+    mk.inject_hang();
     let err = mk.run_batch(&vec![nop; 20_000]).unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Hung(_)), "{err}");
     let restart = mk.restart(Arc::new(CpuBackend::new())).unwrap();

@@ -790,12 +790,16 @@ impl Megakernel {
 
     /// `run_batch` for a large batch with a host pool. The pool's threads write the slots, a
     /// unit of [`ring::PARALLEL_UNIT`] at a time, while this thread publishes each written prefix
-    /// (one tail store) and reads the completions as they arrive, all under one hold of the
-    /// host lock: writing a 64-byte line costs a host thread about as much as the device
-    /// takes to run two NOP slots, so one thread that writes and reads every line bounds the
-    /// serial path. Writers stay a ring's capacity ahead of the reading at most. When
-    /// something is unusual (another publisher's completions not yet taken, no progress for
-    /// [`OVERLAP_STALL`], a hang, a stop) it finishes on the general path, which reports it.
+    /// (one tail store), all under one hold of the host lock: writing a 64-byte line costs a
+    /// host thread about as much as the device takes to run two NOP slots, so one thread that
+    /// writes every line bounds the serial path. Reading a completion the device wrote costs
+    /// a cache-line transfer (~9 ns, three NOP slots of device time), so when the batch fits
+    /// in the ring the pool's threads, their writing done, read the completions too, a unit
+    /// each, and this thread appends the units in order; a larger batch is read by this
+    /// thread as it goes (its writers wait for room, which only reading makes). Writers stay
+    /// a ring's capacity ahead of the reading at most. When something is unusual (another
+    /// publisher's completions not yet taken, no progress for [`OVERLAP_STALL`], a hang, a
+    /// stop) it finishes on the general path, which reports it.
     fn run_batch_overlapped(
         &self,
         slots: &[Slot],
@@ -821,6 +825,12 @@ impl Megakernel {
             let written: Vec<AtomicBool> = (0..units).map(|_| AtomicBool::new(false)).collect();
             let reaped = AtomicUsize::new(0);
             let abort = AtomicBool::new(false);
+            // Shared reading: only when no writer can wait for room (which only reading makes).
+            let shared_reads = n <= capacity;
+            let published_upto = AtomicUsize::new(0);
+            let next_read = AtomicUsize::new(0);
+            let read: Vec<Mutex<Option<Vec<Completion>>>> =
+                (0..units).map(|_| Mutex::new(None)).collect();
             let Host {
                 ring, mem, backend, ..
             } = &mut *host;
@@ -853,11 +863,52 @@ impl Megakernel {
                 );
                 written[u].store(true, Ordering::Release);
             };
+            // Reads published units in turn; a position is read only once published (before
+            // that its line may still hold the last lap's completion).
+            let read_units = || loop {
+                let u = next_read.fetch_add(1, Ordering::Relaxed);
+                if u >= units {
+                    return;
+                }
+                let (from, to) = (
+                    u * ring::PARALLEL_UNIT,
+                    ((u + 1) * ring::PARALLEL_UNIT).min(n),
+                );
+                let mut got = Vec::with_capacity(to - from);
+                let mut k = from;
+                while k < to {
+                    if abort.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let c = (k < published_upto.load(Ordering::Acquire))
+                        .then(|| {
+                            ring::finished_completion(
+                                mem,
+                                capacity as u32,
+                                base.wrapping_add(k as u32),
+                            )
+                        })
+                        .flatten();
+                    match c {
+                        Some(c) => {
+                            got.push(c);
+                            k += 1;
+                        }
+                        None => std::hint::spin_loop(),
+                    }
+                }
+                *read[u].lock().unwrap_or_else(|e| e.into_inner()) = Some(got);
+            };
             pool.in_place_scope(|scope| {
                 for _ in 0..pool.current_num_threads() {
-                    scope.spawn(|_| write_units());
+                    scope.spawn(|_| {
+                        write_units();
+                        if shared_reads {
+                            read_units();
+                        }
+                    });
                 }
-                let (mut prefix, mut progress) = (0, Instant::now());
+                let (mut prefix, mut progress, mut next_unit_out) = (0, Instant::now(), 0);
                 while out.len() < n {
                     let before = prefix;
                     while prefix < units && written[prefix].load(Ordering::Acquire) {
@@ -867,10 +918,27 @@ impl Megakernel {
                         let upto = (prefix * ring::PARALLEL_UNIT).min(n);
                         ring.advance_tail(mem, (upto - published) as u32);
                         published = upto;
+                        published_upto.store(upto, Ordering::Release);
                         backend.doorbell();
                     }
-                    let got =
-                        ring.reap_until(mem, base.wrapping_add(published as u32), |c| out.push(c));
+                    let got = if shared_reads {
+                        let len = out.len();
+                        while next_unit_out < units {
+                            let Some(part) = read[next_unit_out]
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .take()
+                            else {
+                                break;
+                            };
+                            ring.advance_reap(part.len() as u32);
+                            out.extend(part);
+                            next_unit_out += 1;
+                        }
+                        out.len() - len
+                    } else {
+                        ring.reap_until(mem, base.wrapping_add(published as u32), |c| out.push(c))
+                    };
                     if got > 0 || prefix != before {
                         reaped.store(out.len(), Ordering::Release);
                         progress = Instant::now();

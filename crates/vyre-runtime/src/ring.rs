@@ -249,6 +249,20 @@ fn read_outcome(w: &[AtomicU32], st: u32) -> Option<Outcome> {
     }
 }
 
+/// The completion at `position` of a ring of `capacity` slots, if its slot has finished.
+/// Reads only (reaping writes nothing to the ring), so threads can read a range together
+/// while the owner of the [`HostRing`] counts what they read with
+/// [`HostRing::advance_reap`].
+pub fn finished_completion(
+    mem: &dyn RingMemory,
+    capacity: u32,
+    position: u32,
+) -> Option<Completion> {
+    let w = &mem.slots()[slot_base(capacity, position)..][..SLOT_WORDS];
+    let st = w[slot_word::STATUS].load(Ordering::Acquire);
+    read_outcome(w, st).map(|outcome| Completion { position, outcome })
+}
+
 /// The host's side of the ring: publish at the tail, reap completions in order. One host
 /// side exists per ring; callers serialise access to it (the Megakernel holds it in a mutex).
 #[derive(Debug)]
@@ -276,6 +290,13 @@ impl HostRing {
         debug_assert!(n <= self.free());
         self.tail = self.tail.wrapping_add(n);
         mem.control()[control::TAIL].store(self.tail, Ordering::Release);
+    }
+
+    /// Counts the next `n` published positions as reaped: their completions were read with
+    /// [`finished_completion`] by threads sharing the work.
+    pub fn advance_reap(&mut self, n: u32) {
+        debug_assert!(n <= self.outstanding());
+        self.reap = self.reap.wrapping_add(n);
     }
 
     /// Slots that can be published before the ring is full.

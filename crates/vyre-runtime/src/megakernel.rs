@@ -794,8 +794,9 @@ impl Megakernel {
     /// host thread about as much as the device takes to run two NOP slots, so one thread that
     /// writes every line bounds the serial path. Reading a completion the device wrote costs
     /// a cache-line transfer (~9 ns, three NOP slots of device time), so when the batch fits
-    /// in the ring the pool's threads, their writing done, read the completions too, a unit
-    /// each, and this thread appends the units in order; a larger batch is read by this
+    /// in the ring the pool's threads read the completions too, a unit each (a thread reads
+    /// the next unit as soon as its last slot has finished, else writes the next one, else
+    /// waits to read), and this thread appends the units in order; a larger batch is read by this
     /// thread as it goes (its writers wait for room, which only reading makes). Writers stay
     /// a ring's capacity ahead of the reading at most. When something is unusual (another
     /// publisher's completions not yet taken, no progress for [`OVERLAP_STALL`], a hang, a
@@ -836,25 +837,25 @@ impl Megakernel {
             } = &mut *host;
             let mem = mem.as_ref();
             let base = ring.tail();
-            let write_units = || loop {
-                let u = next_unit.fetch_add(1, Ordering::Relaxed);
-                if u >= units {
-                    return;
-                }
-                let (from, to) = (
+            let unit = |u: usize| {
+                (
                     u * ring::PARALLEL_UNIT,
                     ((u + 1) * ring::PARALLEL_UNIT).min(n),
-                );
+                )
+            };
+            // Writes unit u; false if the batch was abandoned.
+            let write_unit = |u: usize| {
+                let (from, to) = unit(u);
                 // Room: position base + to - 1 may reuse a slot only once base + to - 1 -
                 // capacity has been read.
                 while to > reaped.load(Ordering::Acquire) + capacity {
                     if abort.load(Ordering::Relaxed) {
-                        return;
+                        return false;
                     }
                     std::hint::spin_loop();
                 }
                 if abort.load(Ordering::Relaxed) {
-                    return;
+                    return false;
                 }
                 mem.write_slots(
                     capacity as u32,
@@ -862,34 +863,27 @@ impl Megakernel {
                     &slots[from..to],
                 );
                 written[u].store(true, Ordering::Release);
+                true
             };
-            // Reads published units in turn; a position is read only once published (before
-            // that its line may still hold the last lap's completion).
-            let read_units = || loop {
-                let u = next_read.fetch_add(1, Ordering::Relaxed);
-                if u >= units {
-                    return;
-                }
-                let (from, to) = (
-                    u * ring::PARALLEL_UNIT,
-                    ((u + 1) * ring::PARALLEL_UNIT).min(n),
-                );
+            // A position is read only once published: before that its line may still hold
+            // the last lap's completion.
+            let finished = |k: usize| {
+                (k < published_upto.load(Ordering::Acquire))
+                    .then(|| {
+                        ring::finished_completion(mem, capacity as u32, base.wrapping_add(k as u32))
+                    })
+                    .flatten()
+            };
+            // Reads unit u, waiting for its slots; false if the batch was abandoned.
+            let read_unit = |u: usize| {
+                let (from, to) = unit(u);
                 let mut got = Vec::with_capacity(to - from);
                 let mut k = from;
                 while k < to {
                     if abort.load(Ordering::Relaxed) {
-                        return;
+                        return false;
                     }
-                    let c = (k < published_upto.load(Ordering::Acquire))
-                        .then(|| {
-                            ring::finished_completion(
-                                mem,
-                                capacity as u32,
-                                base.wrapping_add(k as u32),
-                            )
-                        })
-                        .flatten();
-                    match c {
+                    match finished(k) {
                         Some(c) => {
                             got.push(c);
                             k += 1;
@@ -898,15 +892,46 @@ impl Megakernel {
                     }
                 }
                 *read[u].lock().unwrap_or_else(|e| e.into_inner()) = Some(got);
+                true
+            };
+            // A pool thread: reads the next unit once its last slot has finished (while the
+            // lines are fresh), else writes the next unit, else waits to read.
+            let work = || loop {
+                if abort.load(Ordering::Relaxed) {
+                    return;
+                }
+                if shared_reads {
+                    let r = next_read.load(Ordering::Relaxed);
+                    if r < units
+                        && finished(unit(r).1 - 1).is_some()
+                        && next_read
+                            .compare_exchange(r, r + 1, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        if !read_unit(r) {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                let u = next_unit.fetch_add(1, Ordering::Relaxed);
+                if u < units {
+                    if !write_unit(u) {
+                        return;
+                    }
+                    continue;
+                }
+                if !shared_reads {
+                    return;
+                }
+                let r = next_read.fetch_add(1, Ordering::Relaxed);
+                if r >= units || !read_unit(r) {
+                    return;
+                }
             };
             pool.in_place_scope(|scope| {
                 for _ in 0..pool.current_num_threads() {
-                    scope.spawn(|_| {
-                        write_units();
-                        if shared_reads {
-                            read_units();
-                        }
-                    });
+                    scope.spawn(|_| work());
                 }
                 let (mut prefix, mut progress, mut next_unit_out) = (0, Instant::now(), 0);
                 while out.len() < n {

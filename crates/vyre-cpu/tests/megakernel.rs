@@ -440,42 +440,28 @@ fn a_large_batch_with_host_threads_returns_every_completion_in_order() {
 
 #[test]
 fn a_hang_during_an_overlapped_batch_is_reported_not_waited_out() {
-    let mk = launch(Config {
-        capacity: 1 << 12,
-        host_threads: Some(3),
-        watchdog: Some(Duration::from_millis(200)),
-        ..Config::default()
-    });
-    let nop = Slot::new(SlotOp::Nop, &[]);
-    assert_eq!(mk.run_batch(&vec![nop; 20_000]).unwrap().len(), 20_000);
-    mk.inject_hang();
-    // Larger than the ring: the writers wait for room that never comes, the batch stalls,
-    // and the general path reports the hang.
-    let err = mk.run_batch(&vec![nop; 20_000]).unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Hung(_)), "{err}");
-    let restart = mk.restart(Arc::new(CpuBackend::new())).unwrap();
-    assert!(!restart.requeued.is_empty());
-    mk.shutdown().unwrap();
-}
-
-#[test]
-fn a_hang_while_the_pool_reads_a_batch_is_reported_not_waited_out() {
-    // The batch fits in the ring, so the pool's threads read the completions; they spin on
-    // slots that never finish until the stall hands over to the general path.
-    let mk = launch(Config {
-        capacity: 1 << 15,
-        host_threads: Some(3),
-        watchdog: Some(Duration::from_millis(200)),
-        ..Config::default()
-    });
-    let nop = Slot::new(SlotOp::Nop, &[]);
-    assert_eq!(mk.run_batch(&vec![nop; 20_000]).unwrap().len(), 20_000);
-    mk.inject_hang();
-    let err = mk.run_batch(&vec![nop; 20_000]).unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Hung(_)), "{err}");
-    let restart = mk.restart(Arc::new(CpuBackend::new())).unwrap();
-    assert!(!restart.requeued.is_empty());
-    mk.shutdown().unwrap();
+    // 1 << 12: larger than the ring, the writers wait for room that never comes. 1 << 15: the
+    // batch fits, the pool's threads read it and spin on slots that never finish. Either way
+    // the batch stalls and the general path reports the hang.
+    for capacity in [1 << 12, 1 << 15] {
+        let mk = launch(Config {
+            capacity,
+            host_threads: Some(3),
+            watchdog: Some(Duration::from_millis(200)),
+            ..Config::default()
+        });
+        let nop = Slot::new(SlotOp::Nop, &[]);
+        assert_eq!(mk.run_batch(&vec![nop; 20_000]).unwrap().len(), 20_000);
+        mk.inject_hang();
+        let err = mk.run_batch(&vec![nop; 20_000]).unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::Hung(_)),
+            "capacity {capacity}: {err}"
+        );
+        let restart = mk.restart(Arc::new(CpuBackend::new())).unwrap();
+        assert!(!restart.requeued.is_empty());
+        mk.shutdown().unwrap();
+    }
 }
 
 #[test]

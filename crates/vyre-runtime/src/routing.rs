@@ -143,6 +143,25 @@ pub fn route(
     providers: &[&dyn BackendProvider],
     required: &[SlotOp],
 ) -> Result<Decision, RoutingError> {
+    // A named backend that can run the workload is chosen without probing the others:
+    // a probe can cost a device open or a wgpu adapter with its start-up canary, which a
+    // `--backend cpu` scan of one file should not pay. The others are probed only to say
+    // what is available when the named one is not.
+    if let BackendChoice::Named(name) = choice {
+        if let Some(p) = providers.iter().find(|p| p.name() == name) {
+            let (v, _) = verdict(*p, required);
+            if v.usable {
+                let decision = Decision {
+                    backend: name.clone(),
+                    strategy: "requested",
+                    reason: v.why.clone(),
+                    considered: vec![v],
+                };
+                tracing::info!(backend = %decision.backend, strategy = decision.strategy, reason = %decision.reason, "routing decision");
+                return Ok(decision);
+            }
+        }
+    }
     let mut considered: Vec<Verdict> = Vec::new();
     for name in KNOWN_BACKENDS {
         if !providers.iter().any(|p| p.name() == *name) {
@@ -351,6 +370,49 @@ mod tests {
             !w.usable && w.why.contains("does not support EXEC"),
             "{w:?}"
         );
+    }
+
+    /// A provider that counts its probes.
+    struct Counted(Fake, std::sync::atomic::AtomicUsize);
+
+    impl BackendProvider for Counted {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+        fn kind(&self) -> BackendKind {
+            self.0.kind()
+        }
+        fn probe(&self) -> Result<Capabilities, BackendError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.probe()
+        }
+        fn create(&self) -> Result<Arc<dyn Backend>, BackendError> {
+            self.0.create()
+        }
+    }
+
+    #[test]
+    fn a_named_usable_backend_is_chosen_without_probing_the_others() {
+        let gpu = || {
+            Counted(
+                Fake {
+                    name: "wgpu",
+                    kind: BackendKind::Gpu,
+                    ops: Some(SlotOp::ALL.to_vec()),
+                    probed: None,
+                },
+                Default::default(),
+            )
+        };
+        let (c, g) = (cpu(), gpu());
+        let d = route(&BackendChoice::Named("cpu".into()), &[&g, &c], &[]).unwrap();
+        assert_eq!((d.backend.as_str(), d.strategy), ("cpu", "requested"));
+        assert_eq!(g.1.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(d.considered.len(), 1);
+        // Auto probes everything.
+        let g = gpu();
+        route(&BackendChoice::Auto, &[&g, &c], &[]).unwrap();
+        assert_eq!(g.1.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]

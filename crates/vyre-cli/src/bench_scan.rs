@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use vyre_isa::dfa::{HIT_HEADER_BYTES, START_LOOKBEHIND, START_TEXT};
 use vyre_isa::{Slot, SlotOp};
 use vyre_runtime::{Config, Megakernel};
-use vyre_scan::pipeline::{self, FileError, Sink, WalkOptions};
+use vyre_scan::pipeline::{self, FileError, RuleCounts, Sink, WalkOptions};
 use vyre_scan::{compile, Compiled, Limits, RuleSet};
 
 /// Arguments of `vyre bench scan`.
@@ -608,7 +608,7 @@ fn compile_guarded(toml: &Path, max: f64) -> Result<(Compiled, f64), String> {
 /// files whose windows are in flight together may interleave.
 #[derive(Default)]
 struct CountSink {
-    open: HashMap<u64, HashMap<u32, u64>>,
+    open: RuleCounts,
     counts: Counts,
     errors: Vec<String>,
     interleaved: u64,
@@ -618,22 +618,21 @@ struct CountSink {
 impl Sink for CountSink {
     fn matched(&mut self, file: u64, _path: &Path, _end: u64, rule: u32) {
         if self.last != Some(file) {
-            if self.open.keys().any(|&f| f != file) {
+            if self.open.others_open(file) {
                 self.interleaved += 1;
             }
             self.last = Some(file);
         }
-        *self.open.entry(file).or_default().entry(rule).or_default() += 1;
+        self.open.add(file, rule);
     }
     fn file_done(&mut self, file: u64, path: &Path, _bytes: u64) {
-        if let Some(c) = self.open.remove(&file) {
-            let mut c: Vec<(u32, u64)> = c.into_iter().collect();
-            c.sort_unstable();
+        let c = self.open.take(file);
+        if !c.is_empty() {
             self.counts.insert(path.to_path_buf(), c);
         }
     }
     fn file_error(&mut self, file: u64, e: &FileError) {
-        self.open.remove(&file);
+        self.open.take(file);
         self.errors.push(e.to_string());
     }
 }
@@ -676,11 +675,11 @@ fn run_vyre(
                         s.bytes
                     );
                 }
-                if sink.interleaved > 0 || !sink.open.is_empty() {
+                if sink.interleaved > 0 || sink.open.open_files() > 0 {
                     eprintln!(
                         "vyre {name}: matches of another file arrived before a file was done {} time(s); {} file(s) never done",
                         sink.interleaved,
-                        sink.open.len()
+                        sink.open.open_files()
                     );
                 }
                 if pass == a.warmup {

@@ -3,14 +3,13 @@
 use crate::backends;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vyre_isa::SlotOp;
 use vyre_runtime::{Config, Megakernel};
-use vyre_scan::pipeline::{self, FileError, ScanOptions, Sink, WalkOptions};
+use vyre_scan::pipeline::{self, FileError, RuleCounts, ScanOptions, Sink, WalkOptions};
 use vyre_scan::{compile, Limits, RuleSet};
 
 /// Arguments of `vyre scan`.
@@ -157,7 +156,7 @@ struct Printer<'a> {
     count: bool,
     /// Per file in flight (readers interleave files), by the walk's file id (the same path
     /// reached twice is counted twice, apart): rule → count.
-    counts: BTreeMap<u64, BTreeMap<u32, u64>>,
+    counts: RuleCounts,
     error: Option<io::Error>,
     bar: Option<ProgressBar>,
     last_tick: Instant,
@@ -181,7 +180,7 @@ impl<'a> Printer<'a> {
             names,
             json: a.json,
             count: a.count,
-            counts: BTreeMap::new(),
+            counts: RuleCounts::default(),
             error: None,
             bar,
             last_tick: Instant::now(),
@@ -197,7 +196,7 @@ impl<'a> Printer<'a> {
     }
 
     fn flush_counts(&mut self, file: u64, path: &Path) {
-        let counts = self.counts.remove(&file).unwrap_or_default();
+        let counts = self.counts.take(file);
         for (rule, n) in counts {
             let name = &self.names[rule as usize];
             if self.json {
@@ -249,12 +248,7 @@ impl<'a> Printer<'a> {
 impl Sink for Printer<'_> {
     fn matched(&mut self, file: u64, path: &Path, end: u64, rule: u32) {
         if self.count {
-            *self
-                .counts
-                .entry(file)
-                .or_default()
-                .entry(rule)
-                .or_default() += 1;
+            self.counts.add(file, rule);
             return;
         }
         let name = &self.names[rule as usize];

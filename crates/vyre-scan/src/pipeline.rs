@@ -38,8 +38,11 @@ use std::thread;
 use std::time::Instant;
 use vyre_runtime::Megakernel;
 
+mod counts;
 mod driver;
 mod read;
+
+pub use counts::RuleCounts;
 
 use read::{Pack, PackPool, Reader};
 

@@ -676,6 +676,37 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn read_buffer_ranges(
+        &self,
+        handle: u32,
+        ranges: &[(u64, u64)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), BackendError> {
+        {
+            let buffers = lock(&self.buffers);
+            let b = handle
+                .checked_sub(1)
+                .and_then(|i| buffers.get(i as usize))
+                .ok_or(BackendError::BadHandle { handle })?;
+            if let Storage::Mapped(m) = &b.storage {
+                for &(offset, len) in ranges {
+                    BackendError::check_range(handle, offset, len, b.size)?;
+                }
+                out.reserve(ranges.iter().map(|r| r.1 as usize).sum());
+                for &(offset, len) in ranges {
+                    let at = out.len();
+                    out.resize(at + len as usize, 0);
+                    m.read(offset as usize, &mut out[at..]);
+                }
+                return Ok(());
+            }
+        }
+        for &(offset, len) in ranges {
+            out.extend(self.read_buffer(handle, offset, len)?);
+        }
+        Ok(())
+    }
+
     fn register_host_region(&self, region: Arc<dyn HostRegion>) -> Result<u32, BackendError> {
         // The kernel reads the region through its mapped device address: zero copy.
         let size = region.words().len() as u64 * 4;

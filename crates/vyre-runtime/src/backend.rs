@@ -242,6 +242,20 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
     /// Copies bytes out of a buffer.
     fn read_buffer(&self, handle: u32, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
+    /// Appends several `(offset, len)` ranges of one buffer to `out`, back to back. The
+    /// default reads them one by one; a backend whose buffer is host memory copies them in
+    /// one call (a scan reads a batch's small hit regions this way).
+    fn read_buffer_ranges(
+        &self,
+        handle: u32,
+        ranges: &[(u64, u64)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), BackendError> {
+        for &(offset, len) in ranges {
+            out.extend(self.read_buffer(handle, offset, len)?);
+        }
+        Ok(())
+    }
     /// Loads a validated program; returns its id.
     fn load_program(&self, program: Program) -> Result<u32, BackendError>;
     /// Starts the workers on an initialised ring.

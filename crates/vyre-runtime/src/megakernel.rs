@@ -452,6 +452,18 @@ impl Megakernel {
         Ok(backend.read_buffer(handle, offset, len)?)
     }
 
+    /// Appends several `(offset, len)` ranges of a buffer to `out`, back to back, in one call
+    /// (see [`Backend::read_buffer_ranges`]).
+    pub fn read_buffer_ranges(
+        &self,
+        handle: u32,
+        ranges: &[(u64, u64)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let backend = self.backend();
+        Ok(backend.read_buffer_ranges(handle, ranges, out)?)
+    }
+
     /// Opens a file for IO_READ and returns its id (ids count from 1). The first call starts
     /// the I/O thread that serves the ring's read requests. Fails with the path and the OS's
     /// reason if the file cannot be opened.

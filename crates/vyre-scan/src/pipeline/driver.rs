@@ -4,7 +4,6 @@
 use super::read::{Pack, PackPool, Piece};
 use super::{FileError, FileMeta, Item, ScanError, ScanOptions, Sink, Summary};
 use crate::compile::Compiled;
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -597,17 +596,22 @@ impl<'a> Driver<'a> {
             self.stages.wait += now - t;
             now
         };
-        // In device memory, one read covers every region that holds hits.
-        let last = results
+        // The hits of every region that holds some and did not overflow, read in one go.
+        let stored: Vec<(u64, u32)> = b
+            .slots
             .iter()
-            .rposition(|o| matches!(o, Outcome::Done(r) if r[2] > 0 && r[0] == r[2]));
-        let hit_bytes = match last {
-            Some(i) if !self.host_hits => {
-                self.mk
-                    .read_buffer(b.bufs.hits, 0, (i as u64 + 1) * self.region)?
-            }
-            _ => Vec::new(),
-        };
+            .zip(&results)
+            .filter_map(|(p, o)| match *o {
+                Outcome::Done(r)
+                    if r[2] > 0 && r[0] == r[2] && p.slot.op == SlotOp::DfaScan as u16 =>
+                {
+                    Some((u64::from(p.slot.args[7]), r[2]))
+                }
+                _ => None,
+            })
+            .collect();
+        let (hit_bytes, hit_starts) = read_regions(self.mk, b.bufs.hits, self.host_hits, &stored)?;
+        let mut hit_starts = hit_starts.into_iter();
         // Slots whose regions overflowed, run again together.
         let overflowed: Vec<usize> = (0..results.len())
             .filter(|&i| {
@@ -661,13 +665,9 @@ impl<'a> Driver<'a> {
                 let bytes = rescanned.next().expect("one rescan per overflowed slot");
                 push_hits(&bytes, &group.rules, origin, &mut seg.hits);
             } else if r[2] > 0 {
-                let hits = HitBuffer {
-                    handle: b.bufs.hits,
-                    host: self.host_hits,
-                    span: &hit_bytes,
-                };
-                let bytes = hits.read(self.mk, u64::from(p.slot.args[7]), r[2])?;
-                push_hits(&bytes, &group.rules, origin, &mut seg.hits);
+                let at = hit_starts.next().expect("one read per region with hits");
+                let bytes = &hit_bytes[at..at + 8 * r[2] as usize];
+                push_hits(bytes, &group.rules, origin, &mut seg.hits);
             }
         }
         self.stages.read += t_read.elapsed();
@@ -866,17 +866,7 @@ fn rescan_all(
     mk.write_buffer(o.handle, 0, &layout)?;
     let tickets = mk.publish_batch(&again)?;
     let done = mk.wait_range(tickets)?;
-    let span = if o.host {
-        Vec::new()
-    } else {
-        mk.read_buffer(o.handle, 0, need)?
-    };
-    let hits = HitBuffer {
-        handle: o.handle,
-        host: o.host,
-        span: &span,
-    };
-    let mut out = Vec::with_capacity(slots.len());
+    let mut regions = Vec::with_capacity(slots.len());
     let mut at = 0u64;
     for (c, &(_, found)) in done.iter().zip(slots) {
         match c.outcome {
@@ -888,29 +878,58 @@ fn rescan_all(
                 )))
             }
         }
-        out.push(hits.read(mk, at, found)?.into_owned());
+        regions.push((at, found));
         at += region(found);
     }
-    Ok(out)
+    let (bytes, starts) = read_regions(mk, o.handle, o.host, &regions)?;
+    Ok(starts
+        .into_iter()
+        .zip(&regions)
+        .map(|(k, &(_, found))| bytes[k..k + 8 * found as usize].to_vec())
+        .collect())
 }
 
-/// A buffer of hit regions: in host memory each region is read on its own; otherwise `span`
-/// holds the buffer's bytes from 0, read back in one go.
-struct HitBuffer<'s> {
+/// The (end, pattern) pairs of hit regions of one buffer, each given by its offset and the
+/// hits it stored: the bytes, and where each region's pairs start in them. In host memory
+/// the regions' pairs are copied back to back in one call (a call per region cost a lock,
+/// an allocation and a cache miss each: 0.14-0.21 s of a 10,000-word pass on an H100
+/// host); in device memory one copy covers the buffer from 0 to the end of the last.
+fn read_regions(
+    mk: &Megakernel,
     handle: u32,
     host: bool,
-    span: &'s [u8],
-}
-
-impl HitBuffer<'_> {
-    /// The `stored` (end, pattern) pairs of the region at `at`.
-    fn read(&self, mk: &Megakernel, at: u64, stored: u32) -> Result<Cow<'_, [u8]>, ScanError> {
-        let (from, len) = (at + HIT_HEADER_BYTES, 8 * u64::from(stored));
-        Ok(if self.host {
-            Cow::Owned(mk.read_buffer(self.handle, from, len)?)
+    regions: &[(u64, u32)],
+) -> Result<(Vec<u8>, Vec<usize>), ScanError> {
+    let pairs = |&(at, stored): &(u64, u32)| (at + HIT_HEADER_BYTES, 8 * u64::from(stored));
+    if host {
+        let ranges: Vec<(u64, u64)> = regions.iter().map(pairs).collect();
+        let mut bytes = Vec::new();
+        mk.read_buffer_ranges(handle, &ranges, &mut bytes)?;
+        let starts = ranges
+            .iter()
+            .scan(0usize, |at, &(_, len)| {
+                let start = *at;
+                *at += len as usize;
+                Some(start)
+            })
+            .collect();
+        Ok((bytes, starts))
+    } else {
+        let end = regions
+            .iter()
+            .map(|r| {
+                let (from, len) = pairs(r);
+                from + len
+            })
+            .max()
+            .unwrap_or(0);
+        let bytes = if end > 0 {
+            mk.read_buffer(handle, 0, end)?
         } else {
-            Cow::Borrowed(&self.span[from as usize..(from + len) as usize])
-        })
+            Vec::new()
+        };
+        let starts = regions.iter().map(|r| pairs(r).0 as usize).collect();
+        Ok((bytes, starts))
     }
 }
 

@@ -12,6 +12,7 @@
 //! assertions).
 
 use crate::compile::Parts;
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
 use vyre_isa::dfa::{MATCH_BIT, START_TEXT, TRANS_WORD};
 
@@ -58,6 +59,12 @@ pub(crate) fn literal_table(lits: &[&[u8]], fold: bool, max_table_words: usize) 
         own[node].push(k as u32);
     }
     let nodes = children.len();
+    // Every trie node is reachable, so the table has at least one state per node: a set too
+    // large for the limit is refused here, before the transition function is built (the
+    // compiler halves such sets, and building the failing ones cost most of its time).
+    if TRANS_WORD.saturating_add(nodes.saturating_mul(stride)) > max_table_words {
+        return None;
+    }
     // Full transition function δ and output sets, breadth first (a node's failure link is
     // shallower, so it is finished first).
     let mut delta = vec![0u32; nodes * classes];
@@ -89,7 +96,9 @@ pub(crate) fn literal_table(lits: &[&[u8]], fold: bool, max_table_words: usize) 
         }
     }
     // Intern output sets: id 0 = empty.
-    let mut set_id: HashMap<Vec<u32>, u32> = HashMap::new();
+    // Fx hashing: these maps take one lookup per transition of the table being built (tens
+    // of millions for 10,000 words), where SipHash cost most of the compile time.
+    let mut set_id: FxHashMap<Vec<u32>, u32> = FxHashMap::default();
     let mut sets: Vec<Vec<u32>> = vec![Vec::new()];
     set_id.insert(Vec::new(), 0);
     let out_id: Vec<u32> = out
@@ -103,7 +112,7 @@ pub(crate) fn literal_table(lits: &[&[u8]], fold: bool, max_table_words: usize) 
         })
         .collect();
     // Pair states, breadth first from (root, ∅).
-    let mut index: HashMap<(u32, u32), u32> = HashMap::new();
+    let mut index: FxHashMap<(u32, u32), u32> = FxHashMap::default();
     let mut order: Vec<(u32, u32)> = Vec::new();
     let mut visit = |p: (u32, u32), order: &mut Vec<(u32, u32)>| -> u32 {
         *index.entry(p).or_insert_with(|| {

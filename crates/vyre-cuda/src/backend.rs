@@ -676,11 +676,12 @@ impl Backend for CudaBackend {
         })
     }
 
+    /// Mapped memory: every range copied under one hold of the buffer lock.
     fn read_buffer_ranges(
         &self,
         handle: u32,
-        ranges: &[(u64, u64)],
-        out: &mut Vec<u8>,
+        spans: &[(u64, u64)],
+        dst: &mut Vec<u8>,
     ) -> Result<(), BackendError> {
         {
             let buffers = lock(&self.buffers);
@@ -689,22 +690,19 @@ impl Backend for CudaBackend {
                 .and_then(|i| buffers.get(i as usize))
                 .ok_or(BackendError::BadHandle { handle })?;
             if let Storage::Mapped(m) = &b.storage {
-                for &(offset, len) in ranges {
+                for &(offset, len) in spans {
                     BackendError::check_range(handle, offset, len, b.size)?;
                 }
-                out.reserve(ranges.iter().map(|r| r.1 as usize).sum());
-                for &(offset, len) in ranges {
-                    let at = out.len();
-                    out.resize(at + len as usize, 0);
-                    m.read(offset as usize, &mut out[at..]);
+                dst.reserve(spans.iter().map(|r| r.1 as usize).sum());
+                for &(offset, len) in spans {
+                    let at = dst.len();
+                    dst.resize(at + len as usize, 0);
+                    m.read(offset as usize, &mut dst[at..]);
                 }
                 return Ok(());
             }
         }
-        for &(offset, len) in ranges {
-            out.extend(self.read_buffer(handle, offset, len)?);
-        }
-        Ok(())
+        vyre_runtime::backend::read_ranges_each(self, handle, spans, dst)
     }
 
     fn register_host_region(&self, region: Arc<dyn HostRegion>) -> Result<u32, BackendError> {

@@ -251,10 +251,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
         ranges: &[(u64, u64)],
         out: &mut Vec<u8>,
     ) -> Result<(), BackendError> {
-        for &(offset, len) in ranges {
-            out.extend(self.read_buffer(handle, offset, len)?);
-        }
-        Ok(())
+        read_ranges_each(self, handle, ranges, out)
     }
     /// Loads a validated program; returns its id.
     fn load_program(&self, program: Program) -> Result<u32, BackendError>;
@@ -290,4 +287,18 @@ pub trait BackendProvider: Send + Sync {
     fn probe(&self) -> Result<Capabilities, BackendError>;
     /// Creates it.
     fn create(&self) -> Result<Arc<dyn Backend>, BackendError>;
+}
+
+/// [`Backend::read_buffer_ranges`] done with one [`Backend::read_buffer`] per range (the
+/// default, and a backend's fallback for memory it cannot copy from directly).
+pub fn read_ranges_each<B: Backend + ?Sized>(
+    backend: &B,
+    handle: u32,
+    ranges: &[(u64, u64)],
+    out: &mut Vec<u8>,
+) -> Result<(), BackendError> {
+    for &(offset, len) in ranges {
+        out.extend(backend.read_buffer(handle, offset, len)?);
+    }
+    Ok(())
 }

@@ -683,24 +683,23 @@ impl Backend for CudaBackend {
         spans: &[(u64, u64)],
         dst: &mut Vec<u8>,
     ) -> Result<(), BackendError> {
-        {
-            let buffers = lock(&self.buffers);
-            let b = handle
-                .checked_sub(1)
-                .and_then(|i| buffers.get(i as usize))
-                .ok_or(BackendError::BadHandle { handle })?;
-            if let Storage::Mapped(m) = &b.storage {
-                for &(offset, len) in spans {
-                    BackendError::check_range(handle, offset, len, b.size)?;
-                }
-                dst.reserve(spans.iter().map(|r| r.1 as usize).sum());
-                for &(offset, len) in spans {
-                    let at = dst.len();
-                    dst.resize(at + len as usize, 0);
-                    m.read(offset as usize, &mut dst[at..]);
-                }
-                return Ok(());
+        let copied = self.with_buffer(handle, 0, 0, |b| {
+            let Storage::Mapped(m) = &b.storage else {
+                return Ok(false);
+            };
+            for &(offset, len) in spans {
+                BackendError::check_range(handle, offset, len, b.size)?;
             }
+            dst.reserve(spans.iter().map(|r| r.1 as usize).sum());
+            for &(offset, len) in spans {
+                let at = dst.len();
+                dst.resize(at + len as usize, 0);
+                m.read(offset as usize, &mut dst[at..]);
+            }
+            Ok(true)
+        })?;
+        if copied {
+            return Ok(());
         }
         vyre_runtime::backend::read_ranges_each(self, handle, spans, dst)
     }

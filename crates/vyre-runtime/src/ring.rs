@@ -449,22 +449,14 @@ impl HostRing {
         end: u32,
         mut sink: impl FnMut(Completion),
     ) -> usize {
-        let words = mem.slots();
         let limit = end.wrapping_sub(self.reap).min(self.outstanding());
         let mut n = 0;
         while n < limit {
-            let p = self.reap;
-            let base = slot_base(self.capacity, p);
-            let w = &words[base..base + SLOT_WORDS];
-            let st = w[slot_word::STATUS].load(Ordering::Acquire);
-            let Some(outcome) = read_outcome(w, st) else {
+            let Some(c) = finished_completion(mem, self.capacity, self.reap) else {
                 break;
             };
-            sink(Completion {
-                position: p,
-                outcome,
-            });
-            self.reap = p.wrapping_add(1);
+            sink(c);
+            self.reap = self.reap.wrapping_add(1);
             n += 1;
         }
         n as usize
@@ -493,14 +485,11 @@ impl HostRing {
         let Some(pool) = shared(pool, limit) else {
             return self.reap_until(mem, end, |c| out.push(c));
         };
-        let words = mem.slots();
         // How much to read together: the longest of limit, limit / 2, … (down to PARALLEL_MIN)
         // whose last slot has finished. Slots finish roughly in order, so a finished slot far
         // ahead means most of what precedes it has finished too.
         let finished = |k: usize| {
-            let p = self.reap.wrapping_add(k as u32 - 1);
-            let st = words[slot_base(self.capacity, p) + slot_word::STATUS].load(Ordering::Acquire);
-            matches!(st & 0xff, status::DONE | status::FAULT)
+            finished_completion(mem, self.capacity, self.reap.wrapping_add(k as u32 - 1)).is_some()
         };
         let mut limit = limit;
         while !finished(limit) {
@@ -526,16 +515,13 @@ impl HostRing {
                     .with_min_len(PARALLEL_UNIT)
                     .map(|k| {
                         let p = first.wrapping_add(k as u32);
-                        let w = &words[slot_base(capacity, p)..][..SLOT_WORDS];
-                        let st = w[slot_word::STATUS].load(Ordering::Acquire);
-                        let outcome = read_outcome(w, st).unwrap_or_else(|| {
+                        finished_completion(mem, capacity, p).unwrap_or_else(|| {
                             cut.fetch_min(k, Ordering::Relaxed);
-                            Outcome::Done([0; 4])
-                        });
-                        Completion {
-                            position: p,
-                            outcome,
-                        }
+                            Completion {
+                                position: p,
+                                outcome: Outcome::Done([0; 4]),
+                            }
+                        })
                     }),
             )
         });

@@ -143,38 +143,53 @@ pub fn route(
     providers: &[&dyn BackendProvider],
     required: &[SlotOp],
 ) -> Result<Decision, RoutingError> {
-    // A named backend that can run the workload is chosen without probing the others:
-    // a probe can cost a device open or a wgpu adapter with its start-up canary, which a
+    let BackendChoice::Named(name) = choice else {
+        return route_auto(providers, required);
+    };
+    // A named backend that can run the workload is chosen without probing the others: a
+    // probe can cost a device open or a wgpu adapter with its start-up canary, which a
     // `--backend cpu` scan of one file should not pay. The others are probed only to say
     // what is available when the named one is not.
-    if let BackendChoice::Named(name) = choice {
-        if let Some(p) = providers.iter().find(|p| p.name() == name) {
+    let why = match providers.iter().find(|p| p.name() == name) {
+        Some(p) => {
             let (v, _) = verdict(*p, required);
             if v.usable {
-                let decision = Decision {
+                return Ok(logged(Decision {
                     backend: name.clone(),
                     strategy: "requested",
                     reason: v.why.clone(),
                     considered: vec![v],
-                };
-                tracing::info!(backend = %decision.backend, strategy = decision.strategy, reason = %decision.reason, "routing decision");
-                return Ok(decision);
+                }));
             }
+            v.why
         }
-    }
-    let mut considered: Vec<Verdict> = Vec::new();
-    for name in KNOWN_BACKENDS {
-        if !providers.iter().any(|p| p.name() == *name) {
-            considered.push(Verdict {
-                name: (*name).into(),
-                usable: false,
-                why: "not compiled into this build".into(),
-            });
-        }
-    }
-    // GPU before CPU, by what the probe found: a wgpu adapter that is a software
-    // rasterizer (lavapipe) reports itself as a CPU device, and is emulation, so it comes
-    // after the native cpu backend. Stable otherwise.
+        None => "not compiled into this build".into(),
+    };
+    let others: Vec<&dyn BackendProvider> = providers
+        .iter()
+        .copied()
+        .filter(|p| p.name() != name)
+        .collect();
+    let names: Vec<String> = ranked(&others, required)
+        .into_iter()
+        .filter(|(v, _)| v.usable)
+        .map(|(v, _)| v.name)
+        .collect();
+    Err(RoutingError::NotAvailable {
+        name: name.clone(),
+        why,
+        available: if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        },
+    })
+}
+
+/// Every provider's verdict, GPU before CPU by what the probe found: a wgpu adapter that is
+/// a software rasterizer (lavapipe) reports itself as a CPU device, and is emulation, so it
+/// comes after the native cpu backend. Stable otherwise.
+fn ranked(providers: &[&dyn BackendProvider], required: &[SlotOp]) -> Vec<(Verdict, BackendKind)> {
     let mut ranked: Vec<(Verdict, BackendKind, bool)> = providers
         .iter()
         .map(|p| {
@@ -184,77 +199,53 @@ pub fn route(
         })
         .collect();
     ranked.sort_by_key(|&(_, kind, emulated)| (kind, emulated));
-    let verdicts: Vec<(Verdict, BackendKind)> =
-        ranked.into_iter().map(|(v, kind, _)| (v, kind)).collect();
-    let available = || {
-        let names: Vec<_> = verdicts
+    ranked.into_iter().map(|(v, kind, _)| (v, kind)).collect()
+}
+
+/// `auto`: the first usable backend in [`ranked`] order.
+fn route_auto(
+    providers: &[&dyn BackendProvider],
+    required: &[SlotOp],
+) -> Result<Decision, RoutingError> {
+    let verdicts = ranked(providers, required);
+    let absent = KNOWN_BACKENDS
+        .iter()
+        .filter(|name| !providers.iter().any(|p| p.name() == **name))
+        .map(|name| Verdict {
+            name: (*name).into(),
+            usable: false,
+            why: "not compiled into this build".into(),
+        });
+    let Some((v, kind)) = verdicts.iter().find(|(v, _)| v.usable) else {
+        let ops: Vec<_> = required.iter().map(|o| o.mnemonic()).collect();
+        let all: Vec<_> = verdicts
             .iter()
-            .filter(|(v, _)| v.usable)
-            .map(|(v, _)| v.name.clone())
+            .map(|(v, _)| v.clone())
+            .chain(absent)
+            .map(|v| format!("{}: {}", v.name, v.why))
             .collect();
-        if names.is_empty() {
-            "none".to_string()
-        } else {
-            names.join(", ")
-        }
+        return Err(RoutingError::NoBackend {
+            ops: ops.join(", "),
+            considered: all.join("; "),
+        });
     };
-    let decision = match choice {
-        BackendChoice::Named(name) => {
-            let Some((v, _)) = verdicts.iter().find(|(v, _)| &v.name == name) else {
-                return Err(RoutingError::NotAvailable {
-                    name: name.clone(),
-                    why: "not compiled into this build".into(),
-                    available: available(),
-                });
-            };
-            if !v.usable {
-                return Err(RoutingError::NotAvailable {
-                    name: name.clone(),
-                    why: v.why.clone(),
-                    available: available(),
-                });
-            }
-            Decision {
-                backend: name.clone(),
-                strategy: "requested",
-                reason: v.why.clone(),
-                considered: Vec::new(),
-            }
-        }
-        BackendChoice::Auto => {
-            let Some((v, kind)) = verdicts.iter().find(|(v, _)| v.usable) else {
-                let ops: Vec<_> = required.iter().map(|o| o.mnemonic()).collect();
-                let all: Vec<_> = verdicts
-                    .iter()
-                    .map(|(v, _)| format!("{}: {}", v.name, v.why))
-                    .chain(considered.iter().map(|v| format!("{}: {}", v.name, v.why)))
-                    .collect();
-                return Err(RoutingError::NoBackend {
-                    ops: ops.join(", "),
-                    considered: all.join("; "),
-                });
-            };
-            let strategy = if *kind == BackendKind::Gpu {
-                "auto: first usable GPU"
-            } else {
-                "auto: CPU fallback (no usable GPU)"
-            };
-            Decision {
-                backend: v.name.clone(),
-                strategy,
-                reason: v.why.clone(),
-                considered: Vec::new(),
-            }
-        }
+    let strategy = if *kind == BackendKind::Gpu {
+        "auto: first usable GPU"
+    } else {
+        "auto: CPU fallback (no usable GPU)"
     };
-    let mut all: Vec<Verdict> = verdicts.into_iter().map(|(v, _)| v).collect();
-    all.extend(considered);
-    let decision = Decision {
-        considered: all,
-        ..decision
-    };
+    let (backend, reason) = (v.name.clone(), v.why.clone());
+    Ok(logged(Decision {
+        backend,
+        strategy,
+        reason,
+        considered: verdicts.into_iter().map(|(v, _)| v).chain(absent).collect(),
+    }))
+}
+
+fn logged(decision: Decision) -> Decision {
     tracing::info!(backend = %decision.backend, strategy = decision.strategy, reason = %decision.reason, "routing decision");
-    Ok(decision)
+    decision
 }
 
 #[cfg(test)]

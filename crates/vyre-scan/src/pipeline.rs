@@ -20,7 +20,7 @@
 //! * The last segment of a file (a short read, possibly empty) asks for the end-of-input
 //!   transition, which reports matches that end at the end of the file (`$`, `\b`).
 //! * Batches complete in FIFO order; a slot's hits are read back only when r2 > 0, from host
-//!   memory where the backend has it. Regions that overflowed (r0 > r2) are rescanned
+//!   memory where the backend has it, a batch's regions in one call. Regions that overflowed (r0 > r2) are rescanned
 //!   together, each with a region of exactly r0 hits, so nothing is dropped. Each segment's
 //!   hits are sorted by (end, rule) and handed to the [`Sink`].
 //!

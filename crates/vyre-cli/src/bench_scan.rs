@@ -616,6 +616,9 @@ struct CountSink {
 }
 
 impl Sink for CountSink {
+    fn ordered(&self) -> bool {
+        false
+    }
     fn matched(&mut self, file: u64, _path: &Path, _end: u64, rule: u32) {
         if self.last != Some(file) {
             if self.open.others_open(file) {

@@ -246,6 +246,11 @@ impl<'a> Printer<'a> {
 }
 
 impl Sink for Printer<'_> {
+    /// Counts need no order; match lines come by increasing end.
+    fn ordered(&self) -> bool {
+        !self.count
+    }
+
     fn matched(&mut self, file: u64, path: &Path, end: u64, rule: u32) {
         if self.count {
             self.counts.add(file, rule);

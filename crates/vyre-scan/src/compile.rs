@@ -43,8 +43,14 @@ const ALONE_FRACTION: usize = 16;
 /// Size limits for compilation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest table, in bytes (default 64 MiB).
+    /// Largest table of a regex group, in bytes (default 64 MiB). Regex unions are capped
+    /// at fractions of it (a larger limit lets more trial unions run longer before failing).
     pub max_table_bytes: usize,
+    /// Largest table of a literal group, in bytes (default 256 MiB). Each group costs every
+    /// scanned byte one more table step, every window one more slot and hit region:
+    /// 10,000 corpus words fit one 170 MB table, which an H100 scans faster than four
+    /// 42 MB ones (bench/results/scan-h100.md).
+    pub max_literal_table_bytes: usize,
     /// regex-automata's limit on one DFA's heap size while building (default 128 MiB).
     pub dfa_size_limit: usize,
     /// regex-automata's limit on the determinizer's scratch memory (default 128 MiB).
@@ -59,6 +65,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_table_bytes: 64 << 20,
+            max_literal_table_bytes: 256 << 20,
             dfa_size_limit: 128 << 20,
             determinize_size_limit: 128 << 20,
             max_group_rules: 1000,
@@ -155,7 +162,7 @@ enum Kind {
 /// Compiles every rule into groups of `VDFA` tables.
 ///
 /// Case-sensitive literals form one group and case-insensitive literals another (each
-/// split only when its table exceeds `max_table_bytes`); bounded and unbounded regexes
+/// split only when its table exceeds `max_literal_table_bytes`); bounded and unbounded regexes
 /// form groups of at most `max_group_rules`: each rule is built alone first (a rule over
 /// the limits is an error naming it), then unions are tried, each capped at a few times
 /// its rules' own tables and halved when over the cap.
@@ -301,6 +308,7 @@ impl Builder<'_> {
                 capped = Limits {
                     dfa_size_limit: self.limits.dfa_size_limit.min(c),
                     max_table_bytes: self.limits.max_table_bytes.min(c),
+                    max_literal_table_bytes: self.limits.max_literal_table_bytes.min(c),
                     ..*self.limits
                 };
                 &capped
@@ -318,12 +326,12 @@ impl Builder<'_> {
                 _ => None,
             };
         }
-        let max_bytes = limits.max_table_bytes;
-        let too_large = || {
-            GroupError::TooLarge(format!(
-                "its table exceeds max_table_bytes ({max_bytes} bytes)"
-            ))
+        let (max_bytes, limit) = match kind {
+            Kind::Literal { .. } => (limits.max_literal_table_bytes, "max_literal_table_bytes"),
+            Kind::Regex => (limits.max_table_bytes, "max_table_bytes"),
         };
+        let too_large =
+            || GroupError::TooLarge(format!("its table exceeds {limit} ({max_bytes} bytes)"));
         let parts = match kind {
             Kind::Literal { fold } => {
                 let lits: Vec<&[u8]> = members

@@ -21,21 +21,25 @@
 //!   transition, which reports matches that end at the end of the file (`$`, `\b`).
 //! * Batches complete in FIFO order; a slot's hits are read back only when r2 > 0, from host
 //!   memory where the backend has it, a batch's regions in one call. Regions that overflowed (r0 > r2) are rescanned
-//!   together, each with a region of exactly r0 hits, so nothing is dropped. Each segment's
-//!   hits are sorted by (end, rule) and handed to the [`Sink`].
+//!   together, each with a region of exactly r0 hits, so nothing is dropped. The driver runs
+//!   on a thread of its own and sends each batch's segments, hits unsorted, to the calling
+//!   thread, which sorts each segment's hits by (end, rule) and hands them to the [`Sink`]:
+//!   with thousands of rules, millions of matches cost the thread that handles them as much
+//!   as everything else the driver does (bench/results/scan-h100.md), so the two overlap.
 //!
-//! Memory is bounded: `in_flight` batches, a bounded channel of packs, and per file in
-//! flight at most one carried state per unbounded group.
+//! Memory is bounded: `in_flight` batches, a bounded channel of packs, a bounded channel of
+//! completed batches' reports, and per file in flight at most one carried state per
+//! unbounded group.
 
 use crate::compile::{Compiled, Group};
 use crate::scan::check_table;
 use ignore::WalkState;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use vyre_runtime::Megakernel;
 
 mod counts;
@@ -152,14 +156,21 @@ impl Default for ScanOptions {
     }
 }
 
-/// Where results go. Calls for one file arrive in order: its matches by increasing end,
-/// then `file_done` (or `file_error` if reading failed part-way; matches in the part read
+/// Where results go. Calls for one file arrive in order: its matches by increasing end
+/// (unless [`Sink::ordered`] says the sink does not need that), then `file_done` (or `file_error` if reading failed part-way; matches in the part read
 /// before the failure have been reported). `file` identifies one visit of a file by the walk:
 /// the same path reached twice (overlapping roots, or a link with `--follow`) is two files,
 /// whose calls may interleave.
 pub trait Sink {
     /// A match of rule `rule` (an index into [`Compiled::names`]) ending at byte `end`.
     fn matched(&mut self, file: u64, path: &Path, end: u64, rule: u32);
+    /// Whether a file's matches must come by increasing end. A sink that only counts
+    /// returns false: each segment's matches then come in no particular order (the file's
+    /// segments still come in order), which saves sorting them (millions of matches at
+    /// thousands of rules).
+    fn ordered(&self) -> bool {
+        true
+    }
     /// A file was scanned to its end.
     fn file_done(&mut self, file: u64, path: &Path, bytes: u64);
     /// A file could not be (fully) read or scanned.
@@ -219,6 +230,147 @@ pub(crate) struct FileMeta {
 pub(crate) enum Item {
     Pack(Pack),
     Error(Arc<FileMeta>, String),
+}
+
+/// What the driver sends the thread that owns the sink, in the order of the sink's calls.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// A segment's matches, unsorted (the sink's thread decodes and sorts them), and for the
+    /// last segment of a file the file's length.
+    Segment {
+        file: Arc<FileMeta>,
+        /// Decoded already (found by a walk thread).
+        hits: Vec<(u64, u32)>,
+        /// In the batch's hit bytes.
+        runs: Vec<Run>,
+        end: Option<u64>,
+    },
+    Error(u64, FileError),
+    Progress {
+        bytes: u64,
+        files: u64,
+    },
+}
+
+/// One slot's hits in a completed batch's hit bytes: (end, pattern) pairs of `u32`, ends
+/// relative to `origin`, patterns indexing `group`'s rules.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) origin: u64,
+    pub(crate) group: u32,
+    pub(crate) bytes: std::ops::Range<usize>,
+}
+
+/// One completed batch: its hit bytes, and its reports (whose runs point into the bytes).
+type Delivery = (Vec<u8>, Vec<Report>);
+
+/// Completed batches' reports that may wait for the sink's thread: the driver goes on with
+/// the next batches while the sink handles these.
+const REPORTS_IN_FLIGHT: usize = 2;
+
+/// The driver's end of the channel to the sink's thread: reports gathered per batch and sent
+/// together.
+pub(crate) struct Reports<'a> {
+    pending: Vec<Report>,
+    tx: SyncSender<Delivery>,
+    stopped: &'a AtomicBool,
+}
+
+impl Reports<'_> {
+    pub(crate) fn push(&mut self, r: Report) {
+        self.pending.push(r);
+    }
+
+    /// Sends what was pushed (blocking while the sink's thread is `REPORTS_IN_FLIGHT`
+    /// batches behind).
+    pub(crate) fn send(&mut self) {
+        self.send_with(Vec::new());
+    }
+
+    /// Sends what was pushed, whose runs point into `hit_bytes`.
+    pub(crate) fn send_with(&mut self, hit_bytes: Vec<u8>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if self
+            .tx
+            .send((hit_bytes, std::mem::take(&mut self.pending)))
+            .is_err()
+        {
+            // The sink's thread is gone (it panicked): nothing more can be reported.
+            self.stopped.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// [`Sink::stopped`], as of the last batch the sink's thread handled.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+/// The sink's thread: makes the sink's calls for every report, in order, until the driver
+/// hangs up; logs its time in them and waiting for the driver (`vyre_scan::stages`).
+fn deliver(rx: Receiver<Delivery>, rules: &Compiled, sink: &mut dyn Sink, stopped: &AtomicBool) {
+    let (mut busy, mut idle, mut matches) = (Duration::ZERO, Duration::ZERO, 0u64);
+    let ordered = sink.ordered();
+    let mut t = Instant::now();
+    for (bytes, reports) in rx {
+        let now = Instant::now();
+        idle += now - t;
+        t = now;
+        for r in reports {
+            match r {
+                Report::Segment {
+                    file,
+                    mut hits,
+                    runs,
+                    end,
+                } => {
+                    let decoded = runs.iter().flat_map(|r| {
+                        let rules = &rules.groups[r.group as usize].rules;
+                        bytes[r.bytes.clone()].chunks_exact(8).map(move |pair| {
+                            let word = |i: usize| {
+                                u32::from_le_bytes(pair[i..i + 4].try_into().expect("4 bytes"))
+                            };
+                            (r.origin + u64::from(word(0)), rules[word(4) as usize])
+                        })
+                    });
+                    if ordered {
+                        hits.extend(decoded);
+                        hits.sort_unstable();
+                    } else {
+                        for (at, rule) in decoded {
+                            matches += 1;
+                            sink.matched(file.seq, &file.path, at, rule);
+                        }
+                    }
+                    matches += hits.len() as u64;
+                    for (at, rule) in hits {
+                        sink.matched(file.seq, &file.path, at, rule);
+                    }
+                    if let Some(bytes) = end {
+                        sink.file_done(file.seq, &file.path, bytes);
+                    }
+                }
+                Report::Error(file, e) => sink.file_error(file, &e),
+                Report::Progress { bytes, files } => sink.progress(bytes, files),
+            }
+        }
+        if sink.stopped() {
+            stopped.store(true, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        busy += now - t;
+        t = now;
+    }
+    tracing::info!(
+        target: "vyre_scan::stages",
+        "sink's thread: {} {matches} matches and handing them to the sink {:.3} s, \
+         waiting for the driver {:.3} s",
+        if ordered { "sorting" } else { "(unordered)" },
+        busy.as_secs_f64(),
+        idle.as_secs_f64()
+    );
 }
 
 /// Scans `paths` with `rules` on `mk`'s backend, reporting to `sink`.
@@ -290,10 +442,33 @@ pub fn scan(
             })
             .expect("spawn walker")
     };
-    let mut driver = driver::Driver::new(mk, rules, opts, pool)?;
-    let result = driver.run(item_rx, sink);
-    // On error the receiver is gone and the walk stops at its next send.
-    drop(driver);
+    // The driver runs on its own thread; this one owns the sink (which need not be `Send`).
+    let stopped = AtomicBool::new(sink.stopped());
+    let (report_tx, report_rx) = sync_channel::<Delivery>(REPORTS_IN_FLIGHT);
+    let result = thread::scope(|s| {
+        let driver = thread::Builder::new()
+            .name("vyre-scan-driver".into())
+            .spawn_scoped(s, || {
+                let mut reports = Reports {
+                    pending: Vec::new(),
+                    tx: report_tx,
+                    stopped: &stopped,
+                };
+                // On error the receiver of items is dropped here and the walk stops at its
+                // next send.
+                let (mut driver, set_up) = driver::Driver::new(mk, rules, opts, pool)?;
+                thread::Builder::new()
+                    .name("vyre-scan-setup".into())
+                    .spawn_scoped(s, move || set_up.run())
+                    .expect("spawn the scan set-up");
+                driver.run(item_rx, &mut reports)
+            })
+            .expect("spawn the scan driver");
+        deliver(report_rx, rules, sink, &stopped);
+        driver
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
     let _ = walk.join();
     let mut summary = result?;
     summary.seconds = start.elapsed().as_secs_f64();

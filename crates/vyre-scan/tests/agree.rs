@@ -306,9 +306,28 @@ fn groups_over_the_table_limit_are_halved_and_still_agree() {
     let whole = compile(&rules, &Limits::default()).expect("compiles");
     let limits = Limits {
         max_table_bytes: 48 << 10,
+        max_literal_table_bytes: 48 << 10,
         ..Limits::default()
     };
     let split = compile(&rules, &limits).expect("compiles in halves");
+    // Literal groups have their own limit: lowering it alone splits only them.
+    let literals_split = compile(
+        &rules,
+        &Limits {
+            max_literal_table_bytes: 48 << 10,
+            ..Limits::default()
+        },
+    )
+    .expect("compiles");
+    let literal_groups = |c: &Compiled| c.groups.iter().filter(|g| g.rules[0] < 300).count();
+    assert_eq!(literal_groups(&whole), 1);
+    assert!(literal_groups(&literals_split) > 2);
+    assert_eq!(
+        literals_split.groups.len() - literal_groups(&literals_split),
+        whole.groups.len() - 1,
+        "regex groups as before"
+    );
+
     assert!(
         split.groups.len() > whole.groups.len() + 2,
         "{} groups",
@@ -329,16 +348,21 @@ fn groups_over_the_table_limit_are_halved_and_still_agree() {
             "only x+y is unbounded"
         );
     }
-    let text: Vec<u8> = b"abcbd stable consider xxy 555-1234 beerstabout contender "
+    let text = text_for_split();
+    let want = reference_matches(&rules, &text).expect("reference");
+    assert!(want.len() > 200);
+    assert_eq!(scan_whole(&split, &text), want);
+    assert_eq!(scan_whole(&literals_split, &text), want);
+    assert_eq!(scan_whole(&whole, &text), want);
+}
+
+fn text_for_split() -> Vec<u8> {
+    b"abcbd stable consider xxy 555-1234 beerstabout contender "
         .iter()
         .copied()
         .cycle()
         .take(3000)
-        .collect();
-    let want = reference_matches(&rules, &text).expect("reference");
-    assert!(want.len() > 200);
-    assert_eq!(scan_whole(&split, &text), want);
-    assert_eq!(scan_whole(&whole, &text), want);
+        .collect()
 }
 
 /// Proptest cases: `PROPTEST_CASES` when set (for long runs), else `default`.

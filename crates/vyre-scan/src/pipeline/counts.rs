@@ -2,97 +2,77 @@
 
 use std::collections::HashMap;
 
-/// A file's rules not yet counted, at most this many; then they are sorted and merged into
-/// its counts, so memory stays bounded by the rules a file matched, however many matches.
-const PENDING_MAX: usize = 1 << 16;
-
-/// One file's counts: rules appended as matches come, counted in bulk.
-#[derive(Debug, Default)]
-struct FileCounts {
-    pending: Vec<u32>,
-    counted: Vec<(u32, u64)>,
-}
-
-impl FileCounts {
-    fn merge(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        self.pending.sort_unstable();
-        let mut runs: Vec<(u32, u64)> = Vec::new();
-        for &r in &self.pending {
-            match runs.last_mut() {
-                Some((last, n)) if *last == r => *n += 1,
-                _ => runs.push((r, 1)),
-            }
-        }
-        self.pending.clear();
-        if self.counted.is_empty() {
-            self.counted = runs;
-            return;
-        }
-        let mut merged = Vec::with_capacity(self.counted.len() + runs.len());
-        let (mut a, mut b) = (self.counted.iter().peekable(), runs.iter().peekable());
-        while let (Some(&&(ra, na)), Some(&&(rb, nb))) = (a.peek(), b.peek()) {
-            if ra == rb {
-                merged.push((ra, na + nb));
-                a.next();
-                b.next();
-            } else if ra < rb {
-                merged.push((ra, na));
-                a.next();
-            } else {
-                merged.push((rb, nb));
-                b.next();
-            }
-        }
-        merged.extend(a);
-        merged.extend(b);
-        self.counted = merged;
-    }
-}
-
-/// Counts of matches per file and rule. A match costs a push onto its file's list (the
-/// pipeline hands over a segment's matches together, so the current file's list is kept at
-/// hand); a file's list is sorted and counted when taken, or when it grows long. Two levels
-/// of hash maps, one lookup pair per match, cost the bench's count sink most of the driver
-/// thread's "hits to the sink" time at 10,000 rules (bench/results/scan-h100.md).
+/// Counts of matches per file and rule. The file being counted has a count per rule in a
+/// table indexed by rule, so a match costs one increment (the pipeline hands over a
+/// segment's matches together, so the current file rarely changes); a file set aside while
+/// another one's matches come keeps its counts as (rule, count) pairs, at most one per rule
+/// it matched. Two levels of hash maps, one lookup pair per match, cost the bench's count
+/// sink most of the driver thread's "hits to the sink" time at 10,000 rules
+/// (bench/results/scan-h100.md).
 #[derive(Debug, Default)]
 pub struct RuleCounts {
-    current: Option<(u64, FileCounts)>,
-    open: HashMap<u64, FileCounts>,
+    current: Option<u64>,
+    /// The current file's count per rule (zero for rules it has not matched).
+    table: Vec<u64>,
+    /// Rules with a non-zero count in `table`.
+    touched: Vec<u32>,
+    /// Files set aside: counts by rule ascending.
+    open: HashMap<u64, Vec<(u32, u64)>>,
 }
 
 impl RuleCounts {
     /// Counts one match of `rule` in `file`.
     pub fn add(&mut self, file: u64, rule: u32) {
-        let c = match &mut self.current {
-            Some((f, c)) if *f == file => c,
-            _ => {
-                if let Some((f, c)) = self.current.take() {
-                    self.open.insert(f, c);
-                }
-                let c = self.open.remove(&file).unwrap_or_default();
-                &mut self.current.insert((file, c)).1
-            }
-        };
-        c.pending.push(rule);
-        if c.pending.len() >= PENDING_MAX {
-            c.merge();
+        if self.current != Some(file) {
+            self.switch_to(file);
         }
+        let r = rule as usize;
+        if r >= self.table.len() {
+            self.table.resize(r + 1, 0);
+        }
+        if self.table[r] == 0 {
+            self.touched.push(rule);
+        }
+        self.table[r] += 1;
+    }
+
+    /// Sets the current file aside and makes `file` current.
+    fn switch_to(&mut self, file: u64) {
+        if let Some(f) = self.current.take() {
+            let c = self.drain();
+            self.open.insert(f, c);
+        }
+        self.current = Some(file);
+        for (rule, n) in self.open.remove(&file).unwrap_or_default() {
+            let r = rule as usize;
+            if r >= self.table.len() {
+                self.table.resize(r + 1, 0);
+            }
+            self.table[r] = n;
+            self.touched.push(rule);
+        }
+    }
+
+    /// The current file's counts, by rule ascending; leaves the table zeroed.
+    fn drain(&mut self) -> Vec<(u32, u64)> {
+        self.touched.sort_unstable();
+        let table = &mut self.table;
+        let counts = self
+            .touched
+            .iter()
+            .map(|&r| (r, std::mem::take(&mut table[r as usize])))
+            .collect();
+        self.touched.clear();
+        counts
     }
 
     /// `file`'s counts, by rule ascending (empty if it had no match); forgets the file.
     pub fn take(&mut self, file: u64) -> Vec<(u32, u64)> {
-        let mut c = match self.current.take() {
-            Some((f, c)) if f == file => c,
-            other => {
-                self.current = other;
-                self.open.remove(&file).unwrap_or_default()
-            }
-        };
-        c.merge();
-        c.counted
+        if self.current == Some(file) {
+            self.current = None;
+            return self.drain();
+        }
+        self.open.remove(&file).unwrap_or_default()
     }
 
     /// Files with counts not yet taken.
@@ -102,7 +82,7 @@ impl RuleCounts {
 
     /// Whether a file other than `file` has counts not yet taken.
     pub fn others_open(&self, file: u64) -> bool {
-        self.open.keys().any(|&f| f != file) || matches!(self.current, Some((f, _)) if f != file)
+        self.open.keys().any(|&f| f != file) || self.current.is_some_and(|f| f != file)
     }
 }
 
@@ -116,8 +96,8 @@ mod tests {
         let mut want: BTreeMap<u64, BTreeMap<u32, u64>> = BTreeMap::new();
         let mut got = RuleCounts::default();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        // Three files interleaved in runs, one of them past the merge threshold twice.
-        for i in 0..(3 * PENDING_MAX as u64) {
+        // Three files interleaved in runs: each run sets the other files aside.
+        for i in 0..200_000u64 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;

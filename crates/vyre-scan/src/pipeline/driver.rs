@@ -1,12 +1,13 @@
 //! The driver: packs segments into batches, publishes their DFA_SCAN slots, completes
-//! batches in FIFO order and hands hits to the sink. See the module docs of `pipeline`.
+//! batches in FIFO order and sends their hits to the sink's thread. See the module docs of
+//! `pipeline`.
 
 use super::read::{Pack, PackPool, Piece};
-use super::{FileError, FileMeta, Item, ScanError, ScanOptions, Sink, Summary};
+use super::{FileError, FileMeta, Item, Report, Reports, Run, ScanError, ScanOptions, Summary};
 use crate::compile::Compiled;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vyre_isa::dfa::{HIT_HEADER_BYTES, REPORT_EOI, START_LOOKBEHIND, START_TEXT};
@@ -46,7 +47,10 @@ struct Segment {
     last: bool,
     /// Batch offset of the segment's first (prefix) byte.
     base: usize,
+    /// Hits found by the walk thread (unbounded groups scanned on the host).
     hits: Vec<(u64, u32)>,
+    /// Hits in the completed batch's hit bytes, decoded by the sink's thread.
+    runs: Vec<Run>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +120,12 @@ pub(crate) struct Driver<'a> {
     unbounded: Vec<usize>,
     bounded: Vec<usize>,
     free: Vec<Buffers>,
+    /// What the set-up thread sends (None once it is done).
+    ready: Option<Receiver<Result<Ready, ScanError>>>,
+    /// The tables' contents are uploaded: slots may be published.
+    tables_ready: bool,
+    /// Batch buffer pairs the set-up thread has still to send.
+    spare: usize,
     packs: Arc<PackPool>,
     /// Packs whose copies into the device may still be running: given back to the pool at
     /// the next flush, after `wait_copies`.
@@ -140,6 +150,10 @@ pub(crate) struct Driver<'a> {
 /// device or the hits bound a scan.
 #[derive(Debug, Default)]
 struct Stages {
+    /// Creating the tables' buffers and the first batch's (`Driver::new`).
+    setup: Duration,
+    /// Waiting for the set-up thread (tables uploaded, more batch buffers).
+    setup_wait: Duration,
     /// Waiting for segments from the walk threads.
     recv: Duration,
     /// Planning slots and copying segments in.
@@ -148,7 +162,7 @@ struct Stages {
     flush: Duration,
     /// Waiting for batches to complete.
     wait: Duration,
-    /// Reading hits back and handing them to the sink.
+    /// Reading hits back and sending them to the sink's thread.
     hits: Duration,
     segments: u64,
     batches: u64,
@@ -161,17 +175,23 @@ struct Stages {
 }
 
 impl<'a> Driver<'a> {
+    /// A driver with one pair of batch buffers, and the set-up that uploads the tables'
+    /// contents and creates the other pairs (run it on another thread: at 10,000 rules that
+    /// is 170 MB of tables and 300 MB of page-locked hit regions, 0.2-0.3 s on an H100 host,
+    /// which the driver spends planning and publishing the first batches instead). The
+    /// driver publishes nothing before the tables are uploaded.
     pub(crate) fn new(
         mk: &'a Megakernel,
         rules: &'a Compiled,
         opts: &ScanOptions,
         packs: Arc<PackPool>,
-    ) -> Result<Driver<'a>, ScanError> {
-        let mut tables = Vec::with_capacity(rules.groups.len());
-        for g in &rules.groups {
-            let bytes: Vec<u8> = g.table.iter().flat_map(|w| w.to_le_bytes()).collect();
-            tables.push(mk.create_buffer_with(bytes.len() as u64, &bytes)?);
-        }
+    ) -> Result<(Driver<'a>, SetUp<'a>), ScanError> {
+        let started = Instant::now();
+        let tables = rules
+            .groups
+            .iter()
+            .map(|g| mk.create_buffer(g.table.len() as u64 * 4))
+            .collect::<Result<Vec<u32>, _>>()?;
         // Groups that run as slots (unbounded ones may be scanned by the walk threads).
         let on_device = |g: &&crate::compile::Group| g.max_len.is_some() || !opts.unbounded_on_host;
         let groups = rules.groups.iter().filter(on_device).count().max(1);
@@ -201,46 +221,45 @@ impl<'a> Driver<'a> {
                 )));
             }
         }
-        let mut free = Vec::with_capacity(opts.in_flight);
-        let mut host_hits = false;
         let host = host_bytes * opts.in_flight as u64 <= HOST_HITS_MAX_BYTES;
-        for _ in 0..opts.in_flight {
-            let data = mk.create_buffer(opts.batch.next_multiple_of(4) as u64)?;
-            let hits = match host
-                .then(|| mk.create_host_buffer(host_bytes))
-                .transpose()?
-                .flatten()
-            {
-                Some(h) => {
-                    host_hits = true;
-                    h
-                }
-                None => {
-                    // Every region starts with its capacity; the kernel never writes the
-                    // header.
-                    let mut header = vec![0u8; max_slots * region as usize];
-                    for r in header.chunks_exact_mut(region as usize) {
-                        r[..4].copy_from_slice(&opts.hit_capacity.to_le_bytes());
-                    }
-                    mk.create_buffer_with(header.len() as u64, &header)?
-                }
-            };
-            free.push(Buffers { data, hits });
+        let mut pairs = Pairs {
+            data: opts.batch.next_multiple_of(4) as u64,
+            host_bytes: host.then_some(host_bytes),
+            device_regions: max_slots,
+            region,
+            hit_capacity: opts.hit_capacity,
+        };
+        let (first, host_hits) = pairs.create(mk)?;
+        if !host_hits {
+            // Every pair alike: the driver lays hit regions out one way.
+            pairs.host_bytes = None;
         }
+        let (tx, ready) = sync_channel(opts.in_flight + 1);
+        let set_up = SetUp {
+            mk,
+            rules,
+            tables: tables.clone(),
+            pairs,
+            count: opts.in_flight - 1,
+            tx,
+        };
         let (mut unbounded, bounded): (Vec<usize>, Vec<usize>) =
             (0..rules.groups.len()).partition(|&g| rules.groups[g].max_len.is_none());
         if opts.unbounded_on_host {
             // The walk threads scan them and hand over their hits with each piece.
             unbounded.clear();
         }
-        Ok(Driver {
+        let driver = Driver {
             mk,
             rules,
             opts: opts.clone(),
             tables,
             unbounded,
             bounded,
-            free,
+            free: vec![first],
+            ready: Some(ready),
+            tables_ready: false,
+            spare: opts.in_flight - 1,
             packs,
             held: Vec::new(),
             fifo: VecDeque::new(),
@@ -252,24 +271,65 @@ impl<'a> Driver<'a> {
             max_slots,
             overflow: None,
             summary: Summary::default(),
-            stages: Stages::default(),
-        })
+            stages: Stages {
+                setup: started.elapsed(),
+                ..Stages::default()
+            },
+        };
+        Ok((driver, set_up))
+    }
+
+    /// Takes what the set-up thread has finished: with `block`, waits for at least one more
+    /// piece of it.
+    fn take_ready(&mut self, block: bool) -> Result<(), ScanError> {
+        let t = Instant::now();
+        let mut block = block;
+        while let Some(rx) = &self.ready {
+            let next = if block {
+                rx.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                rx.try_recv()
+            };
+            match next {
+                Ok(Ok(Ready::Tables)) => self.tables_ready = true,
+                Ok(Ok(Ready::Buffers(b))) => {
+                    self.free.push(b);
+                    self.spare -= 1;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.ready = None;
+                    if !self.tables_ready || self.spare > 0 {
+                        return Err(ScanError::Options(
+                            "the scan's set-up thread ended before its work was done (it \
+                             panicked: see the message above)"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+            block = false;
+        }
+        self.stages.setup_wait += t.elapsed();
+        Ok(())
     }
 
     pub(crate) fn run(
         &mut self,
         items: Receiver<Item>,
-        sink: &mut dyn Sink,
+        reports: &mut Reports<'_>,
     ) -> Result<Summary, ScanError> {
         loop {
-            if sink.stopped() {
+            if reports.stopped() {
                 break;
             }
+            self.take_ready(false)?;
             while let Some(b) = self.fifo.front() {
-                if !self.free.is_empty() && !self.finished(b) {
+                if (!self.free.is_empty() || self.spare > 0) && !self.finished(b) {
                     break;
                 }
-                self.complete_front(sink)?;
+                self.complete_front(reports)?;
             }
             let idle = self.fifo.is_empty() && self.current.is_none();
             let waited = Instant::now();
@@ -286,7 +346,7 @@ impl<'a> Driver<'a> {
                         if self.current.is_some() {
                             self.flush()?;
                         } else {
-                            self.complete_front(sink)?;
+                            self.complete_front(reports)?;
                         }
                         continue;
                     }
@@ -300,10 +360,10 @@ impl<'a> Driver<'a> {
                     let (t, other) = (Instant::now(), self.stages.wait + self.stages.hits);
                     for piece in &pack.pieces {
                         // A pack may hold hundreds of files: stop within it too.
-                        if sink.stopped() {
+                        if reports.stopped() {
                             break;
                         }
-                        self.add(piece, &pack, sink)?;
+                        self.add(piece, &pack, reports)?;
                     }
                     if let Some(b) = self.current.as_mut() {
                         write_pending(self.mk, b, &pack)?;
@@ -323,19 +383,20 @@ impl<'a> Driver<'a> {
                         .iter()
                         .any(|b| b.segments.iter().any(|s| s.file.seq == file.seq))
                     {
-                        self.complete_front(sink)?;
+                        self.complete_front(reports)?;
                     }
                     self.carry.remove(&file.seq);
                     // A file whose scan faulted was reported then; say it once.
                     if !self.failed.remove(&file.seq) {
                         self.summary.file_errors += 1;
-                        sink.file_error(
+                        reports.push(Report::Error(
                             file.seq,
-                            &FileError {
+                            FileError {
                                 path: file.path.clone(),
                                 message,
                             },
-                        );
+                        ));
+                        reports.send();
                     }
                 }
             }
@@ -344,14 +405,19 @@ impl<'a> Driver<'a> {
             self.flush()?;
         }
         while !self.fifo.is_empty() {
-            self.complete_front(sink)?;
+            self.complete_front(reports)?;
         }
         let st = &self.stages;
         tracing::info!(
             target: "vyre_scan::stages",
-            "driver thread: waiting for segments {:.3} s, planning and copying {} segments \
+            "driver thread: set-up {:.3} s, waiting for the set-up thread {:.3} s, waiting for \
+             segments {:.3} s, planning \
+             and copying {} segments \
              {:.3} s, copying and publishing {} batches {:.3} s, waiting for the device {:.3} s, \
-             hits to the sink {:.3} s ({} slots rescanned in {:.3} s, hits read in {:.3} s)",
+             hits to the sink's thread {:.3} s ({} slots rescanned in {:.3} s, hits read in \
+             {:.3} s)",
+            st.setup.as_secs_f64(),
+            st.setup_wait.as_secs_f64(),
             st.recv.as_secs_f64(),
             st.segments,
             st.add.as_secs_f64(),
@@ -385,7 +451,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Adds a segment to the current batch, flushing first when it does not fit.
-    fn add(&mut self, c: &Piece, pack: &Pack, sink: &mut dyn Sink) -> Result<(), ScanError> {
+    fn add(&mut self, c: &Piece, pack: &Pack, reports: &mut Reports<'_>) -> Result<(), ScanError> {
         let seq = c.file.seq;
         let data = c.data(pack);
         let need_slots =
@@ -406,7 +472,15 @@ impl<'a> Driver<'a> {
         }
         if self.current.is_none() {
             if self.free.is_empty() {
-                self.complete_front(sink)?;
+                self.take_ready(false)?;
+            }
+            if self.free.is_empty() {
+                let front_done = self.fifo.front().is_some_and(|b| self.finished(b));
+                if self.spare > 0 && !front_done {
+                    self.take_ready(true)?;
+                } else {
+                    self.complete_front(reports)?;
+                }
             }
             let bufs = self.free.pop().expect("a free batch after completing");
             self.current = Some(Batch {
@@ -543,6 +617,7 @@ impl<'a> Driver<'a> {
             last: c.last,
             base,
             hits: c.hits.clone(),
+            runs: Vec::new(),
         });
         Ok(())
     }
@@ -563,6 +638,9 @@ impl<'a> Driver<'a> {
         for buf in self.held.drain(..) {
             self.packs.give(buf);
         }
+        while !self.tables_ready {
+            self.take_ready(true)?;
+        }
         b.flushed = true;
         publish_ready(self.mk, &mut b, self.host_hits)?;
         self.fifo.push_back(b);
@@ -572,7 +650,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Waits for the oldest batch, reports its hits and frees its buffers.
-    fn complete_front(&mut self, sink: &mut dyn Sink) -> Result<(), ScanError> {
+    fn complete_front(&mut self, reports: &mut Reports<'_>) -> Result<(), ScanError> {
         if self.fifo.is_empty() {
             return self.flush();
         }
@@ -611,7 +689,8 @@ impl<'a> Driver<'a> {
                 _ => None,
             })
             .collect();
-        let (hit_bytes, hit_ranges) = read_regions(self.mk, b.bufs.hits, self.host_hits, &stored)?;
+        let (mut hit_bytes, hit_ranges) =
+            read_regions(self.mk, b.bufs.hits, self.host_hits, &stored)?;
         let mut hit_ranges = hit_ranges.into_iter();
         // Slots whose regions overflowed, run again together.
         let overflowed: Vec<usize> = (0..results.len())
@@ -661,14 +740,21 @@ impl<'a> Driver<'a> {
                 continue; // a NOP standing in for a slot of a failed file
             }
             let origin = seg.at - seg.prefix as u64 + (p.slot.args[2] as usize - seg.base) as u64;
-            let group = &self.rules.groups[p.group];
-            if r[0] > r[2] {
+            let bytes = if r[0] > r[2] {
+                // Rare: the rescan's pairs go after the regions' bytes.
                 let bytes = rescanned.next().expect("one rescan per overflowed slot");
-                push_hits(&bytes, &group.rules, origin, &mut seg.hits);
+                hit_bytes.extend_from_slice(&bytes);
+                hit_bytes.len() - bytes.len()..hit_bytes.len()
             } else if r[2] > 0 {
-                let at = hit_ranges.next().expect("one read per region with hits");
-                push_hits(&hit_bytes[at], &group.rules, origin, &mut seg.hits);
-            }
+                hit_ranges.next().expect("one read per region with hits")
+            } else {
+                continue;
+            };
+            seg.runs.push(Run {
+                origin,
+                group: p.group as u32,
+                bytes,
+            });
         }
         self.stages.read += t_read.elapsed();
         for (k, seg) in b.segments.iter_mut().enumerate() {
@@ -676,13 +762,13 @@ impl<'a> Driver<'a> {
             if let Some(message) = faults[k].take() {
                 if self.failed.insert(seq) {
                     self.summary.file_errors += 1;
-                    sink.file_error(
+                    reports.push(Report::Error(
                         seq,
-                        &FileError {
+                        FileError {
                             path: seg.file.path.clone(),
                             message,
                         },
-                    );
+                    ));
                 }
             }
             if !self.unbounded.is_empty() && !seg.last {
@@ -691,21 +777,25 @@ impl<'a> Driver<'a> {
             }
             self.summary.bytes += seg.len as u64;
             if !self.failed.contains(&seq) {
-                seg.hits.sort_unstable();
-                for &(end, rule) in &seg.hits {
-                    sink.matched(seq, &seg.file.path, end, rule);
-                }
-                self.summary.matches += seg.hits.len() as u64;
-                if seg.last {
-                    self.summary.files += 1;
-                    sink.file_done(seq, &seg.file.path, seg.at + seg.len as u64);
-                }
+                let runs: usize = seg.runs.iter().map(|r| r.bytes.len() / 8).sum();
+                self.summary.matches += (seg.hits.len() + runs) as u64;
+                self.summary.files += u64::from(seg.last);
+                reports.push(Report::Segment {
+                    file: seg.file.clone(),
+                    hits: std::mem::take(&mut seg.hits),
+                    runs: std::mem::take(&mut seg.runs),
+                    end: seg.last.then_some(seg.at + seg.len as u64),
+                });
             }
             if seg.last {
                 self.failed.remove(&seq);
             }
         }
-        sink.progress(self.summary.bytes, self.summary.files);
+        reports.push(Report::Progress {
+            bytes: self.summary.bytes,
+            files: self.summary.files,
+        });
+        reports.send_with(hit_bytes);
         self.free.push(b.bufs);
         self.stages.hits += t.elapsed();
         Ok(())
@@ -890,6 +980,127 @@ fn rescan_all(
 /// the regions' pairs are copied back to back in one call (a call per region cost a lock,
 /// an allocation and a cache miss each: 0.14-0.21 s of a 10,000-word pass on an H100
 /// host); in device memory one copy covers the buffer from 0 to the end of the last.
+/// What the set-up thread sends the driver, in this order.
+#[derive(Debug)]
+enum Ready {
+    /// Every table's contents are uploaded.
+    Tables,
+    /// One more pair of batch buffers.
+    Buffers(Buffers),
+}
+
+/// How a batch's pair of buffers is made.
+#[derive(Debug, Clone)]
+struct Pairs {
+    /// Bytes of the data buffer.
+    data: u64,
+    /// Bytes of a hit buffer in host memory, if asked for.
+    host_bytes: Option<u64>,
+    /// Otherwise (or where the backend has no host buffers): regions of `region` bytes in
+    /// device memory, this many.
+    device_regions: usize,
+    region: u64,
+    hit_capacity: u32,
+}
+
+impl Pairs {
+    /// A new pair, and whether its hit regions are in host memory.
+    fn create(&self, mk: &Megakernel) -> Result<(Buffers, bool), ScanError> {
+        let data = mk.create_buffer(self.data)?;
+        if let Some(bytes) = self.host_bytes {
+            if let Some(hits) = mk.create_host_buffer(bytes)? {
+                return Ok((Buffers { data, hits }, true));
+            }
+        }
+        // Every region starts with its capacity; the kernel never writes the header.
+        let mut header = vec![0u8; self.device_regions * self.region as usize];
+        for r in header.chunks_exact_mut(self.region as usize) {
+            r[..4].copy_from_slice(&self.hit_capacity.to_le_bytes());
+        }
+        let hits = mk.create_buffer_with(header.len() as u64, &header)?;
+        Ok((Buffers { data, hits }, false))
+    }
+}
+
+/// The part of a driver's set-up that runs beside it (see [`Driver::new`]).
+pub(crate) struct SetUp<'a> {
+    mk: &'a Megakernel,
+    rules: &'a Compiled,
+    tables: Vec<u32>,
+    pairs: Pairs,
+    count: usize,
+    tx: SyncSender<Result<Ready, ScanError>>,
+}
+
+impl SetUp<'_> {
+    /// Uploads the tables, then makes the other batches' buffers, sending each as it is done
+    /// (or the first error). Stops early if the driver is gone.
+    pub(crate) fn run(self) {
+        let t = Instant::now();
+        let tables = self
+            .rules
+            .groups
+            .iter()
+            .zip(&self.tables)
+            .try_for_each(|(g, &h)| upload_words(self.mk, h, &g.table));
+        let uploaded = t.elapsed();
+        if self.tx.send(tables.map(|()| Ready::Tables)).is_err() {
+            return;
+        }
+        for _ in 0..self.count {
+            let pair = self.pairs.create(self.mk).and_then(|(b, host)| {
+                if host == self.pairs.host_bytes.is_some() {
+                    Ok(Ready::Buffers(b))
+                } else {
+                    Err(ScanError::Options(
+                        "the backend gave the first batch's hit regions host memory and \
+                         refused it for a later batch"
+                            .into(),
+                    ))
+                }
+            });
+            if self.tx.send(pair).is_err() {
+                return;
+            }
+        }
+        tracing::info!(
+            target: "vyre_scan::stages",
+            "set-up thread: tables uploaded in {:.3} s, {} more batch buffer pairs in {:.3} s",
+            uploaded.as_secs_f64(),
+            self.count,
+            (t.elapsed() - uploaded).as_secs_f64()
+        );
+    }
+}
+
+/// Writes `words` (little-endian) into buffer `handle` through two chunks of the backend's
+/// staging memory (page-locked on cuda: each chunk's copy runs while the next is filled).
+/// 10,000 words compile to 170 MB of tables: converting them to bytes in one go (a byte
+/// iterator) and copying from pageable memory took most of a scan's set-up.
+fn upload_words(mk: &Megakernel, handle: u32, words: &[u32]) -> Result<(), ScanError> {
+    const CHUNK_WORDS: usize = 1 << 20;
+    let chunk_bytes = CHUNK_WORDS.min(words.len()).max(1) * 4;
+    let mut stages = [
+        mk.create_staging(chunk_bytes)?,
+        mk.create_staging(chunk_bytes)?,
+    ];
+    for (i, chunk) in words.chunks(CHUNK_WORDS).enumerate() {
+        if i >= stages.len() {
+            // The copy from this chunk's staging memory two chunks ago must have finished.
+            mk.wait_copies()?;
+        }
+        let stage = &mut stages[i % 2];
+        let bytes = &mut stage.bytes_mut()[..chunk.len() * 4];
+        for (b, w) in bytes.chunks_exact_mut(4).zip(chunk) {
+            b.copy_from_slice(&w.to_le_bytes());
+        }
+        let at = (i * CHUNK_WORDS * 4) as u64;
+        mk.write_from_staging(handle, at, &**stage, 0..chunk.len() * 4)?;
+    }
+    mk.wait_copies()?;
+    Ok(())
+}
+
 fn read_regions(
     mk: &Megakernel,
     handle: u32,
@@ -946,13 +1157,4 @@ fn dfa_slot(
             table, bufs.data, off, len, report, start, bufs.hits, hits_off,
         ],
     )
-}
-
-/// Appends (file end, rule) for each (end, pattern) pair of `bytes`.
-fn push_hits(bytes: &[u8], rules: &[u32], origin: u64, out: &mut Vec<(u64, u32)>) {
-    for pair in bytes.chunks_exact(8) {
-        let end = u32::from_le_bytes(pair[..4].try_into().expect("4 bytes"));
-        let pattern = u32::from_le_bytes(pair[4..].try_into().expect("4 bytes"));
-        out.push((origin + u64::from(end), rules[pattern as usize]));
-    }
 }

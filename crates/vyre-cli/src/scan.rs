@@ -55,7 +55,7 @@ pub struct Args {
 /// defaults (`ScanOptions::for_backend`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Tuning {
-    /// Bytes of file data per DFA_SCAN slot (default: 1 MiB on cpu, 16 KiB on a GPU).
+    /// Bytes of file data per DFA_SCAN slot (default: 1 MiB on cpu, 8 KiB on a GPU).
     #[arg(long, value_name = "BYTES")]
     pub window: Option<usize>,
     /// Bytes per backend transfer (default: 8 MiB on cpu, 16 MiB on a GPU).

@@ -103,12 +103,16 @@ impl ScanOptions {
                 ..ScanOptions::default()
             },
             // With data already on an H100, 16 KiB windows scan at 126-134 GB/s and 4 KiB
-            // ones at 160-172 GB/s (bench/results/scan-resident-h100.md); through files the
-            // host is the bottleneck and every window costs the driver thread planning and a
-            // hit region, so files keep 16 KiB. 16 MiB batches pipelined better than 64 MiB
-            // ones (3.4-3.8 against 2.4-2.5 GB/s on four large files, same run).
+            // ones at 160-172 GB/s (bench/results/scan-resident-h100.md). Through files a
+            // 16 MiB batch of 16 KiB windows is about 1,000 slots, so six batches in flight
+            // kept a few thousand of the grid's 33,792 lanes busy and the driver waited for
+            // the device; 8 KiB windows (with the driver's hits and set-up off its thread)
+            // took 0.32-0.35 s against 0.40 s at 10,000 words and 0.21-0.22 s against
+            // 0.28 s at 1,000 (bench/results/scan-h100.md); more batches in flight or
+            // 32 MiB batches did less. 16 MiB batches pipelined better than 64 MiB ones
+            // (3.4-3.8 against 2.4-2.5 GB/s on four large files, same run).
             _ => ScanOptions {
-                window: 16 << 10,
+                window: 8 << 10,
                 batch: 16 << 20,
                 in_flight: 6,
                 readers: 8,

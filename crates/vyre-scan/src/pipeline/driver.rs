@@ -18,15 +18,60 @@ use vyre_runtime::{Megakernel, Outcome, Staging, Ticket};
 const SMALL_FILE_WINDOWS: usize = 1024;
 
 /// Hit regions in host memory hold one hit per this many bytes a slot scans (at least
-/// `hit_capacity`): a region too small for its slot's hits costs a rescan of the slot.
+/// `hit_capacity`), unless that would take more than [`HOST_HITS_MAX_BYTES`]: a region too
+/// small for its slot's hits costs a rescan of the slot.
 const HIT_BYTES: u64 = 16;
 
-/// Hit regions go into host memory only while all batches' regions together stay under this,
-/// which bounds the page-locked memory a scan takes on cuda; past it they stay in device
-/// memory, with `hit_capacity` hits each. (The bench's 10,000 words compile to several groups
-/// and need about 300 MB on a GPU: under a 256 MiB limit their 16 KiB windows got 256-hit
-/// regions, and 85 of them were rescanned per pass instead of 5.)
+/// All batches' hit regions in host memory together stay under this, which bounds the
+/// page-locked memory a scan takes on cuda: where one hit per [`HIT_BYTES`] would need more
+/// (many rule groups: one slot per group per window), regions get proportionally fewer hits
+/// per byte (see [`HostHits`]). Hit regions in device memory are read back whole, up to the
+/// last with hits: the 20 secret regexes (10 groups) went there at 8 KiB windows and their
+/// batches read 60 MB each, 1.7 s of a 2.4 s pass on an H100 (bench/results/scan-h100.md).
 const HOST_HITS_MAX_BYTES: u64 = 512 << 20;
+
+/// The sizing of a batch's hit regions in host memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HostHits {
+    /// One hit per this many bytes a slot scans,
+    bytes_per_hit: u64,
+    /// and at least this many hits per region.
+    min_hits: u32,
+    /// Bytes of one batch's hit buffer.
+    bytes: u64,
+}
+
+impl HostHits {
+    /// The densest sizing (from one hit per [`HIT_BYTES`] and `hit_capacity`, halving both)
+    /// whose `in_flight` buffers fit in `budget`, for batches of at most `slots` slots that
+    /// scan at most `scanned` bytes together; `None` if even one hit per 4 KiB and 8 hits per
+    /// region do not.
+    fn fit(
+        slots: u64,
+        scanned: u64,
+        hit_capacity: u32,
+        in_flight: u64,
+        budget: u64,
+    ) -> Option<HostHits> {
+        let (mut bytes_per_hit, mut min_hits) = (HIT_BYTES, u64::from(hit_capacity.max(1)));
+        loop {
+            let bytes =
+                slots * (HIT_HEADER_BYTES + 8 * min_hits + 8) + 8 * (scanned / bytes_per_hit + 1);
+            if bytes * in_flight <= budget {
+                return Some(HostHits {
+                    bytes_per_hit,
+                    min_hits: min_hits as u32,
+                    bytes,
+                });
+            }
+            if bytes_per_hit >= 4096 {
+                return None;
+            }
+            bytes_per_hit *= 2;
+            min_hits = (min_hits / 2).max(8);
+        }
+    }
+}
 
 /// One pooled pair of backend buffers.
 #[derive(Debug, Clone, Copy)]
@@ -138,7 +183,7 @@ pub(crate) struct Driver<'a> {
     region: u64,
     /// Hit regions are in host memory (`create_host_buffer`): each slot's hits are read on
     /// their own. Otherwise one read covers every region up to the last with hits.
-    host_hits: bool,
+    host_hits: Option<HostHits>,
     max_slots: usize,
     overflow: Option<Overflow>,
     summary: Summary,
@@ -207,10 +252,16 @@ impl<'a> Driver<'a> {
             .max()
             .unwrap_or(0);
         let scanned = groups as u64 * opts.batch as u64 + max_slots as u64 * u64::from(look_behind);
-        let host_bytes = max_slots as u64 * (region + 8) + 8 * (scanned / HIT_BYTES + 1);
+        let host_hits = HostHits::fit(
+            max_slots as u64,
+            scanned,
+            opts.hit_capacity,
+            opts.in_flight as u64,
+            HOST_HITS_MAX_BYTES,
+        );
         for (what, bytes) in [
             ("", max_slots as u64 * region),
-            (" in host memory", host_bytes),
+            (" in host memory", host_hits.map_or(0, |h| h.bytes)),
         ] {
             if bytes > u64::from(u32::MAX) {
                 return Err(ScanError::Options(format!(
@@ -221,16 +272,16 @@ impl<'a> Driver<'a> {
                 )));
             }
         }
-        let host = host_bytes * opts.in_flight as u64 <= HOST_HITS_MAX_BYTES;
         let mut pairs = Pairs {
             data: opts.batch.next_multiple_of(4) as u64,
-            host_bytes: host.then_some(host_bytes),
+            host_bytes: host_hits.map(|h| h.bytes),
             device_regions: max_slots,
             region,
             hit_capacity: opts.hit_capacity,
         };
-        let (first, host_hits) = pairs.create(mk)?;
-        if !host_hits {
+        let (first, in_host) = pairs.create(mk)?;
+        let host_hits = host_hits.filter(|_| in_host);
+        if !in_host {
             // Every pair alike: the driver lays hit regions out one way.
             pairs.host_bytes = None;
         }
@@ -642,7 +693,7 @@ impl<'a> Driver<'a> {
             self.take_ready(true)?;
         }
         b.flushed = true;
-        publish_ready(self.mk, &mut b, self.host_hits)?;
+        publish_ready(self.mk, &mut b, self.host_hits.is_some())?;
         self.fifo.push_back(b);
         self.stages.flush += t.elapsed();
         self.stages.batches += 1;
@@ -690,7 +741,7 @@ impl<'a> Driver<'a> {
             })
             .collect();
         let (mut hit_bytes, hit_ranges) =
-            read_regions(self.mk, b.bufs.hits, self.host_hits, &stored)?;
+            read_regions(self.mk, b.bufs.hits, self.host_hits.is_some(), &stored)?;
         let mut hit_ranges = hit_ranges.into_iter();
         // Slots whose regions overflowed, run again together.
         let overflowed: Vec<usize> = (0..results.len())
@@ -804,7 +855,7 @@ impl<'a> Driver<'a> {
     /// The segment of file `seq` just completed with unbounded-group states `rows` (`None`
     /// after a fault): start its successor's waiting slots, or remember the states.
     fn continue_file(&mut self, seq: u64, rows: Option<Vec<u32>>) -> Result<(), ScanError> {
-        let (mk, host_hits) = (self.mk, self.host_hits);
+        let (mk, host_hits) = (self.mk, self.host_hits.is_some());
         let unbounded = &self.unbounded;
         let waiting = |b: &Batch| {
             b.segments
@@ -851,13 +902,21 @@ fn write_pending(mk: &Megakernel, b: &mut Batch, pack: &Pack) -> Result<(), Scan
 }
 
 /// The hit region of a slot that scans `len` bytes: its offset and capacity. In host memory,
-/// one hit per [`HIT_BYTES`] scanned (at least `hc`), after the batch's earlier regions;
-/// otherwise the slot's fixed region of `hc` hits, whose header is already written.
-fn place_hits(b: &mut Batch, host: bool, region: u64, hc: u32, len: usize) -> (u32, u32) {
-    if !host {
+/// sized by `host` after the batch's earlier regions; otherwise the slot's fixed region of
+/// `hc` hits, whose header is already written.
+fn place_hits(
+    b: &mut Batch,
+    host: Option<HostHits>,
+    region: u64,
+    hc: u32,
+    len: usize,
+) -> (u32, u32) {
+    let Some(h) = host else {
         return ((b.slots.len() as u64 * region) as u32, hc);
-    }
-    let cap = (len as u64).div_ceil(HIT_BYTES).max(u64::from(hc));
+    };
+    let cap = (len as u64)
+        .div_ceil(h.bytes_per_hit)
+        .max(u64::from(h.min_hits));
     let at = b.hit_used;
     b.hit_used += HIT_HEADER_BYTES + 8 * cap;
     (at as u32, cap as u32)
@@ -1157,4 +1216,30 @@ fn dfa_slot(
             table, bufs.data, off, len, report, start, bufs.hits, hits_off,
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batches of 16 MiB in 8 KiB windows, `groups` slots per window, 6 in flight.
+    fn fit(groups: u64, budget: u64) -> Option<HostHits> {
+        let slots = groups * (2048 + SMALL_FILE_WINDOWS as u64);
+        HostHits::fit(slots, groups * (16 << 20), 256, 6, budget)
+    }
+
+    #[test]
+    fn host_hit_regions_thin_out_to_fit_the_budget_instead_of_leaving_host_memory() {
+        let one = fit(1, HOST_HITS_MAX_BYTES).expect("fits");
+        assert_eq!((one.bytes_per_hit, one.min_hits), (HIT_BYTES, 256));
+        // Ten groups (the bench's secret regexes) need ~10 times the regions: fewer hits per
+        // byte, never more than the budget.
+        let ten = fit(10, HOST_HITS_MAX_BYTES).expect("fits");
+        assert!(
+            ten.bytes_per_hit > HIT_BYTES && ten.min_hits < 256,
+            "{ten:?}"
+        );
+        assert!(ten.bytes * 6 <= HOST_HITS_MAX_BYTES);
+        assert!(fit(1000, 1 << 20).is_none());
+    }
 }

@@ -5,7 +5,7 @@
 //!   segment with the last `overlap` bytes of the file before it, where `overlap` is the
 //!   longest match of any bounded rule group. Segments go back to back into 1 MiB packs of
 //!   the backend's staging memory (`read.rs`), sent to the driver when full.
-//! * The driver (the calling thread, `driver.rs`) places each pack's segments into a batch,
+//! * The driver (its own thread, `driver.rs`) places each pack's segments into a batch,
 //!   copying each run of them into the batch's pooled backend buffer with one write, and
 //!   publishes the batch's slots in one go:
 //!   - bounded groups: one DFA_SCAN per window of [`ScanOptions::window`] bytes. A window
@@ -23,7 +23,8 @@
 //!   memory where the backend has it, a batch's regions in one call. Regions that overflowed (r0 > r2) are rescanned
 //!   together, each with a region of exactly r0 hits, so nothing is dropped. The driver runs
 //!   on a thread of its own and sends each batch's segments, hits unsorted, to the calling
-//!   thread, which sorts each segment's hits by (end, rule) and hands them to the [`Sink`]:
+//!   thread, which sorts each segment's hits by (end, rule) (unless [`Sink::ordered`] is
+//!   false) and hands them to the [`Sink`]:
 //!   with thousands of rules, millions of matches cost the thread that handles them as much
 //!   as everything else the driver does (bench/results/scan-h100.md), so the two overlap.
 //!
@@ -77,7 +78,10 @@ pub struct ScanOptions {
     /// Walk threads; each lists directories and reads whole files it finds, so several
     /// files are listed and read at once.
     pub readers: usize,
-    /// Hits one slot's region holds before the slot is rescanned with a larger one.
+    /// Hits one slot's region holds before the slot is rescanned with a larger one: exactly
+    /// this many in device memory; in host memory (where the backend has it) at least this
+    /// many and one per 16 bytes the slot scans, both thinned out when all batches' regions
+    /// would pass 512 MiB of page-locked memory (many rule groups).
     pub hit_capacity: u32,
     /// Read files into the backend's staging memory (`Megakernel::create_staging`:
     /// page-locked on cuda, so a batch's copy to the device is a DMA with no host copy);
@@ -179,7 +183,7 @@ pub trait Sink {
     fn file_done(&mut self, file: u64, path: &Path, bytes: u64);
     /// A file could not be (fully) read or scanned.
     fn file_error(&mut self, file: u64, error: &FileError);
-    /// Totals so far, after each window.
+    /// Totals so far, after each batch.
     fn progress(&mut self, _bytes: u64, _files: u64) {}
     /// True once whatever consumes the results is gone (e.g. stdout closed by `| head`): the
     /// scan then reads nothing more, finishes the work in flight and returns what it counted.
@@ -461,11 +465,19 @@ pub fn scan(
                 // On error the receiver of items is dropped here and the walk stops at its
                 // next send.
                 let (mut driver, set_up) = driver::Driver::new(mk, rules, opts, pool)?;
-                thread::Builder::new()
+                let set_up = thread::Builder::new()
                     .name("vyre-scan-setup".into())
                     .spawn_scoped(s, move || set_up.run())
                     .expect("spawn the scan set-up");
-                driver.run(item_rx, &mut reports)
+                let result = driver.run(item_rx, &mut reports);
+                drop(driver);
+                // A panic of the set-up thread is an error of this scan, not of the caller.
+                match set_up.join() {
+                    Ok(()) => result,
+                    Err(_) => Err(ScanError::Options(
+                        "the scan's set-up thread panicked (see the message above)".into(),
+                    )),
+                }
             })
             .expect("spawn the scan driver");
         deliver(report_rx, rules, sink, &stopped);

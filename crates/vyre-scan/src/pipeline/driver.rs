@@ -44,8 +44,8 @@ struct HostHits {
 impl HostHits {
     /// The densest sizing (from one hit per [`HIT_BYTES`] and `hit_capacity`, halving both)
     /// whose `in_flight` buffers fit in `budget`, for batches of at most `slots` slots that
-    /// scan at most `scanned` bytes together; `None` if even one hit per 4 KiB and 8 hits per
-    /// region do not.
+    /// scan at most `scanned` bytes together; `None` if even one hit per 4 KiB (and
+    /// `hit_capacity` halved as often, to no fewer than 8 hits per region) does not.
     fn fit(
         slots: u64,
         scanned: u64,
@@ -181,8 +181,9 @@ pub(crate) struct Driver<'a> {
     /// Files whose scan faulted: the rest of them reports nothing.
     failed: HashSet<u64>,
     region: u64,
-    /// Hit regions are in host memory (`create_host_buffer`): each slot's hits are read on
-    /// their own. Otherwise one read covers every region up to the last with hits.
+    /// Hit regions are in host memory (`create_host_buffer`), sized so: a batch's regions
+    /// with hits are read in one call. Otherwise (None) they are in device memory, `region`
+    /// bytes each, and one read covers every region up to the last with hits.
     host_hits: Option<HostHits>,
     max_slots: usize,
     overflow: Option<Overflow>,
@@ -1034,11 +1035,6 @@ fn rescan_all(
     Ok(ranges.into_iter().map(|r| bytes[r].to_vec()).collect())
 }
 
-/// The (end, pattern) pairs of hit regions of one buffer, each given by its offset and the
-/// hits it stored: the bytes, and where each region's pairs lie in them. In host memory
-/// the regions' pairs are copied back to back in one call (a call per region cost a lock,
-/// an allocation and a cache miss each: 0.14-0.21 s of a 10,000-word pass on an H100
-/// host); in device memory one copy covers the buffer from 0 to the end of the last.
 /// What the set-up thread sends the driver, in this order.
 #[derive(Debug)]
 enum Ready {
@@ -1103,7 +1099,8 @@ impl SetUp<'_> {
             .zip(&self.tables)
             .try_for_each(|(g, &h)| upload_words(self.mk, h, &g.table));
         let uploaded = t.elapsed();
-        if self.tx.send(tables.map(|()| Ready::Tables)).is_err() {
+        let failed = tables.is_err();
+        if self.tx.send(tables.map(|()| Ready::Tables)).is_err() || failed {
             return;
         }
         for _ in 0..self.count {
@@ -1118,7 +1115,8 @@ impl SetUp<'_> {
                     ))
                 }
             });
-            if self.tx.send(pair).is_err() {
+            let failed = pair.is_err();
+            if self.tx.send(pair).is_err() || failed {
                 return;
             }
         }
@@ -1132,34 +1130,48 @@ impl SetUp<'_> {
     }
 }
 
-/// Writes `words` (little-endian) into buffer `handle` through two chunks of the backend's
-/// staging memory (page-locked on cuda: each chunk's copy runs while the next is filled).
-/// 10,000 words compile to 170 MB of tables: converting them to bytes in one go (a byte
-/// iterator) and copying from pageable memory took most of a scan's set-up.
+/// Writes `words` (little-endian) into buffer `handle` through two 4 MiB chunks of the
+/// backend's staging memory (page-locked on cuda): each chunk is filled while the previous
+/// one's copy runs. 10,000 words compile to 170 MB of tables: converting them to bytes in one
+/// go (a byte iterator) and copying from pageable memory took most of a scan's set-up.
 fn upload_words(mk: &Megakernel, handle: u32, words: &[u32]) -> Result<(), ScanError> {
     const CHUNK_WORDS: usize = 1 << 20;
-    let chunk_bytes = CHUNK_WORDS.min(words.len()).max(1) * 4;
     let mut stages = [
-        mk.create_staging(chunk_bytes)?,
-        mk.create_staging(chunk_bytes)?,
+        mk.create_staging(CHUNK_WORDS * 4)?,
+        mk.create_staging(CHUNK_WORDS * 4)?,
     ];
-    for (i, chunk) in words.chunks(CHUNK_WORDS).enumerate() {
-        if i >= stages.len() {
-            // The copy from this chunk's staging memory two chunks ago must have finished.
-            mk.wait_copies()?;
-        }
+    let mut copy = |i: usize, chunk: &[u32]| -> Result<(), ScanError> {
         let stage = &mut stages[i % 2];
         let bytes = &mut stage.bytes_mut()[..chunk.len() * 4];
         for (b, w) in bytes.chunks_exact_mut(4).zip(chunk) {
             b.copy_from_slice(&w.to_le_bytes());
         }
+        // The copy of the chunk before (from the other staging buffer) finishes here; the
+        // one before that, from this buffer, finished at the previous chunk's wait.
+        mk.wait_copies()?;
         let at = (i * CHUNK_WORDS * 4) as u64;
         mk.write_from_staging(handle, at, &**stage, 0..chunk.len() * 4)?;
+        Ok(())
+    };
+    let mut result = Ok(());
+    for (i, chunk) in words.chunks(CHUNK_WORDS).enumerate() {
+        result = copy(i, chunk);
+        if result.is_err() {
+            break;
+        }
     }
-    mk.wait_copies()?;
-    Ok(())
+    // Nothing may still read the staging buffers when they go back to their pool, error or
+    // not.
+    let waited = mk.wait_copies();
+    result?;
+    Ok(waited?)
 }
 
+/// The (end, pattern) pairs of hit regions of one buffer, each given by its offset and the
+/// hits it stored: the bytes, and where each region's pairs lie in them. In host memory
+/// the regions' pairs are copied back to back in one call (a call per region cost a lock,
+/// an allocation and a cache miss each: 0.14-0.21 s of a 10,000-word pass on an H100
+/// host); in device memory one copy covers the buffer from 0 to the end of the last.
 fn read_regions(
     mk: &Megakernel,
     handle: u32,

@@ -110,6 +110,11 @@ pub struct Args {
     /// the probe's setting until session 6 and measured about half the throughput).
     #[arg(long, default_value_t = 196_608, value_name = "SLOTS")]
     pub resident_in_flight: usize,
+    /// The resident probe's rule set: a label of the table ("secrets", "1000 words");
+    /// default: the literal set nearest 1,000 rules. With more than one group, each group
+    /// is also timed alone.
+    #[arg(long, value_name = "LABEL")]
+    pub resident_rules: Option<String>,
     /// Skip the file-scan comparison (only the resident probe, if asked for).
     #[arg(long)]
     pub resident_only: bool,
@@ -194,11 +199,20 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         report.push_str(&table(&rows, bytes));
     }
     if a.resident_mib > 0 {
-        let set = sets
-            .iter()
-            .filter(|s| s.literal)
-            .min_by_key(|s| s.patterns.len().abs_diff(1000))
-            .ok_or("the resident probe needs a literal rule count")?;
+        let set = match &a.resident_rules {
+            Some(label) => sets.iter().find(|s| &s.label == label).ok_or_else(|| {
+                let labels: Vec<&str> = sets.iter().map(|s| s.label.as_str()).collect();
+                format!(
+                    "--resident-rules {label:?}: no such rule set in this run (there are: {})",
+                    labels.join(", ")
+                )
+            })?,
+            None => sets
+                .iter()
+                .filter(|s| s.literal)
+                .min_by_key(|s| s.patterns.len().abs_diff(1000))
+                .ok_or("the resident probe needs a literal rule count")?,
+        };
         report.push_str(&resident(&a, set, &files)?);
     }
     println!("{report}");
@@ -994,16 +1008,15 @@ fn resident(
     );
     let _ = writeln!(
         s,
-        "| backend | bytes per slot | slots per pass | most in flight | best s | GB/s | matches found (last pass) |"
+        "| backend | groups | bytes per slot | slots per pass | most in flight | best s | GB/s | table steps (G/s) | matches found (last pass) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-    const CAP: u32 = 64;
-    let region = HIT_HEADER_BYTES + 8 * u64::from(CAP);
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let region = HIT_HEADER_BYTES + 8 * u64::from(RESIDENT_CAP);
     for backend in &a.backends {
         let b = match backends::create(backend, &[SlotOp::DfaScan]) {
             Ok((b, _)) => b,
             Err(e) => {
-                let _ = writeln!(s, "| {backend} | skipped: unavailable: {e} | | | | | |");
+                let _ = writeln!(s, "| {backend} | skipped: unavailable: {e} | | | | | | | |");
                 continue;
             }
         };
@@ -1029,79 +1042,134 @@ fn resident(
         for c in &chunks {
             data.push(mk.create_buffer_with(c.len() as u64, c)?);
         }
+        // Every group together (what a file pass does), then each alone where there are
+        // several, to see which group costs the time.
+        let mut selections: Vec<(String, Vec<u32>)> = vec![("all".into(), tables.clone())];
+        if tables.len() > 1 {
+            for (i, (g, &t)) in compiled.groups.iter().zip(&tables).enumerate() {
+                let len = g.max_len.map_or("unbounded".into(), |n| format!("≤ {n} B"));
+                let label = format!(
+                    "{i} ({} rule(s), {} KiB, {len})",
+                    g.rules.len(),
+                    (g.table.len() * 4) >> 10
+                );
+                selections.push((label, vec![t]));
+            }
+        }
         for &w in &a.resident_window {
             let w = w.clamp(64, CHUNK);
-            let per_chunk = CHUNK / w;
-            let mut header = vec![0u8; region as usize * per_chunk * tables.len()];
+            let mut header = vec![0u8; region as usize * (CHUNK / w) * tables.len()];
             for r in header.chunks_mut(region as usize) {
-                r[..4].copy_from_slice(&CAP.to_le_bytes());
+                r[..4].copy_from_slice(&RESIDENT_CAP.to_le_bytes());
             }
-            let mut slots = Vec::new();
-            for &d in &data {
-                let hits = mk.create_buffer_with(header.len() as u64, &header)?;
-                for k in 0..per_chunk {
-                    for (g, &table) in tables.iter().enumerate() {
-                        let hoff = ((k * tables.len() + g) as u64 * region) as u32;
-                        slots.push(Slot::new(
-                            SlotOp::DfaScan,
-                            &[
-                                table,
-                                d,
-                                (k * w) as u32,
-                                w as u32,
-                                0,
-                                START_LOOKBEHIND | START_TEXT as u32,
-                                hits,
-                                hoff,
-                            ],
-                        ));
-                    }
-                }
+            let mut hits = Vec::new();
+            for _ in &data {
+                hits.push(mk.create_buffer_with(header.len() as u64, &header)?);
             }
-            let scanned = (data.len() * per_chunk * w) as f64;
-            let mut best = f64::INFINITY;
-            let mut found = 0u64;
-            let mut failed = None;
-            for _ in 0..=a.resident_reps.max(1) {
-                let t = Instant::now();
-                let mut pending = std::collections::VecDeque::new();
-                let mut n_found = 0u64;
-                for part in slots.chunks(batch) {
-                    while (pending.len() + 1) * batch > in_flight_max {
-                        let r = pending.pop_front().expect("pending");
-                        for c in mk.wait_range(r)? {
-                            tally(&c, &mut n_found, &mut failed);
-                        }
-                    }
-                    pending.push_back(mk.publish_batch(part)?);
-                }
-                for r in pending {
-                    for c in mk.wait_range(r)? {
-                        tally(&c, &mut n_found, &mut failed);
-                    }
-                }
-                best = best.min(t.elapsed().as_secs_f64());
-                found = n_found;
+            for (label, sel) in &selections {
+                let pass = resident_pass(&mk, sel, &data, &hits, CHUNK / w, w, a, in_flight_max)?;
+                let scanned = (data.len() * (CHUNK / w) * w) as f64;
+                let gbps = scanned / pass.best / 1e9;
+                let steps = gbps * sel.len() as f64;
+                eprintln!("resident {name}, groups {label}, {w} bytes per slot: {gbps:.2} GB/s");
+                let _ = writeln!(
+                    s,
+                    "| {name} | {label} | {w} | {} | {in_flight_max} | {:.4} | {gbps:.2} | {steps:.2} | {}{} |",
+                    pass.slots,
+                    pass.best,
+                    pass.found,
+                    pass.failed
+                        .map(|f| format!(" (a slot faulted: {f})"))
+                        .unwrap_or_default()
+                );
             }
-            let gbps = scanned / best / 1e9;
-            eprintln!("resident {name}, {w} bytes per slot: {gbps:.2} GB/s");
-            let _ = writeln!(
-                s,
-                "| {name} | {w} | {} | {in_flight_max} | {best:.4} | {gbps:.2} | {found}{} |",
-                slots.len(),
-                failed
-                    .map(|f| format!(" (a slot faulted: {f})"))
-                    .unwrap_or_default()
-            );
         }
         let _ = mk.shutdown();
     }
     let _ = writeln!(
         s,
-        "\nThe first pass is a warm-up; the best of the next {} is shown. Each slot scans its bytes from the start state on its own (no overlap between slots): the scan work of a file pass without I/O, copies and hit read-back. Hit regions hold {CAP} hits; a slot with more still counts them all (r0).",
+        "\nThe first pass is a warm-up; the best of the next {} is shown. Each slot scans its bytes from the start state on its own (no overlap between slots): the scan work of a file pass without I/O, copies and hit read-back. Hit regions hold {RESIDENT_CAP} hits; a slot with more still counts them all (r0). GB/s = corpus bytes / s; table steps = bytes × groups scanned / s (one DFA step per byte and group).",
         a.resident_reps.max(1),
     );
     Ok(s)
+}
+
+/// One timed selection of the resident probe.
+struct ResidentPass {
+    slots: usize,
+    best: f64,
+    found: u64,
+    failed: Option<String>,
+}
+
+/// Hits each resident-probe slot's region holds (a slot with more still counts them, r0).
+const RESIDENT_CAP: u32 = 64;
+
+/// DFA_SCAN of every data buffer with every table in `tables`, `per_chunk` slots of `w`
+/// bytes per buffer, hits into `hit_buffers` (one per data buffer, a region per slot): a
+/// warm-up pass and `a.resident_reps` timed ones.
+#[allow(clippy::too_many_arguments)]
+fn resident_pass(
+    mk: &Megakernel,
+    tables: &[u32],
+    data: &[u32],
+    hit_buffers: &[u32],
+    per_chunk: usize,
+    w: usize,
+    a: &Args,
+    in_flight_max: usize,
+) -> Result<ResidentPass, Box<dyn std::error::Error>> {
+    let region = HIT_HEADER_BYTES + 8 * u64::from(RESIDENT_CAP);
+    let batch = 1 << 12;
+    let mut slots = Vec::new();
+    for (&d, &hits) in data.iter().zip(hit_buffers) {
+        for k in 0..per_chunk {
+            for (g, &table) in tables.iter().enumerate() {
+                let hoff = ((k * tables.len() + g) as u64 * region) as u32;
+                slots.push(Slot::new(
+                    SlotOp::DfaScan,
+                    &[
+                        table,
+                        d,
+                        (k * w) as u32,
+                        w as u32,
+                        0,
+                        START_LOOKBEHIND | START_TEXT as u32,
+                        hits,
+                        hoff,
+                    ],
+                ));
+            }
+        }
+    }
+    let mut pass = ResidentPass {
+        slots: slots.len(),
+        best: f64::INFINITY,
+        found: 0,
+        failed: None,
+    };
+    for _ in 0..=a.resident_reps.max(1) {
+        let t = Instant::now();
+        let mut pending = std::collections::VecDeque::new();
+        let mut n_found = 0u64;
+        for part in slots.chunks(batch) {
+            while (pending.len() + 1) * batch > in_flight_max {
+                let r = pending.pop_front().expect("pending");
+                for c in mk.wait_range(r)? {
+                    tally(&c, &mut n_found, &mut pass.failed);
+                }
+            }
+            pending.push_back(mk.publish_batch(part)?);
+        }
+        for r in pending {
+            for c in mk.wait_range(r)? {
+                tally(&c, &mut n_found, &mut pass.failed);
+            }
+        }
+        pass.best = pass.best.min(t.elapsed().as_secs_f64());
+        pass.found = n_found;
+    }
+    Ok(pass)
 }
 
 /// Adds a DFA_SCAN completion's match count (r0), or notes its fault.

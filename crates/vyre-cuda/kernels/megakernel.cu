@@ -329,6 +329,49 @@ __device__ __forceinline__ bool dfa_step(const Dfa& d, u32& state, u32 byte, u32
     return true;
 }
 
+// Bytes [i, end) of a scan whose bytes start at s: bytes up to an aligned boundary, then whole
+// words (16 bytes per load with VYRE_DFA_LOAD16, the default: a quarter of the L2 requests
+// for the data, whose lanes each read a different line) through L2, then the tail.
+__device__ __forceinline__ bool dfa_range(const Dfa& d, u32& state, const u8* s, u32 i, u32 end,
+                                          u32 report_from, u32* hits, u32 cap, u32& found,
+                                          u32& stored, Fault* f) {
+#if VYRE_DFA_LOAD16
+    while (i < end && (((size_t)(s + i)) & 15) != 0) {
+        if (!dfa_step(d, state, __ldcg(s + i), i, report_from, hits, cap, found, stored, f)) return false;
+        i++;
+    }
+    while (i + 16 <= end) {
+        uint4 q = __ldcg((const uint4*)(s + i));
+        u32 ws[4] = {q.x, q.y, q.z, q.w};
+        #pragma unroll
+        for (u32 j = 0; j < 4; j++) {
+            #pragma unroll
+            for (u32 k = 0; k < 4; k++) {
+                if (!dfa_step(d, state, (ws[j] >> (8 * k)) & 0xff, i + 4 * j + k, report_from, hits, cap, found, stored, f)) return false;
+            }
+        }
+        i += 16;
+    }
+#else
+    while (i < end && (((size_t)(s + i)) & 3) != 0) {
+        if (!dfa_step(d, state, __ldcg(s + i), i, report_from, hits, cap, found, stored, f)) return false;
+        i++;
+    }
+#endif
+    while (i + 4 <= end) {
+        u32 w = __ldcg((const unsigned int*)(s + i));
+        for (u32 k = 0; k < 4; k++) {
+            if (!dfa_step(d, state, (w >> (8 * k)) & 0xff, i + k, report_from, hits, cap, found, stored, f)) return false;
+        }
+        i += 4;
+    }
+    while (i < end) {
+        if (!dfa_step(d, state, __ldcg(s + i), i, report_from, hits, cap, found, stored, f)) return false;
+        i++;
+    }
+    return true;
+}
+
 __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
     Buf tb, db, hb;
     if (!lookup(p, a[0], &tb)) FAIL(VYRE_F_BAD_HANDLE, a[0]);
@@ -382,44 +425,12 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
     u32 report_from = report & ~VYRE_DFA_REPORT_EOI;
     u32 found = 0, stored = 0;
     const u8* s = db.base + off;
-    u32 i = 0;
-    // Bytes up to an aligned boundary, then whole words (16 bytes per load with
-    // VYRE_DFA_LOAD16, the default: a quarter of the L2 requests for the data, whose lanes
-    // each read a different line) through L2, then the tail.
-#if VYRE_DFA_LOAD16
-    while (i < len && (((size_t)(s + i)) & 15) != 0) {
-        if (!dfa_step(d, state, __ldcg(s + i), i, report_from, hits, cap, found, stored, f)) return false;
-        i++;
-    }
-    while (i + 16 <= len) {
-        uint4 q = __ldcg((const uint4*)(s + i));
-        u32 ws[4] = {q.x, q.y, q.z, q.w};
-        #pragma unroll
-        for (u32 j = 0; j < 4; j++) {
-            #pragma unroll
-            for (u32 k = 0; k < 4; k++) {
-                if (!dfa_step(d, state, (ws[j] >> (8 * k)) & 0xff, i + 4 * j + k, report_from, hits, cap, found, stored, f)) return false;
-            }
-        }
-        i += 16;
-    }
-#else
-    while (i < len && (((size_t)(s + i)) & 3) != 0) {
-        if (!dfa_step(d, state, __ldcg(s + i), i, report_from, hits, cap, found, stored, f)) return false;
-        i++;
-    }
-#endif
-    while (i + 4 <= len) {
-        u32 w = __ldcg((const unsigned int*)(s + i));
-        for (u32 k = 0; k < 4; k++) {
-            if (!dfa_step(d, state, (w >> (8 * k)) & 0xff, i + k, report_from, hits, cap, found, stored, f)) return false;
-        }
-        i += 4;
-    }
-    while (i < len) {
-        if (!dfa_step(d, state, __ldcg(s + i), i, report_from, hits, cap, found, stored, f)) return false;
-        i++;
-    }
+    // The look-behind bytes, then the window's own: the state between them goes to word 1
+    // of the hit header when the scan completes.
+    u32 split = report_from < len ? report_from : len;
+    if (!dfa_range(d, state, s, 0, split, report_from, hits, cap, found, stored, f)) return false;
+    u32 at_report = state;
+    if (!dfa_range(d, state, s, split, len, report_from, hits, cap, found, stored, f)) return false;
     r[1] = state;
     if (report & VYRE_DFA_REPORT_EOI) {
         u64 at = VYRE_DFA_TRANS_WORD + (u64)state + (d.stride - 1);
@@ -428,6 +439,7 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
         if ((next & VYRE_DFA_MATCH_BIT) &&
             !dfa_emit(d, next, len, report_from, hits, cap, found, stored, f)) return false;
     }
+    *word_at(hb, hoff + 4) = at_report;
     r[0] = found; r[2] = stored;
     return true;
 }

@@ -28,6 +28,14 @@
 //! reported if `i >= report_from`. With the end-of-input flag, after the last byte the scan
 //! takes the end-of-input column and reports a match there with end `len`.
 //!
+//! Results: r0 matches found, r1 the state after the last byte (before the end-of-input
+//! transition), r2 matches stored. A scan that completes also writes word 1 of the hit
+//! header: the state after the first `min(report_from, len)` bytes. A window that starts a
+//! few bytes early from the start state (look-behind) and reports from its own first byte
+//! can be checked with it: if it equals the state the scan of the bytes before ended in,
+//! the window's matches and r1 are those of one scan from the start of the text (the
+//! scanner's unbounded rule groups rely on it).
+//!
 //! Checks, in order, before any byte is read: the three handles (`bad_handle`), `hits_off`
 //! alignment (`misaligned`), the data range, the hit header and the K hit pairs
 //! (`out_of_bounds`), the table header and class map (`bad_program`, detail = the table
@@ -258,23 +266,32 @@ fn scan_table<M: Memory, T: TableWords>(
         Ok(())
     };
     let mut buf = [0u8; 4096];
-    let mut done = 0u32;
-    while done < len {
-        let n = (len - done).min(buf.len() as u32) as usize;
-        mem.read(data, u64::from(off) + u64::from(done), &mut buf[..n]);
-        for (i, &b) in buf[..n].iter().enumerate() {
-            let at = TRANS_WORD as u64 + u64::from(state) + u64::from(classes[usize::from(b)]);
-            let next = word(at);
-            if u64::from(next & !MATCH_BIT) > last_row {
-                return Err(bad(at));
+    // Bytes [from, to) of the range; the hit header's word 1 gets the state between the two
+    // calls.
+    let mut steps = |state: &mut u32, from: u32, to: u32| -> Result<(), Fault> {
+        let mut done = from;
+        while done < to {
+            let n = (to - done).min(buf.len() as u32) as usize;
+            mem.read(data, u64::from(off) + u64::from(done), &mut buf[..n]);
+            for (i, &b) in buf[..n].iter().enumerate() {
+                let at = TRANS_WORD as u64 + u64::from(*state) + u64::from(classes[usize::from(b)]);
+                let next = word(at);
+                if u64::from(next & !MATCH_BIT) > last_row {
+                    return Err(bad(at));
+                }
+                if next & MATCH_BIT != 0 {
+                    emit(next, done + i as u32)?;
+                }
+                *state = next & !MATCH_BIT;
             }
-            if next & MATCH_BIT != 0 {
-                emit(next, done + i as u32)?;
-            }
-            state = next & !MATCH_BIT;
+            done += n as u32;
         }
-        done += n as u32;
-    }
+        Ok(())
+    };
+    let split = report_from.min(len);
+    steps(&mut state, 0, split)?;
+    let at_report = state;
+    steps(&mut state, split, len)?;
     if report & REPORT_EOI != 0 {
         let at = TRANS_WORD as u64 + u64::from(state) + u64::from(h.stride - 1);
         let next = word(at);
@@ -285,5 +302,6 @@ fn scan_table<M: Memory, T: TableWords>(
             emit(next, len)?;
         }
     }
+    mem.store_u32(hits, hits_off + 4, at_report);
     Ok([found, state, stored, 0])
 }

@@ -120,7 +120,7 @@ impl fmt::Display for SlotOp {
 pub struct Slot {
     /// Opcode number (core opcodes are [`SlotOp`]; others fault unless a backend defines them).
     pub op: u16,
-    /// Flags; none are defined in protocol version 1, so they must be zero.
+    /// Flags; none are defined in protocol versions 1 and 2, so they must be zero.
     pub flags: u8,
     /// Priority, 0..=[`MAX_PRIORITY`].
     pub priority: u8,

@@ -87,7 +87,9 @@ macro_rules! for_each_slot_op {
             /// `report` bits 0..31 give the first end reported, bit 31 asks for the
             /// end-of-input transition after the last byte (end = len). Hits go to `hits`
             /// at the 4-aligned `hits_off`: word 0 is the capacity K (host-written), word 1
-            /// is zero, then K (end, pattern) word pairs, in scan order.
+            /// the state row after the first min(report_from, len) bytes (written when the
+            /// scan completes: where a window's own bytes start), then K (end, pattern) word
+            /// pairs, in scan order.
             DfaScan = 0x23, "DFA_SCAN",
                 [table: Buffer, data: Buffer, off: Value, len: Value, report: Value,
                  start: Value, hits: Buffer, hits_off: Value],

@@ -209,7 +209,12 @@ fn model(bufs: &mut [Vec<u8>], a: [u32; 8]) -> Outcome {
         Ok((0..n).map(|j| word(&tb, ml + e + 1 + j)).collect())
     };
     let mut steps: Vec<(u64, u32)> = Vec::new();
+    // The state after the first min(report_from, len) bytes (hit header word 1).
+    let mut at_report = state;
     for (i, &b) in bytes.iter().enumerate() {
+        if i as u32 == from {
+            at_report = state;
+        }
         let at = 329 + state + class(b);
         let next = word(&tb, at);
         if u64::from(next & !MATCH_BIT) > last_row {
@@ -246,6 +251,10 @@ fn model(bufs: &mut [Vec<u8>], a: [u32; 8]) -> Outcome {
         }
         found += 1;
     }
+    if from as usize >= bytes.len() {
+        at_report = state;
+    }
+    put(hits_buf, ho + 4, at_report as u32);
     Ok([found, state as u32, stored as u32, 0])
 }
 

@@ -1,4 +1,4 @@
-//! The ring protocol, version 1: every constant a backend needs, and nothing else.
+//! The ring protocol, version 2: every constant a backend needs, and nothing else.
 //!
 //! `PROTOCOL.md` documents the same layout byte for byte; GPU kernels get these numbers
 //! generated from here ([`generated_constants`]), never typed twice.
@@ -6,7 +6,7 @@
 pub use vyre_isa::slot::{word as slot_word, SLOT_BYTES};
 
 /// Protocol version written into the control block.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// "VYR0" as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"VYR0");
 /// Words per slot.

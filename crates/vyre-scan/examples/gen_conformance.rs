@@ -7,8 +7,10 @@
 //! engine independent of both DFA_SCAN implementations) on the text the slot sees: the
 //! look-behind byte, the range, and the bytes after it unless the slot takes the
 //! end-of-input transition. The cases are chosen so no match can start at the look-behind
-//! byte. Result word r1 (a state row, which only the table defines) comes from
-//! `vyre_scan::scan_slice`, which is checked here to give the same hits as the reference.
+//! byte. Result word r1 and the hit header's word 1 (state rows, which only the table
+//! defines) come from `vyre_scan::scan_slice` (word 1: a separate scan of the range's first
+//! `report_from` bytes),
+//! which is checked here to give the same hits as the reference.
 //! Fault cases are written by hand from the `vyre_isa::dfa` docs. Nothing here calls
 //! `vyre_isa::dfa::scan`.
 
@@ -59,7 +61,22 @@ struct Scan {
     capacity: u32,
 }
 
-/// Expected (r0, r1, r2, hits stored) for a slot, from the reference engine.
+/// The state row after the first `n` bytes of `data` from `start` (the hit header word 1 DFA_SCAN writes, when
+/// `n = min(report_from, len)`), by a scan of those bytes alone.
+fn state_after(table: &[u32], data: &[u8], start: Start, n: usize) -> u32 {
+    let mut ignored = Vec::new();
+    scan_slice(
+        table,
+        &data[..n.min(data.len())],
+        start,
+        u32::MAX,
+        false,
+        &mut ignored,
+    )
+}
+
+/// Expected (r0, r1, r2, the hit header's state word, hits stored) for a slot, from the
+/// reference engine; the case files expect r3 = 0 and put the fourth word in the header.
 fn expect(s: &Set, data: &[u8], sc: &Scan) -> ([u32; 4], Vec<(u32, u32)>) {
     let (pre, mut text): (usize, Vec<u8>) = match sc.start {
         Start::LookBehind(c) if usize::from(c) == START_TEXT => (0, Vec::new()),
@@ -98,7 +115,13 @@ fn expect(s: &Set, data: &[u8], sc: &Scan) -> ([u32; 4], Vec<(u32, u32)>) {
     let found = hits.len() as u32;
     let stored = found.min(sc.capacity);
     hits.truncate(stored as usize);
-    ([found, row, stored, 0], hits)
+    let at_report = state_after(
+        &s.table,
+        &data[sc.off..end],
+        sc.start,
+        sc.report_from as usize,
+    );
+    ([found, row, stored, at_report], hits)
 }
 
 fn words(ws: &[u32]) -> String {
@@ -171,8 +194,12 @@ fn write(c: &Case<'_>) {
         let _ = writeln!(t, "# {why}");
         match out {
             Outcome::Done(r, hits) => {
-                let _ = writeln!(t, "# hits (end, pattern): {hits:?}; r1 from scan_slice");
-                let _ = writeln!(t, "status = \"done\"\nresults = {r:?}");
+                let _ = writeln!(
+                    t,
+                    "# hits (end, pattern): {hits:?}; r1 and the hit header's state from scan_slice"
+                );
+                let results = [r[0], r[1], r[2], 0];
+                let _ = writeln!(t, "status = \"done\"\nresults = {results:?}");
             }
             Outcome::Fault(name, detail) => {
                 let _ = writeln!(
@@ -187,8 +214,11 @@ fn write(c: &Case<'_>) {
     let _ = writeln!(t, "t = \"u32: {}\"", words(&c.expect_table));
     let _ = writeln!(t, "d = \"hex: {}\"", hex(c.data));
     for (k, (sc, out, _)) in c.slots.iter().enumerate() {
+        // Header: the capacity, then (written by a completed scan) the state after the
+        // first min(report_from, len) bytes, carried here as the outcome's fourth word.
         let mut w = vec![sc.capacity, 0];
-        if let Outcome::Done(_, hits) = out {
+        if let Outcome::Done(r, hits) = out {
+            w[1] = r[3];
             for &(e, p) in hits {
                 w.extend([e, p]);
             }
@@ -336,7 +366,22 @@ fn main() {
     let mut mine = Vec::new();
     let row3 = scan_slice(&abc.table, &data[3..7], third.start, 0, false, &mut mine);
     assert_eq!(mine, h_third);
-    let r_third = [h_third.len() as u32, row3, h_third.len() as u32, 0];
+    let r_third = [
+        h_third.len() as u32,
+        row3,
+        h_third.len() as u32,
+        state_after(&abc.table, &data[3..7], third.start, 0),
+    ];
+    let r_second = [
+        want.len() as u32,
+        r1,
+        want.len() as u32,
+        state_after(&abc.table, &data[3..7], second.start, 0),
+    ];
+    assert_eq!(
+        r_second[3], row,
+        "the header's state with report_from 0 is the start row"
+    );
     write(&Case {
         file: "op_dfa_scan_row_start",
         description: "DFA_SCAN's start argument without bit 31 is a state row: r1 of one range carried into the next finds a match across the cut; a look-behind code does not",
@@ -346,8 +391,39 @@ fn main() {
         data,
         slots: vec![
             (first, Outcome::Done(r_first, h_first), "\"xxa\" from the text start: no match; r1 = the row after a partial \"a\"".into()),
-            (second, Outcome::Done([want.len() as u32, r1, want.len() as u32, 0], want), format!("\"bcab\" from row {row}: abc ends at 2 (5 in the text)")),
+            (second, Outcome::Done(r_second, want), format!("\"bcab\" from row {row}: abc ends at 2 (5 in the text)")),
             (third, Outcome::Done(r_third, h_third), "\"bcab\" after byte 'a' (a look-behind code): no match".into()),
+        ],
+    });
+    // The hit header's state word, where a window's own bytes start: a window scanned from two bytes early
+    // agrees with the scan before it when no partial match is older than those two bytes.
+    let abc_plus = set(&[("ab+c", re("ab+c"))]);
+    let data: &[u8] = b"xxabbbbbbcxxabcxx";
+    let head_a = scan(0, 6, 0, false, TEXT, 4);
+    let spec_b = scan(4, 6, 2, false, lb(data[3]), 4);
+    let head_c = scan(0, 12, 0, false, TEXT, 4);
+    let spec_d = scan(10, 7, 2, true, lb(data[9]), 4);
+    let (ra, ha) = expect(&abc_plus, data, &head_a);
+    let (rb, hb) = expect(&abc_plus, data, &spec_b);
+    let (rc, hc) = expect(&abc_plus, data, &head_c);
+    let (rd, hd) = expect(&abc_plus, data, &spec_d);
+    assert_ne!(
+        rb[3], ra[1],
+        "the partial \"abbbb\" is older than the look-behind"
+    );
+    assert_eq!(rd[3], rc[1], "nothing is alive across \"xx\"");
+    write(&Case {
+        file: "op_dfa_scan_state_at_report",
+        description: "DFA_SCAN writes word 1 of the hit header: the state after the first min(report_from, len) bytes, equal to r1 of the scan of everything before the window when no partial match is older than the look-behind, different when one is",
+        notes: vec![format!("table: vyre_scan::compile of {}", abc_plus.about)],
+        table: abc_plus.table.clone(),
+        expect_table: abc_plus.table.clone(),
+        data,
+        slots: vec![
+            (head_a, Outcome::Done(ra, ha), "bytes 0..6 from the text start: r1 = the state inside \"abbb\"".into()),
+            (spec_b, Outcome::Done(rb, hb), "own bytes 6..10 from two early: the header's state (after \"bb\") differs from the r1 above".into()),
+            (head_c, Outcome::Done(rc, hc), "bytes 0..12 from the text start".into()),
+            (spec_d, Outcome::Done(rd, hd), "own bytes 12..17 from two early: the header's state (after \"xx\") equals the r1 above; \"abc\" ends at 15 (5 here)".into()),
         ],
     });
     let a = set(&[("a", lit("a"))]);
@@ -395,7 +471,7 @@ fn main() {
         data: b"xabyab",
         slots: vec![
             (scan(4, 3, 0, false, TEXT, 4), Outcome::Fault("out_of_bounds", 4), "bytes 4..7 of a 6-byte buffer".into()),
-            (scan(6, 0, 0, false, TEXT, 4), Outcome::Done([0, ab.table[START_TEXT + 72], 0, 0], vec![]), "an empty range at the end is in bounds: r1 = the text-start row (table word 72 + 256)".into()),
+            (scan(6, 0, 0, false, TEXT, 4), Outcome::Done([0, ab.table[START_TEXT + 72], 0, ab.table[START_TEXT + 72]], vec![]), "an empty range at the end is in bounds: r1 and the header state = the text-start row (table word 72 + 256)".into()),
         ],
     });
 }

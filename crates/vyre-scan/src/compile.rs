@@ -197,6 +197,15 @@ pub fn compile(rules: &RuleSet, limits: &Limits) -> Result<Compiled, CompileErro
             b.regex_groups(chunk, &mut groups)?;
         }
     }
+    for (i, g) in groups.iter().enumerate() {
+        tracing::debug!(
+            target: "vyre_scan::compile",
+            "group {i}: {} rule(s), table {} bytes, longest match {}",
+            g.rules.len(),
+            g.table.len() * 4,
+            g.max_len.map_or("unbounded".into(), |n| format!("{n} bytes")),
+        );
+    }
     let names = rules.rules().iter().map(|r| r.name.clone()).collect();
     Ok(Compiled { groups, names })
 }

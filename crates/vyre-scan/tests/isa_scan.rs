@@ -122,6 +122,11 @@ proptest! {
             let stored = want.len().min(capacity as usize);
             prop_assert_eq!(got, [want.len() as u32, row, stored as u32, 0]);
             let mut expect = region;
+            // Header word 1: the state after the first min(report_from, len) bytes, by a
+            // scan of those bytes alone.
+            let n = (report_from as usize).min(len);
+            let at_report = scan_slice(&g.table, &data[off..off + n], start, u32::MAX, false, &mut Vec::new());
+            expect[hits_off as usize + 4..hits_off as usize + 8].copy_from_slice(&at_report.to_le_bytes());
             for (k, &(end, p)) in want.iter().take(stored).enumerate() {
                 let at = (u64::from(hits_off) + HIT_HEADER_BYTES) as usize + 8 * k;
                 expect[at..at + 4].copy_from_slice(&end.to_le_bytes());

@@ -591,7 +591,10 @@ fn op_dfa_scan() -> bool {
     dfa_found = 0u;
     dfa_stored = 0u;
     let db = buf(data).base;
+    // Hit header word 1: the state after the first min(report_from, len) bytes.
+    var at_report = state;
     for (var i = 0u; i < len; i++) {
+        if (i == report_from) { at_report = state; }
         let at = DFA_TRANS_WORD + state + dfa_classes[next_byte(db, off + i, i == 0u)];
         let next = hload(tb + at);
         if ((next & ~DFA_MATCH_BIT) > last_row) { return fail(VYRE_F_BAD_PROGRAM, at); }
@@ -612,6 +615,8 @@ fn op_dfa_scan() -> bool {
             }
         }
     }
+    if (report_from >= len) { at_report = state; }
+    hstore(hbuf.base + (hits_off >> 2u) + 1u, at_report);
     res[0] = dfa_found;
     res[1] = state;
     res[2] = dfa_stored;

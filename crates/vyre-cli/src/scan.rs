@@ -74,6 +74,22 @@ pub struct Tuning {
     /// cuda); for measuring what staging gains.
     #[arg(long, hide = true)]
     pub no_staging: bool,
+    /// How rules whose matches can be unboundedly long are scanned: `speculate` (windows
+    /// checked in file order, the GPU default), `host` (by the walk threads as they read) or
+    /// `chain` (one slot per segment after the file's previous one, the cpu default).
+    #[arg(long, value_name = "MODE")]
+    pub unbounded: Option<Unbounded>,
+}
+
+/// See [`Tuning::unbounded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unbounded {
+    /// Speculative windows, checked and scanned again on the host where wrong.
+    Speculate,
+    /// On the walk threads.
+    Host,
+    /// One slot per segment, chained.
+    Chain,
 }
 
 impl Tuning {
@@ -92,6 +108,14 @@ impl Tuning {
             staging: !self.no_staging,
             walk,
             ..defaults
+        };
+        let opts = match self.unbounded {
+            None => opts,
+            Some(mode) => ScanOptions {
+                speculate_unbounded: mode == Unbounded::Speculate,
+                unbounded_on_host: mode == Unbounded::Host,
+                ..opts
+            },
         };
         (config, opts)
     }

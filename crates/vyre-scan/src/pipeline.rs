@@ -13,10 +13,15 @@
 //!     look-behind start state of the byte before that) and reports only from its own first
 //!     byte on, so every match is reported by exactly one window, and windows are
 //!     independent (a GPU runs thousands at once);
-//!   - unbounded groups: one DFA_SCAN per segment, from the state the file's previous
-//!     segment ended in (its r1), published once that segment has completed; or, with
-//!     [`ScanOptions::unbounded_on_host`] (GPU backends), scanned by the walk thread as it
-//!     reads the file, its hits handed over with each segment.
+//!   - unbounded groups: with [`ScanOptions::speculate_unbounded`] (GPU backends), one
+//!     DFA_SCAN per window like bounded groups, each from the start state
+//!     [`SPECULATE_LOOK_BEHIND`] bytes early; at completion each window is checked in file
+//!     order (the state where its own bytes start must be the one its predecessor ended in)
+//!     and scanned again on the host from the right state where it is not. Otherwise one
+//!     DFA_SCAN per segment, from the state the file's previous segment ended in (its r1),
+//!     published once that segment has completed; or, with
+//!     [`ScanOptions::unbounded_on_host`], scanned by the walk thread as it reads the file,
+//!     its hits handed over with each segment.
 //! * The last segment of a file (a short read, possibly empty) asks for the end-of-input
 //!   transition, which reports matches that end at the end of the file (`$`, `\b`).
 //! * Batches complete in FIFO order; a slot's hits are read back only when r2 > 0, from host
@@ -50,6 +55,11 @@ mod read;
 pub use counts::RuleCounts;
 
 use read::{Pack, PackPool, Reader};
+
+/// Bytes a speculative window of an unbounded rule group starts before its own
+/// ([`ScanOptions::speculate_unbounded`]); segments overlap by this much where a batch
+/// has room for it (`batch - segment` bytes).
+pub const SPECULATE_LOOK_BEHIND: u32 = 256;
 
 /// How paths are walked.
 #[derive(Debug, Clone, Default)]
@@ -93,6 +103,13 @@ pub struct ScanOptions {
     /// segment on one lane, one after another (the bench's secret rules on an H100: 45 s for
     /// 1.4 GB); the cpu backend's workers are host threads anyway.
     pub unbounded_on_host: bool,
+    /// Scan rule groups whose matches can be unboundedly long in windows, like bounded
+    /// ones, each from the start state [`SPECULATE_LOOK_BEHIND`] bytes early: a window
+    /// whose state where its own bytes start (DFA_SCAN's hit header word 1) equals the state
+    /// the window before it ended in is exact; any other is scanned again on the host from
+    /// that state (rare: a partial match older than the look-behind). Takes precedence over
+    /// `unbounded_on_host`.
+    pub speculate_unbounded: bool,
     /// How directories are walked.
     pub walk: WalkOptions,
 }
@@ -121,7 +138,7 @@ impl ScanOptions {
                 in_flight: 6,
                 readers: 8,
                 hit_capacity: 256,
-                unbounded_on_host: true,
+                speculate_unbounded: true,
                 ..ScanOptions::default()
             },
         }
@@ -159,6 +176,7 @@ impl Default for ScanOptions {
             hit_capacity: 64,
             staging: true,
             unbounded_on_host: false,
+            speculate_unbounded: false,
             walk: WalkOptions::default(),
         }
     }
@@ -390,10 +408,17 @@ pub fn scan(
     sink: &mut dyn Sink,
 ) -> Result<Summary, ScanError> {
     let start = Instant::now();
+    let speculating = opts.speculate_unbounded && rules.groups.iter().any(|g| g.max_len.is_none());
     let overlap = rules
         .groups
         .iter()
         .filter_map(|g| g.max_len)
+        // As far as a batch has room for it: a window's look-behind is cut at the start of
+        // the bytes its segment has (speculation then fails more often, never silently).
+        .chain(
+            speculating
+                .then(|| SPECULATE_LOOK_BEHIND.min(opts.batch.saturating_sub(opts.segment) as u32)),
+        )
         .max()
         .unwrap_or(0) as usize;
     let limit = 1usize << 30;
@@ -422,12 +447,13 @@ pub fn scan(
         );
         let segment = opts.segment;
         // Unbounded groups scanned by the walk threads as they read, if asked.
-        let host: Arc<Vec<Group>> = Arc::new(if opts.unbounded_on_host {
-            let unbounded = rules.groups.iter().filter(|g| g.max_len.is_none());
-            unbounded.cloned().collect()
-        } else {
-            Vec::new()
-        });
+        let host: Arc<Vec<Group>> =
+            Arc::new(if opts.unbounded_on_host && !opts.speculate_unbounded {
+                let unbounded = rules.groups.iter().filter(|g| g.max_len.is_none());
+                unbounded.cloned().collect()
+            } else {
+                Vec::new()
+            });
         // A malformed table would panic the host scan; the device reports it as a fault.
         if let Some((g, e)) = host
             .iter()

@@ -165,8 +165,8 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
     // (window, segment, batch, in_flight, hit capacity): tiny windows and segments put many
     // matches across boundaries; tiny regions force rescans; small batches force a flush
     // between a file's segments (unbounded rules continue from the previous one's state).
-    // Each row once with unbounded rules as chained DFA_SCAN slots and once scanned by the
-    // walk threads (as on a GPU).
+    // Each row three times: unbounded rules as chained DFA_SCAN slots, scanned by the walk
+    // threads, and in speculative windows (as on a GPU).
     let rows = [
         (7, 13, 40, 2, 1),
         (64, 64, 200, 3, 2),
@@ -174,8 +174,12 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
         (4096, 4096, 1 << 16, 4, 3),
         (1 << 20, 1 << 20, 2 << 20, 2, 64),
     ];
-    for ((window, segment, batch, in_flight, hit_capacity), unbounded_on_host) in
-        rows.into_iter().flat_map(|r| [(r, false), (r, true)])
+    for (
+        (window, segment, batch, in_flight, hit_capacity),
+        (unbounded_on_host, speculate_unbounded),
+    ) in rows
+        .into_iter()
+        .flat_map(|r| [(r, (false, false)), (r, (true, false)), (r, (false, true))])
     {
         let opts = ScanOptions {
             window,
@@ -186,6 +190,7 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
             hit_capacity,
             staging: true,
             unbounded_on_host,
+            speculate_unbounded,
             walk: WalkOptions::default(),
         };
         let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
@@ -199,6 +204,51 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
             summary.matches > 100,
             "too few planted matches: {summary:?}"
         );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn speculative_windows_that_miss_a_long_partial_match_are_scanned_again() {
+    // Partial matches of the unbounded rule far longer than the speculative look-behind
+    // (256 bytes): every window inside one starts from the wrong state and must be scanned
+    // again on the host, across windows, segments and batches.
+    let rules = RuleSet::parse_toml(RULES, "test").unwrap();
+    let dir = temp_dir("speculate");
+    let mut rng = Rng(11);
+    let mut files = Vec::new();
+    for (i, run) in [300usize, 1000, 5000, 20_000].into_iter().enumerate() {
+        let mut data = corpus(&mut rng, 3000, &[0, 1000, 2999]);
+        for k in 0..3 {
+            data.push(b'<');
+            data.extend(std::iter::repeat_n(b'q', run + k));
+            // The last run stays open at the end of the file: no match.
+            if k < 2 {
+                data.push(b'>');
+            }
+            data.extend(corpus(&mut rng, 500, &[0, 250]));
+        }
+        let p = dir.join(format!("s{i}.bin"));
+        std::fs::write(&p, &data).unwrap();
+        files.push((p, data));
+    }
+    for (window, segment, batch) in [(64, 1000, 4000), (1000, 4096, 16384), (4096, 8192, 1 << 16)] {
+        let opts = ScanOptions {
+            window,
+            segment,
+            batch,
+            in_flight: 3,
+            readers: 2,
+            hit_capacity: 8,
+            staging: true,
+            unbounded_on_host: false,
+            speculate_unbounded: true,
+            walk: WalkOptions::default(),
+        };
+        let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
+        let (got, _) = run(backend, &rules, std::slice::from_ref(&dir), &opts);
+        assert!(got.errors.is_empty(), "{:?}", got.errors);
+        expect_reference(&rules, &files, &got);
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -223,6 +273,7 @@ fn a_file_larger_than_everything_in_flight_streams() {
         hit_capacity: 64,
         staging: true,
         unbounded_on_host: false,
+        speculate_unbounded: false,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -326,6 +377,7 @@ fn thousands_of_literal_rules_agree_with_the_reference() {
         hit_capacity: 256,
         staging: true,
         unbounded_on_host: false,
+        speculate_unbounded: false,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -385,6 +437,7 @@ fn a_faulting_scan_fails_its_file_once_and_the_others_go_on() {
         hit_capacity: 4,
         staging: true,
         unbounded_on_host: false,
+        speculate_unbounded: false,
         walk: WalkOptions::default(),
     };
     let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();

@@ -3,8 +3,12 @@
 //! `pipeline`.
 
 use super::read::{Pack, PackPool, Piece};
-use super::{FileError, FileMeta, Item, Report, Reports, Run, ScanError, ScanOptions, Summary};
+use super::{
+    FileError, FileMeta, Item, Report, Reports, Run, ScanError, ScanOptions, Summary,
+    SPECULATE_LOOK_BEHIND,
+};
 use crate::compile::Compiled;
+use crate::scan::{scan_slice, Start};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
@@ -116,6 +120,9 @@ struct Planned {
     group: usize,
     segment: usize,
     state: State,
+    /// A window of a speculated unbounded group that starts from the start state after
+    /// the file's first byte: checked against the state its predecessor ended in.
+    speculative: bool,
 }
 
 /// Bytes of the pack being placed that are not yet copied into the batch: consecutive
@@ -164,6 +171,10 @@ pub(crate) struct Driver<'a> {
     tables: Vec<u32>,
     unbounded: Vec<usize>,
     bounded: Vec<usize>,
+    /// Unbounded groups scanned in speculative windows (`ScanOptions::speculate_unbounded`).
+    spec: Vec<usize>,
+    /// Per (file, speculated group): the state the file's last checked window ended in.
+    spec_state: HashMap<(u64, usize), u32>,
     free: Vec<Buffers>,
     /// What the set-up thread sends (None once it is done).
     ready: Option<Receiver<Result<Ready, ScanError>>>,
@@ -218,6 +229,11 @@ struct Stages {
     rescan: Duration,
     /// Of `hits`: reading hits back.
     read: Duration,
+    /// Speculative windows of unbounded groups checked, and scanned again on the host.
+    spec_checked: u64,
+    spec_rescans: u64,
+    /// Of `hits`: scanning them again.
+    spec_rescan: Duration,
 }
 
 impl<'a> Driver<'a> {
@@ -239,17 +255,22 @@ impl<'a> Driver<'a> {
             .map(|g| mk.create_buffer(g.table.len() as u64 * 4))
             .collect::<Result<Vec<u32>, _>>()?;
         // Groups that run as slots (unbounded ones may be scanned by the walk threads).
-        let on_device = |g: &&crate::compile::Group| g.max_len.is_some() || !opts.unbounded_on_host;
+        let speculate = opts.speculate_unbounded;
+        let on_device = |g: &&crate::compile::Group| {
+            g.max_len.is_some() || !opts.unbounded_on_host || speculate
+        };
         let groups = rules.groups.iter().filter(on_device).count().max(1);
         let max_slots = groups * (opts.batch.div_ceil(opts.window) + SMALL_FILE_WINDOWS);
         let region = HIT_HEADER_BYTES + 8 * u64::from(opts.hit_capacity);
         // Regions in host memory are sized by what each slot scans and laid out back to
         // back; the bytes slots scan are at most each group's batch plus each window's
         // look-behind.
+        let any_unbounded = rules.groups.iter().any(|g| g.max_len.is_none());
         let look_behind = rules
             .groups
             .iter()
             .filter_map(|g| g.max_len)
+            .chain((speculate && any_unbounded).then_some(SPECULATE_LOOK_BEHIND))
             .max()
             .unwrap_or(0);
         let scanned = groups as u64 * opts.batch as u64 + max_slots as u64 * u64::from(look_behind);
@@ -297,7 +318,10 @@ impl<'a> Driver<'a> {
         };
         let (mut unbounded, bounded): (Vec<usize>, Vec<usize>) =
             (0..rules.groups.len()).partition(|&g| rules.groups[g].max_len.is_none());
-        if opts.unbounded_on_host {
+        let mut spec = Vec::new();
+        if speculate {
+            spec = std::mem::take(&mut unbounded);
+        } else if opts.unbounded_on_host {
             // The walk threads scan them and hand over their hits with each piece.
             unbounded.clear();
         }
@@ -308,6 +332,8 @@ impl<'a> Driver<'a> {
             tables,
             unbounded,
             bounded,
+            spec,
+            spec_state: HashMap::new(),
             free: vec![first],
             ready: Some(ready),
             tables_ready: false,
@@ -438,6 +464,9 @@ impl<'a> Driver<'a> {
                         self.complete_front(reports)?;
                     }
                     self.carry.remove(&file.seq);
+                    for &g in &self.spec {
+                        self.spec_state.remove(&(file.seq, g));
+                    }
                     // A file whose scan faulted was reported then; say it once.
                     if !self.failed.remove(&file.seq) {
                         self.summary.file_errors += 1;
@@ -467,7 +496,7 @@ impl<'a> Driver<'a> {
              and copying {} segments \
              {:.3} s, copying and publishing {} batches {:.3} s, waiting for the device {:.3} s, \
              hits to the sink's thread {:.3} s ({} slots rescanned in {:.3} s, hits read in \
-             {:.3} s)",
+             {:.3} s; {} speculative windows checked, {} scanned again on the host in {:.3} s)",
             st.setup.as_secs_f64(),
             st.setup_wait.as_secs_f64(),
             st.recv.as_secs_f64(),
@@ -479,7 +508,10 @@ impl<'a> Driver<'a> {
             st.hits.as_secs_f64(),
             st.rescans,
             st.rescan.as_secs_f64(),
-            st.read.as_secs_f64()
+            st.read.as_secs_f64(),
+            st.spec_checked,
+            st.spec_rescans,
+            st.spec_rescan.as_secs_f64()
         );
         Ok(self.summary.clone())
     }
@@ -506,8 +538,9 @@ impl<'a> Driver<'a> {
     fn add(&mut self, c: &Piece, pack: &Pack, reports: &mut Reports<'_>) -> Result<(), ScanError> {
         let seq = c.file.seq;
         let data = c.data(pack);
-        let need_slots =
-            self.bounded.len() * self.windows(data.len() - c.prefix) + self.unbounded.len();
+        let need_slots = (self.bounded.len() + self.spec.len())
+            * self.windows(data.len() - c.prefix)
+            + self.unbounded.len();
         let fits = self.current.as_ref().is_some_and(|b| {
             b.used + data.len() <= self.opts.batch && b.slots.len() + need_slots <= self.max_slots
         });
@@ -577,7 +610,7 @@ impl<'a> Driver<'a> {
         // pack's next pieces in the same write where they follow on; no slot reads it when
         // every group is scanned on the host.
         match &mut b.pending {
-            _ if self.bounded.is_empty() && self.unbounded.is_empty() => {}
+            _ if self.bounded.is_empty() && self.unbounded.is_empty() && self.spec.is_empty() => {}
             Some(p) if p.from + p.len == c.start && p.to + p.len == base => p.len += data.len(),
             _ => {
                 write_pending(self.mk, b, pack)?;
@@ -590,8 +623,9 @@ impl<'a> Driver<'a> {
         }
         b.used += data.len();
         let (host, region, hc) = (self.host_hits, self.region, self.opts.hit_capacity);
-        // Bounded groups: one slot per window.
+        // Bounded groups, and speculated unbounded ones: one slot per window.
         let windows = n.div_ceil(self.opts.window).max(1);
+        let spec_from = self.bounded.len();
         for w in 0..windows {
             let own = c.prefix + w * self.opts.window;
             let end = (own + self.opts.window).min(data.len());
@@ -600,11 +634,14 @@ impl<'a> Driver<'a> {
             } else {
                 0
             };
-            for &g in &self.bounded {
-                let l = self.rules.groups[g].max_len.unwrap_or(0) as usize;
+            for (k, &g) in self.bounded.iter().chain(&self.spec).enumerate() {
+                let l = self.rules.groups[g]
+                    .max_len
+                    .unwrap_or(SPECULATE_LOOK_BEHIND) as usize;
                 let t = l.min(own);
                 let from = own - t;
-                let code = if c.at - c.prefix as u64 + from as u64 == 0 {
+                let at_text_start = c.at - c.prefix as u64 + from as u64 == 0;
+                let code = if at_text_start {
                     START_TEXT as u32
                 } else if from > 0 {
                     u32::from(data[from - 1])
@@ -627,6 +664,7 @@ impl<'a> Driver<'a> {
                     group: g,
                     segment,
                     state: State::Ready,
+                    speculative: k >= spec_from && !at_text_start,
                 });
             }
         }
@@ -659,6 +697,7 @@ impl<'a> Driver<'a> {
                 group: g,
                 segment,
                 state,
+                speculative: false,
             });
         }
         b.segments.push(Segment {
@@ -768,6 +807,23 @@ impl<'a> Driver<'a> {
         .into_iter();
         self.stages.rescan += t_rescan.elapsed();
         let t_read = Instant::now();
+        // Where each speculative window's own bytes start, the state its scan was in (hit
+        // header word 1), read in one call.
+        let spec_heads: Vec<(u64, u64)> = b
+            .slots
+            .iter()
+            .zip(&results)
+            .filter(|(p, o)| p.speculative && matches!(o, Outcome::Done(_)))
+            .map(|(p, _)| (u64::from(p.slot.args[7]) + 4, 4))
+            .collect();
+        let mut heads = Vec::with_capacity(spec_heads.len() * 4);
+        if !spec_heads.is_empty() {
+            self.mk
+                .read_buffer_ranges(b.bufs.hits, &spec_heads, &mut heads)?;
+        }
+        let mut heads = heads
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); b.segments.len()];
         let mut faults: Vec<Option<String>> = vec![None; b.segments.len()];
         for (p, outcome) in b.slots.iter().zip(&results) {
@@ -796,12 +852,67 @@ impl<'a> Driver<'a> {
                 // Rare: the rescan's pairs go after the regions' bytes.
                 let bytes = rescanned.next().expect("one rescan per overflowed slot");
                 hit_bytes.extend_from_slice(&bytes);
-                hit_bytes.len() - bytes.len()..hit_bytes.len()
+                Some(hit_bytes.len() - bytes.len()..hit_bytes.len())
             } else if r[2] > 0 {
-                hit_ranges.next().expect("one read per region with hits")
+                Some(hit_ranges.next().expect("one read per region with hits"))
             } else {
-                continue;
+                None
             };
+            let head = p
+                .speculative
+                .then(|| heads.next().expect("one head per speculation"));
+            if self.spec.contains(&p.group) {
+                // Windows of a speculated group are checked in file order: batches complete
+                // in order, a file's segments and windows are planned in order. A window
+                // from the start of the text is exact.
+                let key = (seg.file.seq, p.group);
+                if p.speculative {
+                    let Some(&before) = self.spec_state.get(&key) else {
+                        // The window before faulted: the file's results are dropped.
+                        continue;
+                    };
+                    self.stages.spec_checked += 1;
+                    if head != Some(before) {
+                        // A partial match older than the look-behind: scan the window's own
+                        // bytes again on the host, from the state the window before ended in.
+                        let t_spec = Instant::now();
+                        let a = p.slot.args;
+                        let own = a[4] & !REPORT_EOI;
+                        let data = self.mk.read_buffer(
+                            b.bufs.data,
+                            u64::from(a[2] + own),
+                            u64::from(a[3] - own),
+                        )?;
+                        let mut found = Vec::new();
+                        let state = scan_slice(
+                            &self.rules.groups[p.group].table,
+                            &data,
+                            Start::Row(before),
+                            0,
+                            a[4] & REPORT_EOI != 0,
+                            &mut found,
+                        );
+                        self.spec_state.insert(key, state);
+                        self.stages.spec_rescans += 1;
+                        self.stages.spec_rescan += t_spec.elapsed();
+                        if !found.is_empty() {
+                            let at = hit_bytes.len();
+                            for (end, pattern) in found {
+                                hit_bytes.extend_from_slice(&(end + own).to_le_bytes());
+                                hit_bytes.extend_from_slice(&pattern.to_le_bytes());
+                            }
+                            seg.runs.push(Run {
+                                origin,
+                                group: p.group as u32,
+                                bytes: at..hit_bytes.len(),
+                            });
+                        }
+                        continue;
+                    }
+                }
+                self.spec_state.insert(key, r[1]);
+            }
+            let Some(bytes) = bytes else { continue };
             seg.runs.push(Run {
                 origin,
                 group: p.group as u32,
@@ -841,6 +952,9 @@ impl<'a> Driver<'a> {
             }
             if seg.last {
                 self.failed.remove(&seq);
+                for &g in &self.spec {
+                    self.spec_state.remove(&(seq, g));
+                }
             }
         }
         reports.push(Report::Progress {

@@ -817,9 +817,21 @@ impl<'a> Driver<'a> {
             .map(|(p, _)| (u64::from(p.slot.args[7]) + 4, 4))
             .collect();
         let mut heads = Vec::with_capacity(spec_heads.len() * 4);
-        if !spec_heads.is_empty() {
-            self.mk
-                .read_buffer_ranges(b.bufs.hits, &spec_heads, &mut heads)?;
+        match (spec_heads.first(), spec_heads.last()) {
+            (Some(&(first, _)), Some(&(last, _))) if self.host_hits.is_none() => {
+                // Regions in device memory: one read from the first head to the last (a read
+                // per head would be a device round trip each).
+                let span = self.mk.read_buffer(b.bufs.hits, first, last + 4 - first)?;
+                for &(at, _) in &spec_heads {
+                    let i = (at - first) as usize;
+                    heads.extend_from_slice(&span[i..i + 4]);
+                }
+            }
+            (Some(_), _) => {
+                self.mk
+                    .read_buffer_ranges(b.bufs.hits, &spec_heads, &mut heads)?;
+            }
+            _ => {}
         }
         let mut heads = heads
             .chunks_exact(4)

@@ -213,7 +213,7 @@ struct Stages {
     setup_wait: Duration,
     /// Waiting for segments from the walk threads.
     recv: Duration,
-    /// Planning slots and copying segments in.
+    /// Planning slots and copying segments in (less flushes and completions it waits for).
     add: Duration,
     /// Copying gathered segments in and publishing slots.
     flush: Duration,
@@ -434,8 +434,10 @@ impl<'a> Driver<'a> {
             self.stages.recv += waited.elapsed();
             match item {
                 Item::Pack(pack) => {
-                    // Less the batches `add` completes to free a buffer (counted there).
-                    let (t, other) = (Instant::now(), self.stages.wait + self.stages.hits);
+                    // Less the batches `add` flushes or completes to free a buffer (counted
+                    // there).
+                    let other = |st: &Stages| st.wait + st.hits + st.flush;
+                    let (t, before) = (Instant::now(), other(&self.stages));
                     for piece in &pack.pieces {
                         // A pack may hold hundreds of files: stop within it too.
                         if reports.stopped() {
@@ -447,7 +449,7 @@ impl<'a> Driver<'a> {
                         write_pending(self.mk, b, &pack)?;
                     }
                     self.held.push(pack.buf);
-                    self.stages.add += t.elapsed() - (self.stages.wait + self.stages.hits - other);
+                    self.stages.add += t.elapsed() - (other(&self.stages) - before);
                     self.stages.segments += pack.pieces.len() as u64;
                 }
                 Item::Error(file, message) => {

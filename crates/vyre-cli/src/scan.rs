@@ -79,6 +79,20 @@ pub struct Tuning {
     /// `chain` (one slot per segment after the file's previous one, the cpu default).
     #[arg(long, value_name = "MODE")]
     pub unbounded: Option<Unbounded>,
+    /// How hit regions in host memory are laid out: `fixed` (one size, headers written once
+    /// per batch buffer; the GPU default) or `packed` (sized by what each slot scans,
+    /// headers written for every batch; the cpu default).
+    #[arg(long, value_name = "LAYOUT")]
+    pub hit_regions: Option<HitRegions>,
+}
+
+/// See [`Tuning::hit_regions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HitRegions {
+    /// All of one size, at fixed places.
+    Fixed,
+    /// Sized by what each slot scans, back to back.
+    Packed,
 }
 
 /// See [`Tuning::unbounded`].
@@ -106,6 +120,9 @@ impl Tuning {
             in_flight: self.in_flight.unwrap_or(defaults.in_flight),
             readers: self.readers.unwrap_or(defaults.readers),
             staging: !self.no_staging,
+            fixed_hit_regions: self
+                .hit_regions
+                .map_or(defaults.fixed_hit_regions, |l| l == HitRegions::Fixed),
             walk,
             ..defaults
         };

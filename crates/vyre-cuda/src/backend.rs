@@ -614,6 +614,32 @@ impl Backend for CudaBackend {
         })
     }
 
+    /// Every offset checked first; then mapped and registered memory written under one hold
+    /// of the buffer lock, device memory word by word.
+    fn write_buffer_words(&self, handle: u32, words: &[(u64, u32)]) -> Result<(), BackendError> {
+        let written = self.with_buffer(handle, 0, 0, |b| {
+            for &(offset, _) in words {
+                BackendError::check_range(handle, offset, 4, b.size)?;
+            }
+            if matches!(b.storage, Storage::Device(_)) {
+                return Ok(false);
+            }
+            for &(offset, value) in words {
+                let bytes = value.to_le_bytes();
+                match &b.storage {
+                    Storage::Mapped(m) => m.write(offset as usize, &bytes),
+                    Storage::Registered(r) => words_write(r.words(), offset as usize, &bytes),
+                    Storage::Device(_) => unreachable!("device memory is written word by word"),
+                }
+            }
+            Ok(true)
+        })?;
+        if written {
+            return Ok(());
+        }
+        vyre_runtime::backend::write_words_each(self, handle, words)
+    }
+
     fn create_staging(&self, bytes: usize) -> Result<Option<Box<dyn Staging>>, BackendError> {
         let p = self
             .pinned

@@ -76,6 +76,7 @@ fn main() -> ExitCode {
         run_conformance_and_shutdown(&mut passed, &mut failed);
         scan_matches_cpu(&mut passed, &mut failed);
         ingest_zero_copy(&mut passed, &mut failed);
+        buffer_words(&mut passed, &mut failed);
     }
     watchdog(&mut passed, &mut failed);
     println!("{passed} passed, {failed} failed, {skipped} skipped");
@@ -313,10 +314,17 @@ fn scan_matches_cpu(passed: &mut u32, failed: &mut u32) {
     };
     let (want, ws, _) = run(Arc::new(vyre_cpu::CpuBackend::new()), &opts);
     let want = sorted(want);
-    for (label, placement) in [
-        ("device", BufferPlacement::Device),
-        ("mapped", BufferPlacement::HostMapped),
+    // Device and mapped buffers; hit regions in host memory laid out per batch, then at
+    // fixed places (the GPU default).
+    for (label, placement, fixed_hit_regions) in [
+        ("device", BufferPlacement::Device, false),
+        ("mapped", BufferPlacement::HostMapped, false),
+        ("device_fixed_hit_regions", BufferPlacement::Device, true),
     ] {
+        let opts = ScanOptions {
+            fixed_hit_regions,
+            ..opts.clone()
+        };
         let (got, gs, secs) = run(cuda(placement), &opts);
         let got = sorted(got);
         let first_diff = want.0.iter().zip(&got.0).position(|(a, b)| a != b);
@@ -446,4 +454,37 @@ fn ingest_zero_copy(passed: &mut u32, failed: &mut u32) {
     // says nothing about the path's rate (`vyre bench ingest --backend cuda` measures that).
     println!("  ingest → registered region → HASH64 on the GPU: {bytes} bytes checked in {secs:.2} s (not a benchmark: see `vyre bench ingest --backend cuda`)");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `write_buffer_words` into host-mapped and device buffers: the words land where asked and
+/// nowhere else; a word past the end is an error that writes none of them.
+fn buffer_words(passed: &mut u32, failed: &mut u32) {
+    let backend = cuda(BufferPlacement::Device);
+    let words = [(0u64, 0x0403_0201u32), (12, 7), (60, u32::MAX)];
+    let mut expect = vec![0u8; 64];
+    for &(at, v) in &words {
+        expect[at as usize..at as usize + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    let host = backend.create_host_buffer(64).expect("host buffer");
+    let device = backend.create_buffer(64).expect("device buffer");
+    for (what, handle) in [
+        ("host", host.expect("cuda has host buffers")),
+        ("device", device),
+    ] {
+        let wrote = backend.write_buffer_words(handle, &words);
+        let got = backend.read_buffer(handle, 0, 64);
+        let bad = backend.write_buffer_words(handle, &[(4, 9), (61, 1)]);
+        let after = backend.read_buffer(handle, 0, 64);
+        let ok = wrote.is_ok()
+            && got.as_ref().is_ok_and(|g| *g == expect)
+            && bad.is_err()
+            && after.as_ref().is_ok_and(|g| *g == expect);
+        check(
+            &format!("write_buffer_words_{what}"),
+            ok,
+            format!("wrote {wrote:?}, read {got:?}, bad write {bad:?}, then {after:?}"),
+            passed,
+            failed,
+        );
+    }
 }

@@ -214,6 +214,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
     /// Copies bytes into a buffer.
     fn write_buffer(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), BackendError>;
+    /// Writes each `(offset, value)` of `words` into a buffer as a little-endian `u32`: many
+    /// small writes in one call (a scan writes the capacity header of every hit region of
+    /// a batch). The default calls [`Backend::write_buffer`] once per word, stopping at the
+    /// first error; a backend whose buffer is host memory checks every offset first and
+    /// writes them under one lock (on an H100 host, one locked 4-byte write per region
+    /// cost about 0.5 µs, a third of a scan's driver thread at 1,000 rules).
+    fn write_buffer_words(&self, handle: u32, words: &[(u64, u32)]) -> Result<(), BackendError> {
+        write_words_each(self, handle, words)
+    }
     /// `bytes` of host memory this backend copies from fastest (initialised, contents
     /// unspecified: a backend may hand out memory given back by an earlier value), or
     /// `Ok(None)` where plain memory is as good (the default). Dropping it never waits for
@@ -287,6 +296,19 @@ pub trait BackendProvider: Send + Sync {
     fn probe(&self) -> Result<Capabilities, BackendError>;
     /// Creates it.
     fn create(&self) -> Result<Arc<dyn Backend>, BackendError>;
+}
+
+/// [`Backend::write_buffer_words`] done with one [`Backend::write_buffer`] per word (the
+/// default, and a backend's fallback for memory it cannot write directly).
+pub fn write_words_each<B: Backend + ?Sized>(
+    backend: &B,
+    handle: u32,
+    words: &[(u64, u32)],
+) -> Result<(), BackendError> {
+    for &(offset, value) in words {
+        backend.write_buffer(handle, offset, &value.to_le_bytes())?;
+    }
+    Ok(())
 }
 
 /// [`Backend::read_buffer_ranges`] done with one [`Backend::read_buffer`] per range (the

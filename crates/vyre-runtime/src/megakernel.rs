@@ -416,6 +416,13 @@ impl Megakernel {
         Ok(backend.write_buffer(handle, offset, data)?)
     }
 
+    /// Writes each `(offset, value)` into a buffer as a little-endian `u32` (see
+    /// [`Backend::write_buffer_words`]).
+    pub fn write_buffer_words(&self, handle: u32, words: &[(u64, u32)]) -> Result<(), Error> {
+        let backend = self.backend();
+        Ok(backend.write_buffer_words(handle, words)?)
+    }
+
     /// `bytes` of host memory the backend copies from fastest (see
     /// [`Backend::create_staging`]; contents unspecified), or a zeroed `Vec` where it has
     /// none.

@@ -191,6 +191,8 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
             staging: true,
             unbounded_on_host,
             speculate_unbounded,
+            // Hit regions as on a GPU in the speculative rows and with odd windows.
+            fixed_hit_regions: speculate_unbounded || window % 2 == 1,
             walk: WalkOptions::default(),
         };
         let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
@@ -243,6 +245,7 @@ fn speculative_windows_that_miss_a_long_partial_match_are_scanned_again() {
             staging: true,
             unbounded_on_host: false,
             speculate_unbounded: true,
+            fixed_hit_regions: window != 1000,
             walk: WalkOptions::default(),
         };
         let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
@@ -274,6 +277,7 @@ fn a_file_larger_than_everything_in_flight_streams() {
         staging: true,
         unbounded_on_host: false,
         speculate_unbounded: false,
+        fixed_hit_regions: true,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -378,6 +382,7 @@ fn thousands_of_literal_rules_agree_with_the_reference() {
         staging: true,
         unbounded_on_host: false,
         speculate_unbounded: false,
+        fixed_hit_regions: false,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -438,6 +443,7 @@ fn a_faulting_scan_fails_its_file_once_and_the_others_go_on() {
         staging: true,
         unbounded_on_host: false,
         speculate_unbounded: false,
+        fixed_hit_regions: false,
         walk: WalkOptions::default(),
     };
     let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();

@@ -39,13 +39,47 @@ const HOST_HITS_MAX_BYTES: u64 = 512 << 20;
 struct HostHits {
     /// One hit per this many bytes a slot scans,
     bytes_per_hit: u64,
-    /// and at least this many hits per region.
+    /// and at least this many hits per region (with `fixed`, exactly this many).
     min_hits: u32,
     /// Bytes of one batch's hit buffer.
     bytes: u64,
+    /// Every region has `min_hits` hits at a fixed place (the slot's index times
+    /// [`HostHits::region`]) and its capacity header is written once, when the buffer is
+    /// made ([`ScanOptions::fixed_hit_regions`]). Otherwise regions are sized by what each
+    /// slot scans and laid out back to back, and every batch writes their headers.
+    fixed: bool,
 }
 
 impl HostHits {
+    /// Regions of one hit count for every slot (see `fixed`): as many hits as a slot that
+    /// scans `scan_max` bytes needs at one hit per [`HIT_BYTES`], or fewer where `slots`
+    /// such regions in each of `in_flight` buffers would pass `budget`; `None` if that
+    /// leaves fewer than 8 hits per region.
+    fn fixed(
+        slots: u64,
+        scan_max: u64,
+        hit_capacity: u32,
+        in_flight: u64,
+        budget: u64,
+    ) -> Option<HostHits> {
+        let natural = scan_max
+            .div_ceil(HIT_BYTES)
+            .max(u64::from(hit_capacity.max(1)));
+        let room = budget / in_flight.max(1) / slots.max(1);
+        let hits = (room.saturating_sub(HIT_HEADER_BYTES) / 8).min(natural);
+        (hits >= 8).then(|| HostHits {
+            bytes_per_hit: HIT_BYTES,
+            min_hits: hits as u32,
+            bytes: slots * (HIT_HEADER_BYTES + 8 * hits),
+            fixed: true,
+        })
+    }
+
+    /// Bytes of one region of a fixed layout.
+    fn region(&self) -> u64 {
+        HIT_HEADER_BYTES + 8 * u64::from(self.min_hits)
+    }
+
     /// The densest sizing (from one hit per [`HIT_BYTES`] and `hit_capacity`, halving both)
     /// whose `in_flight` buffers fit in `budget`, for batches of at most `slots` slots that
     /// scan at most `scanned` bytes together; `None` if even one hit per 4 KiB (and
@@ -66,6 +100,7 @@ impl HostHits {
                     bytes_per_hit,
                     min_hits: min_hits as u32,
                     bytes,
+                    fixed: false,
                 });
             }
             if bytes_per_hit >= 4096 {
@@ -215,8 +250,16 @@ struct Stages {
     recv: Duration,
     /// Planning slots and copying segments in (less flushes and completions it waits for).
     add: Duration,
+    /// Of `add`: starting the copies of segments into batch buffers, and how many.
+    copy: Duration,
+    copies: u64,
     /// Copying gathered segments in and publishing slots.
     flush: Duration,
+    /// Of `flush`: waiting for the copies to land.
+    copy_wait: Duration,
+    /// Publishing slots: writing hit regions' headers, and the ring (`publish_ready`).
+    headers: Duration,
+    ring: Duration,
     /// Waiting for batches to complete.
     wait: Duration,
     /// Reading hits back and sending them to the sink's thread.
@@ -274,13 +317,31 @@ impl<'a> Driver<'a> {
             .max()
             .unwrap_or(0);
         let scanned = groups as u64 * opts.batch as u64 + max_slots as u64 * u64::from(look_behind);
-        let host_hits = HostHits::fit(
-            max_slots as u64,
-            scanned,
-            opts.hit_capacity,
-            opts.in_flight as u64,
-            HOST_HITS_MAX_BYTES,
-        );
+        // The most one slot scans: a window and its look-behind, or a whole segment where
+        // unbounded groups are chained on the device.
+        let chained = any_unbounded && !speculate && !opts.unbounded_on_host;
+        let scan_max = if chained {
+            opts.segment.max(opts.window) as u64
+        } else {
+            (opts.window + look_behind as usize) as u64
+        };
+        let host_hits = if opts.fixed_hit_regions {
+            HostHits::fixed(
+                max_slots as u64,
+                scan_max,
+                opts.hit_capacity,
+                opts.in_flight as u64,
+                HOST_HITS_MAX_BYTES,
+            )
+        } else {
+            HostHits::fit(
+                max_slots as u64,
+                scanned,
+                opts.hit_capacity,
+                opts.in_flight as u64,
+                HOST_HITS_MAX_BYTES,
+            )
+        };
         for (what, bytes) in [
             ("", max_slots as u64 * region),
             (" in host memory", host_hits.map_or(0, |h| h.bytes)),
@@ -296,7 +357,7 @@ impl<'a> Driver<'a> {
         }
         let mut pairs = Pairs {
             data: opts.batch.next_multiple_of(4) as u64,
-            host_bytes: host_hits.map(|h| h.bytes),
+            host: host_hits,
             device_regions: max_slots,
             region,
             hit_capacity: opts.hit_capacity,
@@ -305,7 +366,7 @@ impl<'a> Driver<'a> {
         let host_hits = host_hits.filter(|_| in_host);
         if !in_host {
             // Every pair alike: the driver lays hit regions out one way.
-            pairs.host_bytes = None;
+            pairs.host = None;
         }
         let (tx, ready) = sync_channel(opts.in_flight + 1);
         let set_up = SetUp {
@@ -434,9 +495,9 @@ impl<'a> Driver<'a> {
             self.stages.recv += waited.elapsed();
             match item {
                 Item::Pack(pack) => {
-                    // Less the batches `add` flushes or completes to free a buffer (counted
-                    // there).
-                    let other = |st: &Stages| st.wait + st.hits + st.flush;
+                    // Less the batches `add` flushes or completes to free a buffer, and its
+                    // waits for the set-up thread (counted there).
+                    let other = |st: &Stages| st.wait + st.hits + st.flush + st.setup_wait;
                     let (t, before) = (Instant::now(), other(&self.stages));
                     for piece in &pack.pieces {
                         // A pack may hold hundreds of files: stop within it too.
@@ -446,7 +507,7 @@ impl<'a> Driver<'a> {
                         self.add(piece, &pack, reports)?;
                     }
                     if let Some(b) = self.current.as_mut() {
-                        write_pending(self.mk, b, &pack)?;
+                        write_pending(self.mk, b, &pack, &mut self.stages)?;
                     }
                     self.held.push(pack.buf);
                     self.stages.add += t.elapsed() - (other(&self.stages) - before);
@@ -494,9 +555,10 @@ impl<'a> Driver<'a> {
         tracing::info!(
             target: "vyre_scan::stages",
             "driver thread: set-up {:.3} s, waiting for the set-up thread {:.3} s, waiting for \
-             segments {:.3} s, planning \
-             and copying {} segments \
-             {:.3} s, copying and publishing {} batches {:.3} s, waiting for the device {:.3} s, \
+             segments {:.3} s, planning {} segments {:.3} s (of which starting {} copies {:.3} s), \
+             publishing {} batches {:.3} s (of which waiting for copies {:.3} s, hit regions' \
+             headers {:.3} s, the ring {:.3} s), waiting for \
+             the device {:.3} s, \
              hits to the sink's thread {:.3} s ({} slots rescanned in {:.3} s, hits read in \
              {:.3} s; {} speculative windows checked, {} scanned again on the host in {:.3} s)",
             st.setup.as_secs_f64(),
@@ -504,8 +566,13 @@ impl<'a> Driver<'a> {
             st.recv.as_secs_f64(),
             st.segments,
             st.add.as_secs_f64(),
+            st.copies,
+            st.copy.as_secs_f64(),
             st.batches,
             st.flush.as_secs_f64(),
+            st.copy_wait.as_secs_f64(),
+            st.headers.as_secs_f64(),
+            st.ring.as_secs_f64(),
             st.wait.as_secs_f64(),
             st.hits.as_secs_f64(),
             st.rescans,
@@ -554,6 +621,7 @@ impl<'a> Driver<'a> {
                 self.mk,
                 self.current.as_mut().expect("a current batch"),
                 pack,
+                &mut self.stages,
             )?;
             self.flush()?;
         }
@@ -615,7 +683,7 @@ impl<'a> Driver<'a> {
             _ if self.bounded.is_empty() && self.unbounded.is_empty() && self.spec.is_empty() => {}
             Some(p) if p.from + p.len == c.start && p.to + p.len == base => p.len += data.len(),
             _ => {
-                write_pending(self.mk, b, pack)?;
+                write_pending(self.mk, b, pack, &mut self.stages)?;
                 b.pending = Some(Pending {
                     from: c.start,
                     to: base,
@@ -720,14 +788,16 @@ impl<'a> Driver<'a> {
         let Some(mut b) = self.current.take() else {
             return Ok(());
         };
-        let t = Instant::now();
+        let (t, setup_wait) = (Instant::now(), self.stages.setup_wait);
         debug_assert!(
             b.pending.is_none(),
             "a pack's bytes are written before a flush"
         );
         // The batch's copies land before its slots can read them, and the packs they came
         // from can be filled again.
+        let copies = Instant::now();
         self.mk.wait_copies()?;
+        self.stages.copy_wait += copies.elapsed();
         for buf in self.held.drain(..) {
             self.packs.give(buf);
         }
@@ -735,9 +805,11 @@ impl<'a> Driver<'a> {
             self.take_ready(true)?;
         }
         b.flushed = true;
-        publish_ready(self.mk, &mut b, self.host_hits.is_some())?;
+        let headers = self.host_hits.is_some_and(|h| !h.fixed);
+        publish_ready(self.mk, &mut b, headers, &mut self.stages)?;
         self.fifo.push_back(b);
-        self.stages.flush += t.elapsed();
+        // Less waiting for the tables (counted there).
+        self.stages.flush += t.elapsed() - (self.stages.setup_wait - setup_wait);
         self.stages.batches += 1;
         Ok(())
     }
@@ -984,8 +1056,8 @@ impl<'a> Driver<'a> {
     /// The segment of file `seq` just completed with unbounded-group states `rows` (`None`
     /// after a fault): start its successor's waiting slots, or remember the states.
     fn continue_file(&mut self, seq: u64, rows: Option<Vec<u32>>) -> Result<(), ScanError> {
-        let (mk, host_hits) = (self.mk, self.host_hits.is_some());
-        let unbounded = &self.unbounded;
+        let (mk, headers) = (self.mk, self.host_hits.is_some_and(|h| !h.fixed));
+        let (unbounded, stages) = (&self.unbounded, &mut self.stages);
         let waiting = |b: &Batch| {
             b.segments
                 .iter()
@@ -1010,7 +1082,7 @@ impl<'a> Driver<'a> {
                 }
             }
             if b.flushed {
-                publish_ready(mk, b, host_hits)?;
+                publish_ready(mk, b, headers, stages)?;
             }
             return Ok(());
         }
@@ -1023,16 +1095,24 @@ impl<'a> Driver<'a> {
 }
 
 /// Copies the batch's pending bytes in from `pack`.
-fn write_pending(mk: &Megakernel, b: &mut Batch, pack: &Pack) -> Result<(), ScanError> {
+fn write_pending(
+    mk: &Megakernel,
+    b: &mut Batch,
+    pack: &Pack,
+    stages: &mut Stages,
+) -> Result<(), ScanError> {
     if let Some(p) = b.pending.take() {
+        let t = Instant::now();
         mk.write_from_staging(b.bufs.data, p.to as u64, &*pack.buf, p.from..p.from + p.len)?;
+        stages.copy += t.elapsed();
+        stages.copies += 1;
     }
     Ok(())
 }
 
-/// The hit region of a slot that scans `len` bytes: its offset and capacity. In host memory,
-/// sized by `host` after the batch's earlier regions; otherwise the slot's fixed region of
-/// `hc` hits, whose header is already written.
+/// The hit region of a slot that scans `len` bytes: its offset and capacity. In host memory
+/// without a fixed layout, sized by `host` after the batch's earlier regions; otherwise the
+/// slot's fixed region (of `hc` hits in device memory), whose header is already written.
 fn place_hits(
     b: &mut Batch,
     host: Option<HostHits>,
@@ -1040,8 +1120,11 @@ fn place_hits(
     hc: u32,
     len: usize,
 ) -> (u32, u32) {
-    let Some(h) = host else {
-        return ((b.slots.len() as u64 * region) as u32, hc);
+    let index = b.slots.len() as u64;
+    let h = match host {
+        None => return ((index * region) as u32, hc),
+        Some(h) if h.fixed => return ((index * h.region()) as u32, h.min_hits),
+        Some(h) => h,
     };
     let cap = (len as u64)
         .div_ceil(h.bytes_per_hit)
@@ -1051,7 +1134,13 @@ fn place_hits(
     (at as u32, cap as u32)
 }
 
-fn publish_ready(mk: &Megakernel, b: &mut Batch, host_hits: bool) -> Result<(), ScanError> {
+/// Publishes the batch's ready slots, first writing their hit regions' headers if `headers`.
+fn publish_ready(
+    mk: &Megakernel,
+    b: &mut Batch,
+    headers: bool,
+    stages: &mut Stages,
+) -> Result<(), ScanError> {
     let ready: Vec<Slot> = b
         .slots
         .iter()
@@ -1061,17 +1150,27 @@ fn publish_ready(mk: &Megakernel, b: &mut Batch, host_hits: bool) -> Result<(), 
     if ready.is_empty() {
         return Ok(());
     }
-    if host_hits {
+    let t = Instant::now();
+    if headers {
         // Each region starts with its capacity (the kernel never writes the header). A NOP
         // standing in for a failed file's slot has no region.
         let scans =
             |p: &&Planned| matches!(p.state, State::Ready) && p.slot.op == SlotOp::DfaScan as u16;
-        for p in b.slots.iter().filter(scans) {
-            let at = u64::from(p.slot.args[7]);
-            mk.write_buffer(b.bufs.hits, at, &p.hit_cap.to_le_bytes())?;
-        }
+        let headers: Vec<(u64, u32)> = b
+            .slots
+            .iter()
+            .filter(scans)
+            .map(|p| (u64::from(p.slot.args[7]), p.hit_cap))
+            .collect();
+        mk.write_buffer_words(b.bufs.hits, &headers)?;
     }
+    let t = {
+        let now = Instant::now();
+        stages.headers += now - t;
+        now
+    };
     let mut tickets = mk.publish_batch(&ready)?;
+    stages.ring += t.elapsed();
     b.published += ready.len();
     b.last = b.last.max(Some(tickets.end - 1));
     for p in b
@@ -1177,8 +1276,8 @@ enum Ready {
 struct Pairs {
     /// Bytes of the data buffer.
     data: u64,
-    /// Bytes of a hit buffer in host memory, if asked for.
-    host_bytes: Option<u64>,
+    /// Hit buffers in host memory, if asked for.
+    host: Option<HostHits>,
     /// Otherwise (or where the backend has no host buffers): regions of `region` bytes in
     /// device memory, this many.
     device_regions: usize,
@@ -1190,8 +1289,15 @@ impl Pairs {
     /// A new pair, and whether its hit regions are in host memory.
     fn create(&self, mk: &Megakernel) -> Result<(Buffers, bool), ScanError> {
         let data = mk.create_buffer(self.data)?;
-        if let Some(bytes) = self.host_bytes {
-            if let Some(hits) = mk.create_host_buffer(bytes)? {
+        if let Some(h) = self.host {
+            if let Some(hits) = mk.create_host_buffer(h.bytes)? {
+                if h.fixed {
+                    // Every region starts with its capacity; the kernel never writes it.
+                    let headers: Vec<(u64, u32)> = (0..h.bytes / h.region())
+                        .map(|i| (i * h.region(), h.min_hits))
+                        .collect();
+                    mk.write_buffer_words(hits, &headers)?;
+                }
                 return Ok((Buffers { data, hits }, true));
             }
         }
@@ -1233,7 +1339,7 @@ impl SetUp<'_> {
         }
         for _ in 0..self.count {
             let pair = self.pairs.create(self.mk).and_then(|(b, host)| {
-                if host == self.pairs.host_bytes.is_some() {
+                if host == self.pairs.host.is_some() {
                     Ok(Ready::Buffers(b))
                 } else {
                     Err(ScanError::Options(
@@ -1381,5 +1487,25 @@ mod tests {
         );
         assert!(ten.bytes * 6 <= HOST_HITS_MAX_BYTES);
         assert!(fit(1000, 1 << 20).is_none());
+    }
+
+    #[test]
+    fn fixed_host_hit_regions_hold_a_window_of_hits_or_what_the_budget_leaves() {
+        // 8 KiB windows with 256 bytes of look-behind: one hit per 16 bytes.
+        let fixed = |groups: u64, budget| {
+            let slots = groups * (2048 + SMALL_FILE_WINDOWS as u64);
+            HostHits::fixed(slots, 8192 + 256, 256, 6, budget).map(|h| (h, slots))
+        };
+        let (one, slots) = fixed(1, HOST_HITS_MAX_BYTES).expect("fits");
+        assert!(one.fixed);
+        assert_eq!(one.min_hits, 528);
+        assert_eq!(one.bytes, slots * one.region());
+        // Ten groups: fewer hits per region, within the budget.
+        let (ten, slots) = fixed(10, HOST_HITS_MAX_BYTES).expect("fits");
+        assert!(ten.min_hits < 528 && ten.min_hits >= 8, "{ten:?}");
+        assert!(ten.bytes * 6 <= HOST_HITS_MAX_BYTES);
+        assert_eq!(ten.bytes, slots * ten.region());
+        // Fewer than 8 hits per region: device regions instead.
+        assert!(fixed(1000, 1 << 20).is_none());
     }
 }

@@ -90,8 +90,9 @@ pub struct ScanOptions {
     pub readers: usize,
     /// Hits one slot's region holds before the slot is rescanned with a larger one: exactly
     /// this many in device memory; in host memory (where the backend has it) at least this
-    /// many and one per 16 bytes the slot scans, both thinned out when all batches' regions
-    /// would pass 512 MiB of page-locked memory (many rule groups).
+    /// many and one per 16 bytes the slot scans (with [`Self::fixed_hit_regions`]: the most
+    /// any slot scans), thinned out when all batches' regions would pass 512 MiB of
+    /// page-locked memory (many rule groups).
     pub hit_capacity: u32,
     /// Read files into the backend's staging memory (`Megakernel::create_staging`:
     /// page-locked on cuda, so a batch's copy to the device is a DMA with no host copy);

@@ -80,6 +80,12 @@ impl HostHits {
         HIT_HEADER_BYTES + 8 * u64::from(self.min_hits)
     }
 
+    /// Whether every batch writes its regions' capacity headers (`hits`: the driver's
+    /// sizing; `None`: device regions, whose headers are written once).
+    fn per_batch_headers(hits: Option<HostHits>) -> bool {
+        hits.is_some_and(|h| !h.fixed)
+    }
+
     /// The densest sizing (from one hit per [`HIT_BYTES`] and `hit_capacity`, halving both)
     /// whose `in_flight` buffers fit in `budget`, for batches of at most `slots` slots that
     /// scan at most `scanned` bytes together; `None` if even one hit per 4 KiB (and
@@ -805,7 +811,7 @@ impl<'a> Driver<'a> {
             self.take_ready(true)?;
         }
         b.flushed = true;
-        let headers = self.host_hits.is_some_and(|h| !h.fixed);
+        let headers = HostHits::per_batch_headers(self.host_hits);
         publish_ready(self.mk, &mut b, headers, &mut self.stages)?;
         self.fifo.push_back(b);
         // Less waiting for the tables (counted there).
@@ -1056,7 +1062,7 @@ impl<'a> Driver<'a> {
     /// The segment of file `seq` just completed with unbounded-group states `rows` (`None`
     /// after a fault): start its successor's waiting slots, or remember the states.
     fn continue_file(&mut self, seq: u64, rows: Option<Vec<u32>>) -> Result<(), ScanError> {
-        let (mk, headers) = (self.mk, self.host_hits.is_some_and(|h| !h.fixed));
+        let (mk, headers) = (self.mk, HostHits::per_batch_headers(self.host_hits));
         let (unbounded, stages) = (&self.unbounded, &mut self.stages);
         let waiting = |b: &Batch| {
             b.segments
@@ -1152,7 +1158,7 @@ fn publish_ready(
     }
     let t = Instant::now();
     if headers {
-        // Each region starts with its capacity (the kernel never writes the header). A NOP
+        // Each region starts with its capacity (the kernel never writes word 0). A NOP
         // standing in for a failed file's slot has no region.
         let scans =
             |p: &&Planned| matches!(p.state, State::Ready) && p.slot.op == SlotOp::DfaScan as u16;
@@ -1292,7 +1298,7 @@ impl Pairs {
         if let Some(h) = self.host {
             if let Some(hits) = mk.create_host_buffer(h.bytes)? {
                 if h.fixed {
-                    // Every region starts with its capacity; the kernel never writes it.
+                    // Every region starts with its capacity; the kernel never writes word 0.
                     let headers: Vec<(u64, u32)> = (0..h.bytes / h.region())
                         .map(|i| (i * h.region(), h.min_hits))
                         .collect();
@@ -1301,7 +1307,7 @@ impl Pairs {
                 return Ok((Buffers { data, hits }, true));
             }
         }
-        // Every region starts with its capacity; the kernel never writes the header.
+        // Every region starts with its capacity; the kernel never writes word 0.
         let mut header = vec![0u8; self.device_regions * self.region as usize];
         for r in header.chunks_exact_mut(self.region as usize) {
             r[..4].copy_from_slice(&self.hit_capacity.to_le_bytes());

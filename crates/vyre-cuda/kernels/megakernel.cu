@@ -291,7 +291,9 @@ __device__ bool run_program(const Params& p, const ProgEntry& pe, u64* regs, u64
 #ifndef VYRE_DFA_LOAD16
 #define VYRE_DFA_LOAD16 1
 #endif
-struct Dfa { const u32* t; const u32* trans; const u8* cm; u32 stride; u32 last_row; u64 mi; u64 ml; u64 mw; };
+// first: the table's word index in its buffer (0, or a set member's offset), added to every
+// fault detail; pbase: added to every pattern id the table reports (a set member's base).
+struct Dfa { const u32* t; const u32* trans; const u8* cm; u32 stride; u32 last_row; u64 mi; u64 ml; u64 mw; u64 first; u32 pbase; };
 
 __device__ __forceinline__ u32 tword(const Dfa& d, u64 i) { return __ldg(d.t + i); }
 
@@ -300,13 +302,13 @@ __device__ __forceinline__ bool dfa_emit(const Dfa& d, u32 next, u32 end, u32 re
     u32 row = next & ~VYRE_DFA_MATCH_BIT;
     u64 at = d.mi + row / d.stride;
     u64 entry = tword(d, at);
-    if (entry >= d.mw) FAIL(VYRE_F_BAD_PROGRAM, at);
+    if (entry >= d.mw) FAIL(VYRE_F_BAD_PROGRAM, d.first + at);
     u64 list = d.ml + entry;
     u64 n = tword(d, list);
-    if (entry + 1 + n > d.mw) FAIL(VYRE_F_BAD_PROGRAM, list);
+    if (entry + 1 + n > d.mw) FAIL(VYRE_F_BAD_PROGRAM, d.first + list);
     if (end < report_from) return true;
     for (u64 k = 0; k < n; k++) {
-        u32 pat = tword(d, list + 1 + k);
+        u32 pat = tword(d, list + 1 + k) + d.pbase;
         if (stored < cap) {
             hits[2 * (u64)stored] = end;
             hits[2 * (u64)stored + 1] = pat;
@@ -322,7 +324,7 @@ __device__ __forceinline__ bool dfa_step(const Dfa& d, u32& state, u32 byte, u32
                                          u32& stored, Fault* f) {
     u32 col = state + __ldg(d.cm + byte);
     u32 next = __ldg(d.trans + col);
-    if ((next & ~VYRE_DFA_MATCH_BIT) > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, VYRE_DFA_TRANS_WORD + (u64)col);
+    if ((next & ~VYRE_DFA_MATCH_BIT) > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, d.first + VYRE_DFA_TRANS_WORD + (u64)col);
     if ((next & VYRE_DFA_MATCH_BIT) &&
         !dfa_emit(d, next, end, report_from, hits, cap, found, stored, f)) return false;
     state = next & ~VYRE_DFA_MATCH_BIT;
@@ -372,6 +374,70 @@ __device__ __forceinline__ bool dfa_range(const Dfa& d, u32& state, const u8* s,
     return true;
 }
 
+// One table at word `first` of the table buffer (0, or a set member's offset; tsize = the
+// buffer's bytes from there on): its checks, then the bytes, hits after the `stored` ones
+// already in the region. Returns the state after the last byte in *out and the state where
+// reporting starts in *at_report (the caller writes it to the hit header).
+__device__ bool dfa_table(const Buf& tb, u64 first, u64 tsize, u32 pbase, const u8* s, u32 len,
+                          u32 report, u32 start, u32* hits, u32 cap, u32& found, u32& stored,
+                          u32* out, u32* at_report_out, Fault* f) {
+    Dfa d;
+    d.t = (const u32*)tb.base + first;
+    d.first = first;
+    d.pbase = pbase;
+    if (tsize < (u64)VYRE_DFA_TRANS_WORD * 4) FAIL(VYRE_F_BAD_PROGRAM, first);
+    if (tword(d, 0) != VYRE_DFA_MAGIC) FAIL(VYRE_F_BAD_PROGRAM, first);
+    if (tword(d, 1) != VYRE_DFA_VERSION) FAIL(VYRE_F_BAD_PROGRAM, first + 1);
+    u32 states = tword(d, 2);
+    d.stride = tword(d, 3);
+    u32 mwords = tword(d, 6);
+    if (states == 0) FAIL(VYRE_F_BAD_PROGRAM, first + 2);
+    if (d.stride < 2 || d.stride > 257) FAIL(VYRE_F_BAD_PROGRAM, first + 3);
+    if (tword(d, 7) != 0) FAIL(VYRE_F_BAD_PROGRAM, first + 7);
+    u64 rows_end = (u64)states * d.stride;
+    u64 last_row = rows_end - d.stride;
+    d.last_row = last_row < 0x7fffffffull ? (u32)last_row : 0x7fffffffu;
+    d.trans = d.t + VYRE_DFA_TRANS_WORD;
+    d.cm = (const u8*)(d.t + VYRE_DFA_CLASS_MAP_WORD);
+    d.mi = VYRE_DFA_TRANS_WORD + rows_end;
+    d.ml = d.mi + states;
+    d.mw = mwords;
+    if ((d.ml + d.mw) * 4 > tsize) FAIL(VYRE_F_BAD_PROGRAM, first + 6);
+    for (u32 w = 0; w < 64; w++) {
+        u32 v = tword(d, VYRE_DFA_CLASS_MAP_WORD + w);
+        for (u32 k = 0; k < 4; k++)
+            if (((v >> (8 * k)) & 0xff) >= d.stride - 1) FAIL(VYRE_F_BAD_PROGRAM, first + VYRE_DFA_CLASS_MAP_WORD + w);
+    }
+    u32 state;
+    if (start & VYRE_DFA_START_LOOKBEHIND) {
+        u32 code = start & ~VYRE_DFA_START_LOOKBEHIND;
+        if (code > VYRE_DFA_START_TEXT) FAIL(VYRE_F_MALFORMED_SLOT, 5);
+        u64 at = VYRE_DFA_START_WORD + (u64)code;
+        state = tword(d, at);
+        if (state > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, first + at);
+    } else {
+        if (start > d.last_row) FAIL(VYRE_F_MALFORMED_SLOT, 5);
+        state = start;
+    }
+    u32 report_from = report & ~VYRE_DFA_REPORT_EOI;
+    // The look-behind bytes, then the window's own: the state between them goes to word 1
+    // of the hit header when the scan completes.
+    u32 split = report_from < len ? report_from : len;
+    if (!dfa_range(d, state, s, 0, split, report_from, hits, cap, found, stored, f)) return false;
+    u32 at_report = state;
+    if (!dfa_range(d, state, s, split, len, report_from, hits, cap, found, stored, f)) return false;
+    *out = state;
+    if (report & VYRE_DFA_REPORT_EOI) {
+        u64 at = VYRE_DFA_TRANS_WORD + (u64)state + (d.stride - 1);
+        u32 next = tword(d, at);
+        if ((u64)(next & ~VYRE_DFA_MATCH_BIT) > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, first + at);
+        if ((next & VYRE_DFA_MATCH_BIT) &&
+            !dfa_emit(d, next, len, report_from, hits, cap, found, stored, f)) return false;
+    }
+    *at_report_out = at_report;
+    return true;
+}
+
 __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
     Buf tb, db, hb;
     if (!lookup(p, a[0], &tb)) FAIL(VYRE_F_BAD_HANDLE, a[0]);
@@ -385,62 +451,35 @@ __device__ bool dfa_scan(const Params& p, const u32* a, u32* r, Fault* f) {
     u32 cap = *(volatile u32*)word_at(hb, hoff);
     if (hoff + VYRE_DFA_HIT_HEADER_BYTES + 8 * (u64)cap > hb.size) FAIL(VYRE_F_OUT_OF_BOUNDS, hoff);
     u32* hits = word_at(hb, hoff + VYRE_DFA_HIT_HEADER_BYTES);
-
-    Dfa d;
-    d.t = (const u32*)tb.base;
-    if (tb.size < (u64)VYRE_DFA_TRANS_WORD * 4) FAIL(VYRE_F_BAD_PROGRAM, 0);
-    if (tword(d, 0) != VYRE_DFA_MAGIC) FAIL(VYRE_F_BAD_PROGRAM, 0);
-    if (tword(d, 1) != VYRE_DFA_VERSION) FAIL(VYRE_F_BAD_PROGRAM, 1);
-    u32 states = tword(d, 2);
-    d.stride = tword(d, 3);
-    u32 mwords = tword(d, 6);
-    if (states == 0) FAIL(VYRE_F_BAD_PROGRAM, 2);
-    if (d.stride < 2 || d.stride > 257) FAIL(VYRE_F_BAD_PROGRAM, 3);
-    if (tword(d, 7) != 0) FAIL(VYRE_F_BAD_PROGRAM, 7);
-    u64 rows_end = (u64)states * d.stride;
-    u64 last_row = rows_end - d.stride;
-    d.last_row = last_row < 0x7fffffffull ? (u32)last_row : 0x7fffffffu;
-    d.trans = d.t + VYRE_DFA_TRANS_WORD;
-    d.cm = (const u8*)(d.t + VYRE_DFA_CLASS_MAP_WORD);
-    d.mi = VYRE_DFA_TRANS_WORD + rows_end;
-    d.ml = d.mi + states;
-    d.mw = mwords;
-    if ((d.ml + d.mw) * 4 > tb.size) FAIL(VYRE_F_BAD_PROGRAM, 6);
-    for (u32 w = 0; w < 64; w++) {
-        u32 v = tword(d, VYRE_DFA_CLASS_MAP_WORD + w);
-        for (u32 k = 0; k < 4; k++)
-            if (((v >> (8 * k)) & 0xff) >= d.stride - 1) FAIL(VYRE_F_BAD_PROGRAM, VYRE_DFA_CLASS_MAP_WORD + w);
-    }
-    u32 state;
-    if (start & VYRE_DFA_START_LOOKBEHIND) {
-        u32 code = start & ~VYRE_DFA_START_LOOKBEHIND;
-        if (code > VYRE_DFA_START_TEXT) FAIL(VYRE_F_MALFORMED_SLOT, 5);
-        u64 at = VYRE_DFA_START_WORD + (u64)code;
-        state = tword(d, at);
-        if (state > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, at);
-    } else {
-        if (start > d.last_row) FAIL(VYRE_F_MALFORMED_SLOT, 5);
-        state = start;
-    }
-    u32 report_from = report & ~VYRE_DFA_REPORT_EOI;
-    u32 found = 0, stored = 0;
     const u8* s = db.base + off;
-    // The look-behind bytes, then the window's own: the state between them goes to word 1
-    // of the hit header when the scan completes.
-    u32 split = report_from < len ? report_from : len;
-    if (!dfa_range(d, state, s, 0, split, report_from, hits, cap, found, stored, f)) return false;
-    u32 at_report = state;
-    if (!dfa_range(d, state, s, split, len, report_from, hits, cap, found, stored, f)) return false;
-    r[1] = state;
-    if (report & VYRE_DFA_REPORT_EOI) {
-        u64 at = VYRE_DFA_TRANS_WORD + (u64)state + (d.stride - 1);
-        u32 next = tword(d, at);
-        if ((u64)(next & ~VYRE_DFA_MATCH_BIT) > d.last_row) FAIL(VYRE_F_BAD_PROGRAM, at);
-        if ((next & VYRE_DFA_MATCH_BIT) &&
-            !dfa_emit(d, next, len, report_from, hits, cap, found, stored, f)) return false;
+    const u32* t = (const u32*)tb.base;
+    u32 found = 0, stored = 0, state = 0, at_report = 0;
+    if (tb.size < (u64)VYRE_DFA_SET_HEADER_WORDS * 4 || __ldg(t) != VYRE_DFA_SET_MAGIC) {
+        if (!dfa_table(tb, 0, tb.size, 0, s, len, report, start, hits, cap, found, stored,
+                       &state, &at_report, f)) return false;
+    } else {
+        // A table set (crates/vyre-isa/src/dfa.rs): its directory, then each member.
+        if (__ldg(t + 1) != VYRE_DFA_SET_VERSION) FAIL(VYRE_F_BAD_PROGRAM, 1);
+        u64 n = __ldg(t + 2);
+        u64 dir_end = VYRE_DFA_SET_HEADER_WORDS + 2 * n;
+        if (n == 0 || n > VYRE_DFA_SET_MAX_MEMBERS || 4 * dir_end > tb.size) FAIL(VYRE_F_BAD_PROGRAM, 2);
+        if (__ldg(t + 3) != 0) FAIL(VYRE_F_BAD_PROGRAM, 3);
+        for (u64 k = 0; k < n; k++) {
+            u64 w = VYRE_DFA_SET_HEADER_WORDS + 2 * k;
+            if ((u64)__ldg(t + w) < dir_end) FAIL(VYRE_F_BAD_PROGRAM, w);
+        }
+        if (!(start & VYRE_DFA_START_LOOKBEHIND)) FAIL(VYRE_F_MALFORMED_SLOT, 5);
+        for (u64 k = 0; k < n; k++) {
+            u64 w = VYRE_DFA_SET_HEADER_WORDS + 2 * k;
+            u64 first = __ldg(t + w);
+            u32 pbase = __ldg(t + w + 1);
+            u64 tsize = tb.size > 4 * first ? tb.size - 4 * first : 0;
+            if (!dfa_table(tb, first, tsize, pbase, s, len, report, start, hits, cap, found,
+                           stored, &state, &at_report, f)) return false;
+        }
     }
     *word_at(hb, hoff + 4) = at_report;
-    r[0] = found; r[2] = stored;
+    r[0] = found; r[1] = state; r[2] = stored;
     return true;
 }
 

@@ -44,6 +44,34 @@
 //! that `row + class` stays inside the transitions) or a match list entry outside the list
 //! faults `bad_program` with the word's index; hits written before that stay written. An
 //! explicit `start` above `S×C − C` is `malformed_slot` (detail 5).
+//!
+//! # Table sets (`VDFS`)
+//!
+//! The `table` buffer may instead hold a *set*: several tables that one slot runs over the
+//! same range, one after another, into one hit region. A scanner with many rule groups
+//! then publishes one slot per window instead of one per group per window.
+//!
+//! | words | meaning |
+//! | --- | --- |
+//! | 0 | [`SET_MAGIC`] (`"VDFS"`) |
+//! | 1 | [`SET_VERSION`] |
+//! | 2 | `n`, the number of member tables (1..=[`SET_MAX_MEMBERS`]) |
+//! | 3 | zero |
+//! | 4 + 2k | member k's first word (a `VDFA` table lies there, after the directory) |
+//! | 5 + 2k | member k's pattern base: its hits carry pattern ids `base + id` (wrapping) |
+//!
+//! The set's checks come after the buffer checks and before any member's: a buffer of at
+//! least 16 bytes whose word 0 is `SET_MAGIC` is a set (anything else is read as one
+//! table); word 1, 2 (also: a directory longer than the buffer) or 3 wrong is
+//! `bad_program` with that index; a member starting inside the directory is `bad_program`
+//! with the index of its offset word; a `start` without the look-behind bit (a row means
+//! nothing across tables) is `malformed_slot` (detail 5). Then member k runs exactly as a
+//! table alone would (its checks first; fault details are word indexes in the buffer, i.e.
+//! the member's offset plus the index in the member), with the same `report` and
+//! look-behind code, its hits stored after the hits of members `< k` (a fault in member k
+//! leaves theirs written). Results: r0 counts every member's matches (wrapping), r2 the
+//! hits stored; r1 and word 1 of the hit header are those of the last member (word 1 is
+//! written only when every member has completed).
 
 use crate::fault::{Fault, FaultCode};
 use crate::interp::Memory;
@@ -72,6 +100,38 @@ pub const START_LOOKBEHIND: u32 = 1 << 31;
 pub const REPORT_EOI: u32 = 1 << 31;
 /// Bytes before the first hit pair in a hit region (capacity word and a zero word).
 pub const HIT_HEADER_BYTES: u64 = 8;
+/// Word 0 of a table set: the bytes `V D F S`.
+pub const SET_MAGIC: u32 = u32::from_le_bytes(*b"VDFS");
+/// The table set format's version.
+pub const SET_VERSION: u32 = 1;
+/// Words of a set's header, before its directory of `(offset, pattern base)` pairs.
+pub const SET_HEADER_WORDS: usize = 4;
+/// Most members of one table set.
+pub const SET_MAX_MEMBERS: u32 = 256;
+
+/// A table set (see the module docs) of `members`, each `(table words, pattern base)`, in
+/// this order: the directory, then the tables back to back. `None` if there are no members,
+/// more than [`SET_MAX_MEMBERS`], or more than 2^32 - 1 words in all.
+pub fn table_set(members: &[(&[u32], u32)]) -> Option<Vec<u32>> {
+    let n = u32::try_from(members.len()).ok()?;
+    if n == 0 || n > SET_MAX_MEMBERS {
+        return None;
+    }
+    let head = SET_HEADER_WORDS + 2 * members.len();
+    let total = head + members.iter().map(|(t, _)| t.len()).sum::<usize>();
+    u32::try_from(total).ok()?;
+    let mut words = Vec::with_capacity(total);
+    words.extend([SET_MAGIC, SET_VERSION, n, 0]);
+    let mut at = head;
+    for (t, base) in members {
+        words.extend([at as u32, *base]);
+        at += t.len();
+    }
+    for (t, _) in members {
+        words.extend_from_slice(t);
+    }
+    Some(words)
+}
 
 /// A table's header, checked against its buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,9 +224,67 @@ pub fn scan<M: Memory>(mem: &M, a: &[u32; 8]) -> Result<[u32; 4], Fault> {
         return Err(oob(hits_off as u32));
     }
     match mem.words(table) {
-        Some(words) => scan_table(mem, &Words(words), table_size, a, capacity),
-        None => scan_table(mem, &Loads(mem, table), table_size, a, capacity),
+        Some(words) => scan_tables(mem, &Words(words), table_size, a, capacity),
+        None => scan_tables(mem, &Loads(mem, table), table_size, a, capacity),
     }
+}
+
+/// One table, or each member of a set in turn.
+fn scan_tables<M: Memory, T: TableWords>(
+    mem: &M,
+    t: &T,
+    table_size: u64,
+    a: &[u32; 8],
+    capacity: u32,
+) -> Result<[u32; 4], Fault> {
+    let [_, _, _, _, _, start, hits, hits_off] = *a;
+    let mut acc = Acc {
+        capacity,
+        found: 0,
+        stored: 0,
+    };
+    let head = SET_HEADER_WORDS as u64;
+    if table_size < 4 * head || t.word(0) != SET_MAGIC {
+        let (state, at_report) = scan_table(mem, t, 0, 0, table_size, a, &mut acc)?;
+        mem.store_u32(hits, u64::from(hits_off) + 4, at_report);
+        return Ok([acc.found, state, acc.stored, 0]);
+    }
+    let bad = |i: u64| Fault::new(FaultCode::BadProgram, i as u32);
+    if t.word(1) != SET_VERSION {
+        return Err(bad(1));
+    }
+    let n = u64::from(t.word(2));
+    let dir_end = head + 2 * n;
+    if n == 0 || n > u64::from(SET_MAX_MEMBERS) || 4 * dir_end > table_size {
+        return Err(bad(2));
+    }
+    if t.word(3) != 0 {
+        return Err(bad(3));
+    }
+    for k in 0..n {
+        if u64::from(t.word(head + 2 * k)) < dir_end {
+            return Err(bad(head + 2 * k));
+        }
+    }
+    if start & START_LOOKBEHIND == 0 {
+        return Err(Fault::new(FaultCode::MalformedSlot, 5));
+    }
+    let mut last = (0, 0);
+    for k in 0..n {
+        let at = u64::from(t.word(head + 2 * k));
+        let base = t.word(head + 2 * k + 1);
+        let size = table_size.saturating_sub(4 * at);
+        last = scan_table(mem, t, at, base, size, a, &mut acc)?;
+    }
+    mem.store_u32(hits, u64::from(hits_off) + 4, last.1);
+    Ok([acc.found, last.0, acc.stored, 0])
+}
+
+/// Matches found and hits stored so far by one slot (across a set's members).
+struct Acc {
+    capacity: u32,
+    found: u32,
+    stored: u32,
 }
 
 /// How the scan reads table words: straight from a word slice, or through [`Memory`].
@@ -193,18 +311,24 @@ impl<M: Memory> TableWords for Loads<'_, M> {
     }
 }
 
-/// The scan after the buffer checks: table checks, then the bytes.
+/// The scan of one table at word `first` of its buffer (0, or a set member's offset) after
+/// the buffer checks: table checks, then the bytes; `table_size` counts the buffer's bytes
+/// from word `first` on. Hits go after those already in `acc`, with pattern ids plus `base`.
+/// Returns the state after the last byte and the state where reporting starts (the hit
+/// header's word 1, which the caller writes).
 fn scan_table<M: Memory, T: TableWords>(
     mem: &M,
     t: &T,
+    first: u64,
+    base: u32,
     table_size: u64,
     a: &[u32; 8],
-    capacity: u32,
-) -> Result<[u32; 4], Fault> {
+    acc: &mut Acc,
+) -> Result<(u32, u32), Fault> {
     let [_, data, off, len, report, start, hits, hits_off] = *a;
     let hits_off = u64::from(hits_off);
-    let word = |i: u64| t.word(i);
-    let bad = |i: u64| Fault::new(FaultCode::BadProgram, i as u32);
+    let word = |i: u64| t.word(first + i);
+    let bad = |i: u64| Fault::new(FaultCode::BadProgram, (first + i) as u32);
     let h = check_header(table_size, |i| word(i as u64)).map_err(|i| bad(i.into()))?;
     let mut classes = [0u8; 256];
     for w in 0..64 {
@@ -236,8 +360,11 @@ fn scan_table<M: Memory, T: TableWords>(
         start
     };
     let report_from = report & !REPORT_EOI;
-    let mut found = 0u32;
-    let mut stored = 0u32;
+    let Acc {
+        capacity,
+        mut found,
+        mut stored,
+    } = *acc;
     let mut emit = |next: u32, end: u32| -> Result<(), Fault> {
         let row = u64::from(next & !MATCH_BIT);
         let at = h.match_index_word() + row / u64::from(h.stride);
@@ -254,7 +381,7 @@ fn scan_table<M: Memory, T: TableWords>(
             return Ok(());
         }
         for k in 0..n {
-            let pattern = word(list + 1 + k);
+            let pattern = word(list + 1 + k).wrapping_add(base);
             if stored < capacity {
                 let at = hits_off + HIT_HEADER_BYTES + 8 * u64::from(stored);
                 mem.store_u32(hits, at, end);
@@ -302,6 +429,7 @@ fn scan_table<M: Memory, T: TableWords>(
             emit(next, len)?;
         }
     }
-    mem.store_u32(hits, hits_off + 4, at_report);
-    Ok([found, state, stored, 0])
+    acc.found = found;
+    acc.stored = stored;
+    Ok((state, at_report))
 }

@@ -1,4 +1,4 @@
-//! The ring protocol, version 2: every constant a backend needs, and nothing else.
+//! The ring protocol, version 3: every constant a backend needs, and nothing else.
 //!
 //! `PROTOCOL.md` documents the same layout byte for byte; GPU kernels get these numbers
 //! generated from here ([`generated_constants`]), never typed twice.
@@ -6,7 +6,7 @@
 pub use vyre_isa::slot::{word as slot_word, SLOT_BYTES};
 
 /// Protocol version written into the control block.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// "VYR0" as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"VYR0");
 /// Words per slot.
@@ -256,6 +256,10 @@ fn constants() -> Vec<(String, u64)> {
             ("DFA_START_LOOKBEHIND".into(), dfa::START_LOOKBEHIND.into()),
             ("DFA_REPORT_EOI".into(), dfa::REPORT_EOI.into()),
             ("DFA_HIT_HEADER_BYTES".into(), dfa::HIT_HEADER_BYTES),
+            ("DFA_SET_MAGIC".into(), dfa::SET_MAGIC.into()),
+            ("DFA_SET_VERSION".into(), dfa::SET_VERSION.into()),
+            ("DFA_SET_HEADER_WORDS".into(), dfa::SET_HEADER_WORDS as u64),
+            ("DFA_SET_MAX_MEMBERS".into(), dfa::SET_MAX_MEMBERS.into()),
         ]);
     }
     for op in SlotOp::ALL {

@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use vyre_isa::dfa::{REPORT_EOI, START_LOOKBEHIND, START_TEXT};
+use vyre_isa::dfa::{table_set, REPORT_EOI, SET_MAGIC, START_LOOKBEHIND, START_TEXT};
 use vyre_scan::{compile, reference_matches, scan_slice, Limits, Pattern, Rule, RuleSet, Start};
 
 /// One rule set compiled to exactly one table.
@@ -52,7 +52,10 @@ fn set(rules: &[(&str, Pattern)]) -> Set {
 }
 
 /// A DFA_SCAN slot over `data[off..off + len]`.
+#[derive(Clone, Copy)]
 struct Scan {
+    /// Which of the case's tables the slot runs (buffer `t`, or `t0`, `t1`, ...).
+    table: usize,
     off: usize,
     len: usize,
     report_from: u32,
@@ -124,6 +127,26 @@ fn expect(s: &Set, data: &[u8], sc: &Scan) -> ([u32; 4], Vec<(u32, u32)>) {
     ([found, row, stored, at_report], hits)
 }
 
+/// Expected results of a slot over a table set of `members` (each with its pattern base):
+/// every member's hits from the reference, in member order, pattern ids plus the base, cut
+/// to the slot's capacity; r1 and the header's state are the last member's.
+fn expect_set(members: &[(&Set, u32)], data: &[u8], sc: &Scan) -> ([u32; 4], Vec<(u32, u32)>) {
+    let (mut found, mut last, mut all) = (0u32, [0u32; 4], Vec::new());
+    for &(m, base) in members {
+        let whole = Scan {
+            capacity: u32::MAX,
+            ..*sc
+        };
+        let (r, hits) = expect(m, data, &whole);
+        found += r[0];
+        last = r;
+        all.extend(hits.into_iter().map(|(e, p)| (e, p + base)));
+    }
+    let stored = found.min(sc.capacity);
+    all.truncate(stored as usize);
+    ([found, last[1], stored, last[3]], all)
+}
+
 fn words(ws: &[u32]) -> String {
     ws.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
 }
@@ -143,14 +166,16 @@ fn start_arg(s: Start) -> u32 {
 enum Outcome {
     Done([u32; 4], Vec<(u32, u32)>),
     Fault(&'static str, u32),
+    /// A fault after some hits were stored (a later member of a table set faulted).
+    FaultAfter(&'static str, u32, Vec<(u32, u32)>),
 }
 
 struct Case<'a> {
     file: &'a str,
     description: &'a str,
     notes: Vec<String>,
-    table: Vec<u32>,
-    expect_table: Vec<u32>,
+    /// Buffer `t` if there is one, else `t0`, `t1`, ...; none is written by a slot.
+    tables: Vec<Vec<u32>>,
     data: &'a [u8],
     slots: Vec<(Scan, Outcome, String)>,
 }
@@ -167,7 +192,16 @@ fn write(c: &Case<'_>) {
         let _ = writeln!(t, "# {n}");
     }
     let _ = writeln!(t, "vasm = \"\"\"");
-    let _ = writeln!(t, ".buffer t {} u32 {}", c.table.len() * 4, words(&c.table));
+    let name = |k: usize| {
+        if c.tables.len() == 1 {
+            "t".to_string()
+        } else {
+            format!("t{k}")
+        }
+    };
+    for (k, table) in c.tables.iter().enumerate() {
+        let _ = writeln!(t, ".buffer {} {} u32 {}", name(k), table.len() * 4, words(table));
+    }
     let _ = writeln!(t, ".buffer d {} hex \"{}\"", c.data.len(), hex(c.data));
     for (k, (sc, _, _)) in c.slots.iter().enumerate() {
         let _ = writeln!(
@@ -181,7 +215,8 @@ fn write(c: &Case<'_>) {
         let report = sc.report_from | if sc.eoi { REPORT_EOI } else { 0 };
         let _ = writeln!(
             t,
-            ".slot DFA_SCAN table=t data=d off={} len={} report={:#x} start={:#x} hits=h{k} hits_off=0",
+            ".slot DFA_SCAN table={} data=d off={} len={} report={:#x} start={:#x} hits=h{k} hits_off=0",
+            name(sc.table),
             sc.off,
             sc.len,
             report,
@@ -201,7 +236,7 @@ fn write(c: &Case<'_>) {
                 let results = [r[0], r[1], r[2], 0];
                 let _ = writeln!(t, "status = \"done\"\nresults = {results:?}");
             }
-            Outcome::Fault(name, detail) => {
+            Outcome::Fault(name, detail) | Outcome::FaultAfter(name, detail, _) => {
                 let _ = writeln!(
                     t,
                     "status = \"fault\"\nfault = \"{name}\"\ndetail = {detail}\nat = 0"
@@ -211,17 +246,27 @@ fn write(c: &Case<'_>) {
         let _ = sc;
     }
     let _ = writeln!(t, "\n[expect.buffers]");
-    let _ = writeln!(t, "t = \"u32: {}\"", words(&c.expect_table));
+    for (k, table) in c.tables.iter().enumerate() {
+        let _ = writeln!(t, "{} = \"u32: {}\"", name(k), words(table));
+    }
     let _ = writeln!(t, "d = \"hex: {}\"", hex(c.data));
     for (k, (sc, out, _)) in c.slots.iter().enumerate() {
         // Header: the capacity, then (written by a completed scan) the state after the
         // first min(report_from, len) bytes, carried here as the outcome's fourth word.
         let mut w = vec![sc.capacity, 0];
-        if let Outcome::Done(r, hits) = out {
-            w[1] = r[3];
-            for &(e, p) in hits {
-                w.extend([e, p]);
+        match out {
+            Outcome::Done(r, hits) => {
+                w[1] = r[3];
+                for &(e, p) in hits {
+                    w.extend([e, p]);
+                }
             }
+            Outcome::FaultAfter(_, _, hits) => {
+                for &(e, p) in hits {
+                    w.extend([e, p]);
+                }
+            }
+            Outcome::Fault(..) => {}
         }
         let _ = writeln!(t, "h{k} = \"u32: {}\"", words(&w));
     }
@@ -239,12 +284,20 @@ const TEXT: Start = Start::LookBehind(START_TEXT as u16);
 
 fn scan(off: usize, len: usize, report_from: u32, eoi: bool, start: Start, capacity: u32) -> Scan {
     Scan {
+        table: 0,
         off,
         len,
         report_from,
         eoi,
         start,
         capacity,
+    }
+}
+
+impl Scan {
+    /// The same slot on table `k` of the case.
+    fn on(self, k: usize) -> Scan {
+        Scan { table: k, ..self }
     }
 }
 
@@ -261,8 +314,7 @@ fn done_case(file: &str, description: &str, s: &Set, data: &[u8], slots: Vec<(Sc
         file,
         description,
         notes: vec![format!("table: vyre_scan::compile of {}", s.about)],
-        table: s.table.clone(),
-        expect_table: s.table.clone(),
+        tables: vec![s.table.clone()],
         data,
         slots,
     });
@@ -386,8 +438,7 @@ fn main() {
         file: "op_dfa_scan_row_start",
         description: "DFA_SCAN's start argument without bit 31 is a state row: r1 of one range carried into the next finds a match across the cut; a look-behind code does not",
         notes: vec![format!("table: vyre_scan::compile of {}", abc.about)],
-        table: abc.table.clone(),
-        expect_table: abc.table.clone(),
+        tables: vec![abc.table.clone()],
         data,
         slots: vec![
             (first, Outcome::Done(r_first, h_first), "\"xxa\" from the text start: no match; r1 = the row after a partial \"a\"".into()),
@@ -416,8 +467,7 @@ fn main() {
         file: "op_dfa_scan_state_at_report",
         description: "DFA_SCAN writes word 1 of the hit header: the state after the first min(report_from, len) bytes, equal to r1 of the scan of everything before the window when no partial match is older than the look-behind, different when one is",
         notes: vec![format!("table: vyre_scan::compile of {}", abc_plus.about)],
-        table: abc_plus.table.clone(),
-        expect_table: abc_plus.table.clone(),
+        tables: vec![abc_plus.table.clone()],
         data,
         slots: vec![
             (head_a, Outcome::Done(ra, ha), "bytes 0..6 from the text start: r1 = the state inside \"abbb\"".into()),
@@ -445,8 +495,7 @@ fn main() {
         file: "op_dfa_scan_fault_bad_magic",
         description: "DFA_SCAN on a table whose word 0 is not VDFA faults bad_program with detail 0 and writes no hits",
         notes: vec![format!("table: vyre_scan::compile of {}, word 0 set to 0", ab.about)],
-        table: bad_magic.clone(),
-        expect_table: bad_magic,
+        tables: vec![bad_magic.clone()],
         data: b"xabyab",
         slots: vec![(scan(0, 6, 0, true, TEXT, 4), Outcome::Fault("bad_program", 0), "word 0 is the magic".into())],
     });
@@ -454,8 +503,7 @@ fn main() {
         file: "op_dfa_scan_fault_start_code",
         description: "DFA_SCAN with a look-behind start code above 256 faults malformed_slot with detail 5 (the start argument) and writes no hits",
         notes: vec![format!("table: vyre_scan::compile of {}", ab.about)],
-        table: ab.table.clone(),
-        expect_table: ab.table.clone(),
+        tables: vec![ab.table.clone()],
         data: b"xabyab",
         slots: vec![
             (scan(0, 6, 0, true, Start::LookBehind(257), 4), Outcome::Fault("malformed_slot", 5), "code 257".into()),
@@ -466,12 +514,86 @@ fn main() {
         file: "op_dfa_scan_fault_data_oob",
         description: "DFA_SCAN over a range past the end of the data buffer faults out_of_bounds with detail = off, before reading the table",
         notes: vec![format!("table: vyre_scan::compile of {}", ab.about)],
-        table: ab.table.clone(),
-        expect_table: ab.table.clone(),
+        tables: vec![ab.table.clone()],
         data: b"xabyab",
         slots: vec![
             (scan(4, 3, 0, false, TEXT, 4), Outcome::Fault("out_of_bounds", 4), "bytes 4..7 of a 6-byte buffer".into()),
             (scan(6, 0, 0, false, TEXT, 4), Outcome::Done([0, ab.table[START_TEXT + 72], 0, ab.table[START_TEXT + 72]], vec![]), "an empty range at the end is in bounds: r1 and the header state = the text-start row (table word 72 + 256)".into()),
+        ],
+    });    set_cases(&ab, &overlap, &a);
+}
+
+/// Table sets (`VDFS`, protocol v3): one slot runs several tables over one range.
+fn set_cases(ab: &Set, overlap: &Set, a: &Set) {
+    let members = [(ab, 0u32), (overlap, 1), (a, 10)];
+    let set3 = table_set(&[(&ab.table, 0), (&overlap.table, 1), (&a.table, 10)]).expect("a set");
+    let data: &[u8] = b"xababa!ab";
+    let slots = vec![
+        (scan(0, 9, 0, false, TEXT, 32), "the whole text: ab's hits (pattern 0), then aba/ba's (1, 2), then a's (10)"),
+        (scan(0, 9, 0, true, TEXT, 32), "with the end-of-input flag: ab also ends at 9 (= len)"),
+        (scan(1, 8, 3, false, lb(b'x'), 32), "from offset 1 after 'x', reporting from 3: every member skips ends before 3"),
+        (scan(0, 9, 0, false, TEXT, 3), "capacity 3: r0 counts all 10 matches, only ab's two and aba/ba's first are stored"),
+        (scan(9, 0, 0, true, lb(b'b'), 4), "an empty range: no hits; r1 and the header state are the last member's start row"),
+    ];
+    let slots = slots
+        .into_iter()
+        .map(|(sc, why)| {
+            let (r, h) = expect_set(&members, data, &sc);
+            (sc, Outcome::Done(r, h), why.to_string())
+        })
+        .collect();
+    write(&Case {
+        file: "op_dfa_scan_set",
+        description: "DFA_SCAN over a table set (VDFS) runs each member table over the range in order into one hit region: member k's pattern ids plus its base, after the hits of the members before it; r0 and r2 count all members, r1 and the header's state are the last member's",
+        notes: vec![format!(
+            "table: vyre_isa::dfa::table_set of vyre_scan::compile of [{}] (base 0), [{}] (base 1), [{}] (base 10)",
+            ab.about, overlap.about, a.about
+        )],
+        tables: vec![set3],
+        data,
+        slots,
+    });
+    // Faults, by hand from the dfa.rs docs: the set's directory is checked before any
+    // member, then each member as a table alone, with word indexes of the whole buffer.
+    let good = table_set(&[(&ab.table, 0), (&a.table, 1)]).expect("a set");
+    let a_at = good[6];
+    let with = |i: usize, v: u32| {
+        let mut t = good.clone();
+        t[i] = v;
+        t
+    };
+    let short = vec![SET_MAGIC, 1, 2, 0, 8, 0];
+    let mut past_end = good.clone();
+    past_end[6] = good.len() as u32;
+    let data: &[u8] = b"xabyab";
+    let whole = |k: usize| scan(0, 6, 0, true, TEXT, 4).on(k);
+    write(&Case {
+        file: "op_dfa_scan_set_faults",
+        description: "DFA_SCAN over a malformed table set faults bad_program at the word at fault (a member's words counted from the start of the set's buffer) before reading any byte, or, when a later member is malformed, after the earlier members' hits are stored; an explicit row start is malformed_slot 5",
+        notes: vec![format!(
+            "tables: vyre_isa::dfa::table_set of vyre_scan::compile of [{}] (base 0), [{}] (base 1), each changed by hand as its slot says",
+            ab.about, a.about
+        )],
+        tables: vec![
+            with(1, 2),
+            with(2, 0),
+            short,
+            with(3, 1),
+            with(6, 5),
+            good.clone(),
+            with(a_at as usize, 0),
+            past_end,
+        ],
+        data,
+        slots: vec![
+            (whole(0), Outcome::Fault("bad_program", 1), "word 1 (set version) is 2".into()),
+            (whole(1), Outcome::Fault("bad_program", 2), "word 2: no members".into()),
+            (whole(2), Outcome::Fault("bad_program", 2), "word 2: two members' directory runs past a 6-word buffer".into()),
+            (whole(3), Outcome::Fault("bad_program", 3), "word 3 is not zero".into()),
+            (whole(4), Outcome::Fault("bad_program", 6), "member 1 starts at word 5, inside the 8-word directory: its offset word 6".into()),
+            (scan(0, 6, 0, true, Start::Row(0), 4).on(5), Outcome::Fault("malformed_slot", 5), "an explicit row start on a set".into()),
+            (whole(6), Outcome::FaultAfter("bad_program", a_at, vec![(3, 0), (6, 0)]), format!("member 1's magic (word {a_at}) is 0: member 0 (ab) stored ends 3 and 6 first; the header's state stays unwritten")),
+            (whole(7), Outcome::FaultAfter("bad_program", good.len() as u32, vec![(3, 0), (6, 0)]), format!("member 1 starts at word {} = the end of the buffer: its word 0 is at fault, after member 0 stored its hits", good.len())),
         ],
     });
 }

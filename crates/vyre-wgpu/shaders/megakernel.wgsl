@@ -500,19 +500,26 @@ fn debug_log(position: u32, op_word: u32, tenant_word: u32) -> bool {
 var<private> dfa_classes: array<u32, 256>;
 var<private> dfa_found: u32;
 var<private> dfa_stored: u32;
+// The table being run: its first word in the table buffer (0, or a set member's offset;
+// added to fault details) and the base added to its pattern ids.
+var<private> dfa_first: u32;
+var<private> dfa_pbase: u32;
+// What dfa_table leaves: the state after the last byte, and where reporting starts.
+var<private> dfa_state: u32;
+var<private> dfa_at_report: u32;
 
 fn dfa_emit(tb: u32, hb: u32, hits_off: u32, capacity: u32, stride: u32, mi: u32, ml: u32,
             mwords: u32, report_from: u32, next: u32, end: u32) -> bool {
     let row = next & ~DFA_MATCH_BIT;
     let at = mi + row / stride;
     let entry = hload(tb + at);
-    if (entry >= mwords) { return fail(VYRE_F_BAD_PROGRAM, at); }
+    if (entry >= mwords) { return fail(VYRE_F_BAD_PROGRAM, dfa_first + at); }
     let list = ml + entry;
     let n = hload(tb + list);
-    if (n > mwords - entry - 1u) { return fail(VYRE_F_BAD_PROGRAM, list); }
+    if (n > mwords - entry - 1u) { return fail(VYRE_F_BAD_PROGRAM, dfa_first + list); }
     if (end < report_from) { return true; }
     for (var k = 0u; k < n; k++) {
-        let pattern = hload(tb + list + 1u + k);
+        let pattern = hload(tb + list + 1u + k) + dfa_pbase;
         if (dfa_stored < capacity) {
             let w = hb + ((hits_off + 8u) >> 2u) + 2u * dfa_stored;
             hstore(w, end);
@@ -521,6 +528,82 @@ fn dfa_emit(tb: u32, hb: u32, hits_off: u32, capacity: u32, stride: u32, mi: u32
         }
         dfa_found += 1u;
     }
+    return true;
+}
+
+// One table at heap word `tb` (dfa_first words into its buffer; tsize = the buffer's bytes
+// from there on): its checks (dfa.rs check_header), then the bytes, hits after the
+// dfa_stored ones already in the region.
+fn dfa_table(tb: u32, tsize: vec2<u32>, db: u32, off: u32, len: u32, report: u32, start: u32,
+             hb: u32, hits_off: u32, capacity: u32) -> bool {
+    let first = dfa_first;
+    if (ltu64(tsize, vec2<u32>(DFA_TRANS_WORD * 4u, 0u))) { return fail(VYRE_F_BAD_PROGRAM, first); }
+    if (hload(tb) != DFA_MAGIC) { return fail(VYRE_F_BAD_PROGRAM, first); }
+    if (hload(tb + 1u) != DFA_VERSION) { return fail(VYRE_F_BAD_PROGRAM, first + 1u); }
+    let states = hload(tb + 2u);
+    let stride = hload(tb + 3u);
+    let mwords = hload(tb + 6u);
+    if (states == 0u) { return fail(VYRE_F_BAD_PROGRAM, first + 2u); }
+    if (stride < 2u || stride > 257u) { return fail(VYRE_F_BAD_PROGRAM, first + 3u); }
+    if (hload(tb + 7u) != 0u) { return fail(VYRE_F_BAD_PROGRAM, first + 7u); }
+    let rows64 = mul32(states, stride);
+    let words = add64(add64(rows64, vec2<u32>(DFA_TRANS_WORD, 0u)), add64(vec2<u32>(states, 0u), vec2<u32>(mwords, 0u)));
+    if (ltu64(tsize, shl64(words, 2u))) { return fail(VYRE_F_BAD_PROGRAM, first + 6u); }
+    // From here the whole table lies inside a buffer of at most 2^32 bytes: every word
+    // index fits in u32.
+    let rows_end = rows64.x;
+    // The largest row offset whose C columns all lie inside the transitions.
+    let last_row = rows_end - stride;
+    let mi = DFA_TRANS_WORD + rows_end;
+    let ml = mi + states;
+    for (var w = 0u; w < 64u; w++) {
+        let v = hload(tb + DFA_CLASS_MAP_WORD + w);
+        for (var k = 0u; k < 4u; k++) {
+            let c = (v >> (8u * k)) & 0xffu;
+            if (c >= stride - 1u) { return fail(VYRE_F_BAD_PROGRAM, first + DFA_CLASS_MAP_WORD + w); }
+            dfa_classes[4u * w + k] = c;
+        }
+    }
+    var state: u32;
+    if ((start & DFA_START_LOOKBEHIND) != 0u) {
+        let code = start & ~DFA_START_LOOKBEHIND;
+        if (code > DFA_START_TEXT) { return fail(VYRE_F_MALFORMED_SLOT, 5u); }
+        let at = DFA_START_WORD + code;
+        let s = hload(tb + at);
+        if (s > last_row) { return fail(VYRE_F_BAD_PROGRAM, first + at); }
+        state = s;
+    } else {
+        if (start > last_row) { return fail(VYRE_F_MALFORMED_SLOT, 5u); }
+        state = start;
+    }
+    let report_from = report & ~DFA_REPORT_EOI;
+    // Hit header word 1: the state after the first min(report_from, len) bytes.
+    var at_report = state;
+    for (var i = 0u; i < len; i++) {
+        if (i == report_from) { at_report = state; }
+        let at = DFA_TRANS_WORD + state + dfa_classes[next_byte(db, off + i, i == 0u)];
+        let next = hload(tb + at);
+        if ((next & ~DFA_MATCH_BIT) > last_row) { return fail(VYRE_F_BAD_PROGRAM, first + at); }
+        if ((next & DFA_MATCH_BIT) != 0u) {
+            if (!dfa_emit(tb, hb, hits_off, capacity, stride, mi, ml, mwords, report_from, next, i)) {
+                return false;
+            }
+        }
+        state = next & ~DFA_MATCH_BIT;
+    }
+    if ((report & DFA_REPORT_EOI) != 0u) {
+        let at = DFA_TRANS_WORD + state + stride - 1u;
+        let next = hload(tb + at);
+        if ((next & ~DFA_MATCH_BIT) > last_row) { return fail(VYRE_F_BAD_PROGRAM, first + at); }
+        if ((next & DFA_MATCH_BIT) != 0u) {
+            if (!dfa_emit(tb, hb, hits_off, capacity, stride, mi, ml, mwords, report_from, next, len)) {
+                return false;
+            }
+        }
+    }
+    if (report_from >= len) { at_report = state; }
+    dfa_state = state;
+    dfa_at_report = at_report;
     return true;
 }
 
@@ -545,80 +628,50 @@ fn op_dfa_scan() -> bool {
     // hits_off + 8 + 8 * capacity <= size, in 64 bits.
     let need = add64(vec2<u32>(hits_off, 0u), add64(vec2<u32>(8u, 0u), shl64(vec2<u32>(capacity, 0u), 3u)));
     if (ltu64(vec2<u32>(hbuf.size_lo, hbuf.size_hi), need)) { return fail(VYRE_F_OUT_OF_BOUNDS, hits_off); }
-    // The header (dfa.rs check_header).
     let tb = tbuf.base;
     let tsize = vec2<u32>(tbuf.size_lo, tbuf.size_hi);
-    if (ltu64(tsize, vec2<u32>(DFA_TRANS_WORD * 4u, 0u))) { return fail(VYRE_F_BAD_PROGRAM, 0u); }
-    if (hload(tb) != DFA_MAGIC) { return fail(VYRE_F_BAD_PROGRAM, 0u); }
-    if (hload(tb + 1u) != DFA_VERSION) { return fail(VYRE_F_BAD_PROGRAM, 1u); }
-    let states = hload(tb + 2u);
-    let stride = hload(tb + 3u);
-    let mwords = hload(tb + 6u);
-    if (states == 0u) { return fail(VYRE_F_BAD_PROGRAM, 2u); }
-    if (stride < 2u || stride > 257u) { return fail(VYRE_F_BAD_PROGRAM, 3u); }
-    if (hload(tb + 7u) != 0u) { return fail(VYRE_F_BAD_PROGRAM, 7u); }
-    let rows64 = mul32(states, stride);
-    let words = add64(add64(rows64, vec2<u32>(DFA_TRANS_WORD, 0u)), add64(vec2<u32>(states, 0u), vec2<u32>(mwords, 0u)));
-    if (ltu64(tsize, shl64(words, 2u))) { return fail(VYRE_F_BAD_PROGRAM, 6u); }
-    // From here the whole table lies inside a buffer of at most 2^32 bytes: every word
-    // index fits in u32.
-    let rows_end = rows64.x;
-    // The largest row offset whose C columns all lie inside the transitions.
-    let last_row = rows_end - stride;
-    let mi = DFA_TRANS_WORD + rows_end;
-    let ml = mi + states;
-    for (var w = 0u; w < 64u; w++) {
-        let v = hload(tb + DFA_CLASS_MAP_WORD + w);
-        for (var k = 0u; k < 4u; k++) {
-            let c = (v >> (8u * k)) & 0xffu;
-            if (c >= stride - 1u) { return fail(VYRE_F_BAD_PROGRAM, DFA_CLASS_MAP_WORD + w); }
-            dfa_classes[4u * w + k] = c;
-        }
-    }
-    var state: u32;
-    if ((start & DFA_START_LOOKBEHIND) != 0u) {
-        let code = start & ~DFA_START_LOOKBEHIND;
-        if (code > DFA_START_TEXT) { return fail(VYRE_F_MALFORMED_SLOT, 5u); }
-        let at = DFA_START_WORD + code;
-        let s = hload(tb + at);
-        if (s > last_row) { return fail(VYRE_F_BAD_PROGRAM, at); }
-        state = s;
-    } else {
-        if (start > last_row) { return fail(VYRE_F_MALFORMED_SLOT, 5u); }
-        state = start;
-    }
-    let report_from = report & ~DFA_REPORT_EOI;
+    let db = buf(data).base;
     dfa_found = 0u;
     dfa_stored = 0u;
-    let db = buf(data).base;
-    // Hit header word 1: the state after the first min(report_from, len) bytes.
-    var at_report = state;
-    for (var i = 0u; i < len; i++) {
-        if (i == report_from) { at_report = state; }
-        let at = DFA_TRANS_WORD + state + dfa_classes[next_byte(db, off + i, i == 0u)];
-        let next = hload(tb + at);
-        if ((next & ~DFA_MATCH_BIT) > last_row) { return fail(VYRE_F_BAD_PROGRAM, at); }
-        if ((next & DFA_MATCH_BIT) != 0u) {
-            if (!dfa_emit(tb, hbuf.base, hits_off, capacity, stride, mi, ml, mwords, report_from, next, i)) {
+    dfa_pbase = 0u;
+    dfa_first = 0u;
+    if (ltu64(tsize, vec2<u32>(DFA_SET_HEADER_WORDS * 4u, 0u)) || hload(tb) != DFA_SET_MAGIC) {
+        if (!dfa_table(tb, tsize, db, off, len, report, start, hbuf.base, hits_off, capacity)) {
+            return false;
+        }
+    } else {
+        // A table set (crates/vyre-isa/src/dfa.rs): its directory, then each member.
+        if (hload(tb + 1u) != DFA_SET_VERSION) { return fail(VYRE_F_BAD_PROGRAM, 1u); }
+        let n = hload(tb + 2u);
+        let dir_end = DFA_SET_HEADER_WORDS + 2u * min(n, DFA_SET_MAX_MEMBERS);
+        if (n == 0u || n > DFA_SET_MAX_MEMBERS || ltu64(tsize, vec2<u32>(4u * dir_end, 0u))) {
+            return fail(VYRE_F_BAD_PROGRAM, 2u);
+        }
+        if (hload(tb + 3u) != 0u) { return fail(VYRE_F_BAD_PROGRAM, 3u); }
+        for (var k = 0u; k < n; k++) {
+            let w = DFA_SET_HEADER_WORDS + 2u * k;
+            if (hload(tb + w) < dir_end) { return fail(VYRE_F_BAD_PROGRAM, w); }
+        }
+        if ((start & DFA_START_LOOKBEHIND) == 0u) { return fail(VYRE_F_MALFORMED_SLOT, 5u); }
+        for (var k = 0u; k < n; k++) {
+            let w = DFA_SET_HEADER_WORDS + 2u * k;
+            let first = hload(tb + w);
+            dfa_first = first;
+            dfa_pbase = hload(tb + w + 1u);
+            // The buffer's bytes from the member on (0 past the end), in 64 bits.
+            let first_byte = shl64(vec2<u32>(first, 0u), 2u);
+            var msize = vec2<u32>(0u, 0u);
+            if (!ltu64(tsize, first_byte)) { msize = sub64(tsize, first_byte); }
+            // A member past the end fails its size check before tb + first is read.
+            if (!dfa_table(tb + select(first, 0u, ltu64(tsize, first_byte)), msize, db, off, len, report,
+                           start, hbuf.base, hits_off, capacity)) {
                 return false;
             }
         }
-        state = next & ~DFA_MATCH_BIT;
     }
-    if ((report & DFA_REPORT_EOI) != 0u) {
-        let at = DFA_TRANS_WORD + state + stride - 1u;
-        let next = hload(tb + at);
-        if ((next & ~DFA_MATCH_BIT) > last_row) { return fail(VYRE_F_BAD_PROGRAM, at); }
-        if ((next & DFA_MATCH_BIT) != 0u) {
-            if (!dfa_emit(tb, hbuf.base, hits_off, capacity, stride, mi, ml, mwords, report_from, next, len)) {
-                return false;
-            }
-        }
-    }
-    if (report_from >= len) { at_report = state; }
-    hstore(hbuf.base + (hits_off >> 2u) + 1u, at_report);
+    hstore(hbuf.base + (hits_off >> 2u) + 1u, dfa_at_report);
     res[0] = dfa_found;
-    res[1] = state;
+    res[1] = dfa_state;
     res[2] = dfa_stored;
     return true;
 }

@@ -82,6 +82,10 @@ pub fn generated_prelude() -> String {
     wgsl_const(&mut s, "DFA_MATCH_BIT", dfa::MATCH_BIT);
     wgsl_const(&mut s, "DFA_START_LOOKBEHIND", dfa::START_LOOKBEHIND);
     wgsl_const(&mut s, "DFA_REPORT_EOI", dfa::REPORT_EOI);
+    wgsl_const(&mut s, "DFA_SET_MAGIC", dfa::SET_MAGIC);
+    wgsl_const(&mut s, "DFA_SET_VERSION", dfa::SET_VERSION);
+    wgsl_const(&mut s, "DFA_SET_HEADER_WORDS", dfa::SET_HEADER_WORDS as u32);
+    wgsl_const(&mut s, "DFA_SET_MAX_MEMBERS", dfa::SET_MAX_MEMBERS);
     wgsl_const(&mut s, "ARG_COUNT_UNKNOWN", u32::MAX);
     s += "fn arg_count(op: u32) -> u32 {\n    switch (op) {\n";
     for op in SlotOp::ALL {

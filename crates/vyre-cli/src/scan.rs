@@ -84,6 +84,10 @@ pub struct Tuning {
     /// headers written for every batch; the cpu default).
     #[arg(long, value_name = "LAYOUT")]
     pub hit_regions: Option<HitRegions>,
+    /// Bounded rule groups scanned together by one slot per window (a table set), at most
+    /// this many (default 1: one slot per group per window).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub set_members: Option<u32>,
 }
 
 /// See [`Tuning::hit_regions`].
@@ -123,6 +127,9 @@ impl Tuning {
             fixed_hit_regions: self
                 .hit_regions
                 .map_or(defaults.fixed_hit_regions, |l| l == HitRegions::Fixed),
+            set_members: self
+                .set_members
+                .map_or(defaults.set_members, |n| n as usize),
             walk,
             ..defaults
         };

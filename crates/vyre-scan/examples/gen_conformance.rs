@@ -200,7 +200,13 @@ fn write(c: &Case<'_>) {
         }
     };
     for (k, table) in c.tables.iter().enumerate() {
-        let _ = writeln!(t, ".buffer {} {} u32 {}", name(k), table.len() * 4, words(table));
+        let _ = writeln!(
+            t,
+            ".buffer {} {} u32 {}",
+            name(k),
+            table.len() * 4,
+            words(table)
+        );
     }
     let _ = writeln!(t, ".buffer d {} hex \"{}\"", c.data.len(), hex(c.data));
     for (k, (sc, _, _)) in c.slots.iter().enumerate() {
@@ -520,7 +526,8 @@ fn main() {
             (scan(4, 3, 0, false, TEXT, 4), Outcome::Fault("out_of_bounds", 4), "bytes 4..7 of a 6-byte buffer".into()),
             (scan(6, 0, 0, false, TEXT, 4), Outcome::Done([0, ab.table[START_TEXT + 72], 0, ab.table[START_TEXT + 72]], vec![]), "an empty range at the end is in bounds: r1 and the header state = the text-start row (table word 72 + 256)".into()),
         ],
-    });    set_cases(&ab, &overlap, &a);
+    });
+    set_cases(&ab, &overlap, &a);
 }
 
 /// Table sets (`VDFS`, protocol v3): one slot runs several tables over one range.
@@ -529,11 +536,26 @@ fn set_cases(ab: &Set, overlap: &Set, a: &Set) {
     let set3 = table_set(&[(&ab.table, 0), (&overlap.table, 1), (&a.table, 10)]).expect("a set");
     let data: &[u8] = b"xababa!ab";
     let slots = vec![
-        (scan(0, 9, 0, false, TEXT, 32), "the whole text: ab's hits (pattern 0), then aba/ba's (1, 2), then a's (10)"),
-        (scan(0, 9, 0, true, TEXT, 32), "with the end-of-input flag: ab also ends at 9 (= len)"),
-        (scan(1, 8, 3, false, lb(b'x'), 32), "from offset 1 after 'x', reporting from 3: every member skips ends before 3"),
-        (scan(0, 9, 0, false, TEXT, 3), "capacity 3: r0 counts all 10 matches, only ab's two and aba/ba's first are stored"),
-        (scan(9, 0, 0, true, lb(b'b'), 4), "an empty range: no hits; r1 and the header state are the last member's start row"),
+        (
+            scan(0, 9, 0, false, TEXT, 32),
+            "the whole text: ab's hits (pattern 0), then aba/ba's (1, 2), then a's (10)",
+        ),
+        (
+            scan(0, 9, 0, true, TEXT, 32),
+            "with the end-of-input flag: ab also ends at 9 (= len)",
+        ),
+        (
+            scan(1, 8, 3, false, lb(b'x'), 32),
+            "from offset 1 after 'x', reporting from 3: every member skips ends before 3",
+        ),
+        (
+            scan(0, 9, 0, false, TEXT, 3),
+            "capacity 3: r0 counts all 10 matches, only ab's two and aba/ba's first are stored",
+        ),
+        (
+            scan(9, 0, 0, true, lb(b'b'), 4),
+            "an empty range: no hits; r1 and the header state are the last member's start row",
+        ),
     ];
     let slots = slots
         .into_iter()

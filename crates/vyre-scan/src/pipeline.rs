@@ -120,6 +120,15 @@ pub struct ScanOptions {
     /// window). On an H100 host the per-batch headers cost about 0.5 µs per slot, 0.1 s
     /// of a 0.3 s pass at 1,000 words (bench/results/scan-h100.md, session 9).
     pub fixed_hit_regions: bool,
+    /// Bounded rule groups run together, this many at most, as one DFA_SCAN per window
+    /// over a table set (`vyre_isa::dfa`, `VDFS`) instead of one slot per group per
+    /// window; 1 (the default): every group its own slots. Sets cut the slots the driver
+    /// thread plans, publishes and completes, but a set's slot runs its members one after
+    /// another on one GPU lane: with the 20 secret regexes (7 bounded groups in one set, 3
+    /// unbounded) on an H100 the driver's publishing and hit handling fell by about 0.1 s
+    /// and its wait for the device rose by about 0.2 s, so the pass did not get faster
+    /// (0.78-1.05 s against 0.65-0.97 s; bench/results/scan-h100.md, session 10).
+    pub set_members: usize,
     /// How directories are walked.
     pub walk: WalkOptions,
 }
@@ -189,9 +198,49 @@ impl Default for ScanOptions {
             unbounded_on_host: false,
             speculate_unbounded: false,
             fixed_hit_regions: false,
+            set_members: 1,
             walk: WalkOptions::default(),
         }
     }
+}
+
+/// `rules` with its bounded groups gathered, in order, into table sets of at most
+/// `members` groups ([`ScanOptions::set_members`]): each set is one group whose table is a
+/// `VDFS` set of the members' tables, whose pattern ids are the members' one after another
+/// (each member's pattern base is the number of patterns before it), and whose longest
+/// match is the longest of theirs. Unbounded groups stay as they are, after the sets. `None`
+/// where no set would hold two groups (the tables are copied into the sets: nothing to copy
+/// then).
+fn with_table_sets(rules: &Compiled, members: usize) -> Option<Compiled> {
+    let members = members.max(1);
+    let (bounded, unbounded): (Vec<&Group>, Vec<&Group>) =
+        rules.groups.iter().partition(|g| g.max_len.is_some());
+    if members < 2 || bounded.len() < 2 {
+        return None;
+    }
+    let mut groups = Vec::new();
+    for chunk in bounded.chunks(members) {
+        let mut base = 0u32;
+        let mut parts = Vec::with_capacity(chunk.len());
+        for g in chunk {
+            parts.push((g.table.as_slice(), base));
+            base = base.saturating_add(g.rules.len() as u32);
+        }
+        match vyre_isa::dfa::table_set(&parts).filter(|_| chunk.len() > 1) {
+            Some(table) => groups.push(Group {
+                table,
+                rules: chunk.iter().flat_map(|g| g.rules.iter().copied()).collect(),
+                max_len: chunk.iter().filter_map(|g| g.max_len).max(),
+            }),
+            // One group, or more table words than a set can address: as they are.
+            None => groups.extend(chunk.iter().map(|&g| g.clone())),
+        }
+    }
+    groups.extend(unbounded.into_iter().cloned());
+    Some(Compiled {
+        groups,
+        names: rules.names.clone(),
+    })
 }
 
 /// Where results go. Calls for one file arrive in order: its matches by increasing end
@@ -420,6 +469,8 @@ pub fn scan(
     sink: &mut dyn Sink,
 ) -> Result<Summary, ScanError> {
     let start = Instant::now();
+    let sets = with_table_sets(rules, opts.set_members);
+    let rules = sets.as_ref().unwrap_or(rules);
     let speculating = opts.speculate_unbounded && rules.groups.iter().any(|g| g.max_len.is_none());
     let overlap = rules
         .groups

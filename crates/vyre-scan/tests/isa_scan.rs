@@ -138,6 +138,61 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(300)))]
+
+    /// A slot over a table set of some of the groups (in any order, with any pattern
+    /// bases) equals `scan_slice` of each member in turn: hits in member order with the
+    /// bases added, cut to the capacity; r1 and header word 1 are the last member's.
+    #[test]
+    fn a_table_set_scans_like_its_members_one_after_another(
+        data in prop::collection::vec(prop::sample::select(b"aAbB c".to_vec()), 0..60),
+        range in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+        report_from in 0u32..64,
+        eoi in any::<bool>(),
+        code in 0u16..=256,
+        capacity in 0u32..24,
+        picks in prop::collection::vec((any::<prop::sample::Index>(), 0u32..1000), 1..5),
+    ) {
+        let c = compile(&rule_set(), &Limits { max_group_rules: 1, ..Limits::default() }).expect("compiles");
+        let (x, y) = (range.0.index(data.len() + 1), range.1.index(data.len() + 1));
+        let (off, len) = (x.min(y), x.max(y) - x.min(y));
+        let members: Vec<(&[u32], u32)> = picks
+            .iter()
+            .map(|(i, base)| (c.groups[i.index(c.groups.len())].table.as_slice(), *base))
+            .collect();
+        let set = vyre_isa::dfa::table_set(&members).expect("a set");
+        let start = Start::LookBehind(code);
+        let (mut want, mut found, mut last, mut at_report) = (Vec::new(), 0u32, 0, 0);
+        for &(table, base) in &members {
+            let mut hits = Vec::new();
+            last = scan_slice(table, &data[off..off + len], start, report_from, eoi, &mut hits);
+            found += hits.len() as u32;
+            want.extend(hits.into_iter().map(|(e, p)| (e, p + base)));
+            let n = (report_from as usize).min(len);
+            at_report = scan_slice(table, &data[off..off + n], start, u32::MAX, false, &mut Vec::new());
+        }
+        let table: Vec<u8> = set.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut region = vec![0xA5u8; (8 + 8 * capacity) as usize];
+        region[..4].copy_from_slice(&capacity.to_le_bytes());
+        let mem = Bufs(RefCell::new(vec![table, data.clone(), region.clone()]));
+        let report = report_from | if eoi { REPORT_EOI } else { 0 };
+        let start_word = START_LOOKBEHIND | u32::from(code);
+        let got = vyre_isa::dfa::scan(&mem, &[1, 2, off as u32, len as u32, report, start_word, 3, 0])
+            .expect("a valid set and range do not fault");
+        let stored = want.len().min(capacity as usize);
+        prop_assert_eq!(got, [found, last, stored as u32, 0]);
+        let mut expect = region;
+        expect[4..8].copy_from_slice(&at_report.to_le_bytes());
+        for (k, &(end, p)) in want.iter().take(stored).enumerate() {
+            let at = HIT_HEADER_BYTES as usize + 8 * k;
+            expect[at..at + 4].copy_from_slice(&end.to_le_bytes());
+            expect[at + 4..at + 8].copy_from_slice(&p.to_le_bytes());
+        }
+        prop_assert_eq!(&mem.0.borrow()[2], &expect);
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(500)))]
 
     /// A table that `check_table` accepts never faults in the reference scan from a

@@ -193,6 +193,8 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
             speculate_unbounded,
             // Hit regions as on a GPU in the speculative rows and with odd windows.
             fixed_hit_regions: speculate_unbounded || window % 2 == 1,
+            // Bounded groups one slot each, in table sets of two, and all in one set.
+            set_members: [1, 2, 16][hit_capacity as usize % 3],
             walk: WalkOptions::default(),
         };
         let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
@@ -246,6 +248,7 @@ fn speculative_windows_that_miss_a_long_partial_match_are_scanned_again() {
             unbounded_on_host: false,
             speculate_unbounded: true,
             fixed_hit_regions: window != 1000,
+            set_members: 16,
             walk: WalkOptions::default(),
         };
         let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
@@ -278,6 +281,7 @@ fn a_file_larger_than_everything_in_flight_streams() {
         unbounded_on_host: false,
         speculate_unbounded: false,
         fixed_hit_regions: true,
+        set_members: 16,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -383,6 +387,7 @@ fn thousands_of_literal_rules_agree_with_the_reference() {
         unbounded_on_host: false,
         speculate_unbounded: false,
         fixed_hit_regions: false,
+        set_members: 16,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -444,6 +449,7 @@ fn a_faulting_scan_fails_its_file_once_and_the_others_go_on() {
         unbounded_on_host: false,
         speculate_unbounded: false,
         fixed_hit_regions: false,
+        set_members: 16,
         walk: WalkOptions::default(),
     };
     let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();

@@ -85,7 +85,7 @@ pub struct Tuning {
     #[arg(long, value_name = "LAYOUT")]
     pub hit_regions: Option<HitRegions>,
     /// Bounded rule groups scanned together by one slot per window (a table set), at most
-    /// this many (default 1: one slot per group per window).
+    /// this many (default: 4 on a GPU, 1 on cpu; 1: one slot per group per window).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub set_members: Option<u32>,
 }

@@ -315,14 +315,17 @@ fn scan_matches_cpu(passed: &mut u32, failed: &mut u32) {
     let (want, ws, _) = run(Arc::new(vyre_cpu::CpuBackend::new()), &opts);
     let want = sorted(want);
     // Device and mapped buffers; hit regions in host memory laid out per batch, then at
-    // fixed places (the GPU default).
-    for (label, placement, fixed_hit_regions) in [
-        ("device", BufferPlacement::Device, false),
-        ("mapped", BufferPlacement::HostMapped, false),
-        ("device_fixed_hit_regions", BufferPlacement::Device, true),
+    // fixed places (the GPU default); then the bounded groups in table sets (the GPU
+    // default: one DFA_SCAN per window runs several tables).
+    for (label, placement, fixed_hit_regions, set_members) in [
+        ("device", BufferPlacement::Device, false, 1),
+        ("mapped", BufferPlacement::HostMapped, false, 1),
+        ("device_fixed_hit_regions", BufferPlacement::Device, true, 1),
+        ("device_table_sets", BufferPlacement::Device, true, 4),
     ] {
         let opts = ScanOptions {
             fixed_hit_regions,
+            set_members,
             ..opts.clone()
         };
         let (got, gs, secs) = run(cuda(placement), &opts);

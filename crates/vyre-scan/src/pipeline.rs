@@ -122,12 +122,14 @@ pub struct ScanOptions {
     pub fixed_hit_regions: bool,
     /// Bounded rule groups run together, this many at most, as one DFA_SCAN per window
     /// over a table set (`vyre_isa::dfa`, `VDFS`) instead of one slot per group per
-    /// window; 1 (the default): every group its own slots. Sets cut the slots the driver
-    /// thread plans, publishes and completes, but a set's slot runs its members one after
-    /// another on one GPU lane: with the 20 secret regexes (7 bounded groups in one set, 3
-    /// unbounded) on an H100 the driver's publishing and hit handling fell by about 0.1 s
-    /// and its wait for the device rose by about 0.2 s, so the pass did not get faster
-    /// (0.78-1.05 s against 0.65-0.97 s; bench/results/scan-h100.md, session 10).
+    /// window; 1: every group its own slots (the cpu default, where slots are 1 MiB
+    /// windows and sets measured no different). Sets cut the slots the driver thread
+    /// plans, publishes and completes, but a set's slot runs its members one after another
+    /// on one GPU lane, so a window takes that many times as long. With the 20 secret
+    /// regexes (7 bounded groups, 3 unbounded) on an H100, sets of 4 made the bench's pass
+    /// about 13% faster than no sets (medians of 8 alternated passes 0.736 s against
+    /// 0.844 s); one set of all 7 was no faster (the driver's wait for the device rose by
+    /// 0.2 s), so 4 is the GPU default (bench/results/scan-h100.md, session 10).
     pub set_members: usize,
     /// How directories are walked.
     pub walk: WalkOptions,
@@ -159,6 +161,7 @@ impl ScanOptions {
                 hit_capacity: 256,
                 speculate_unbounded: true,
                 fixed_hit_regions: true,
+                set_members: 4,
                 ..ScanOptions::default()
             },
         }

@@ -80,7 +80,9 @@ macro_rules! for_each_slot_op {
             CountByte = 0x22, "COUNT_BYTE", [buf: Buffer, off: Value, len: Value, byte: Value],
                 "r0 = the count";
             /// Runs a byte DFA (a `VDFA` table in buffer `table`, format in PROTOCOL.md
-            /// and `crate::dfa`) over `len` bytes of `data` at `off`, from the start state
+            /// and `crate::dfa`; or a `VDFS` set of tables, run one after another into the
+            /// same hit region, each member's pattern ids plus its base, protocol v3) over
+            /// `len` bytes of `data` at `off`, from the start state
             /// `start` (bit 31 set: a look-behind code in bits 0..9, 0..=255 = the byte
             /// before the range, 256 = start of text; clear: a state row offset). Consuming
             /// byte i into a match state reports every pattern of that state with end i;

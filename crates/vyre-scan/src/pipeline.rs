@@ -463,6 +463,65 @@ fn deliver(rx: Receiver<Delivery>, rules: &Compiled, sink: &mut dyn Sink, stoppe
     );
 }
 
+/// The batch buffers (data and hit regions) one scan leaves for the next on the same
+/// backend ([`scan_reusing`]). A scan makes `in_flight` pairs, on cuda 16 MiB of device
+/// memory and up to 85 MB of page-locked hit regions each; the runtime has no way to free a
+/// buffer, so a process that scans again and again (a service, `vyre bench scan`'s passes)
+/// would otherwise take that memory anew every time, and making it stalls the scan's own
+/// copies into the device (the driver's copy starts took 30-58 ms of a 0.2 s pass with the
+/// set-up thread allocating beside it, 12-19 ms at the worst one, on an H100 host; bench/results/scan-h100.md, session 10).
+#[derive(Debug, Default)]
+pub struct ScanBuffers {
+    /// The backend the buffers belong to (by address), their layout as asked for and as
+    /// made, and the pairs.
+    kept: Option<(usize, driver::Pairs, driver::Pairs, Vec<driver::Buffers>)>,
+}
+
+impl ScanBuffers {
+    /// No buffers yet.
+    pub fn new() -> ScanBuffers {
+        ScanBuffers::default()
+    }
+
+    /// How many pairs are kept.
+    pub fn pairs(&self) -> usize {
+        self.kept.as_ref().map_or(0, |k| k.3.len())
+    }
+
+    fn owner(mk: &Megakernel) -> usize {
+        Arc::as_ptr(&mk.backend()) as *const () as usize
+    }
+
+    /// Up to `most` kept pairs made on `mk`'s backend for layout `wanted`, and the layout
+    /// they were made with; otherwise `wanted` and none.
+    fn take(
+        &mut self,
+        mk: &Megakernel,
+        wanted: &driver::Pairs,
+        most: usize,
+    ) -> (driver::Pairs, Vec<driver::Buffers>) {
+        match self.kept.take() {
+            Some((owner, asked, made, mut pairs))
+                if owner == Self::owner(mk) && asked == *wanted =>
+            {
+                pairs.truncate(most);
+                (made, pairs)
+            }
+            _ => (wanted.clone(), Vec::new()),
+        }
+    }
+
+    fn put(
+        &mut self,
+        mk: &Megakernel,
+        asked: driver::Pairs,
+        made: driver::Pairs,
+        pairs: Vec<driver::Buffers>,
+    ) {
+        self.kept = Some((Self::owner(mk), asked, made, pairs));
+    }
+}
+
 /// Scans `paths` with `rules` on `mk`'s backend, reporting to `sink`.
 pub fn scan(
     mk: &Megakernel,
@@ -470,6 +529,20 @@ pub fn scan(
     paths: &[PathBuf],
     opts: &ScanOptions,
     sink: &mut dyn Sink,
+) -> Result<Summary, ScanError> {
+    scan_reusing(mk, rules, paths, opts, sink, &mut ScanBuffers::new())
+}
+
+/// [`scan`], with the batch buffers an earlier scan on the same backend left in `buffers`
+/// (where their layout is the one this scan needs), leaving this scan's there in turn when
+/// it completes.
+pub fn scan_reusing(
+    mk: &Megakernel,
+    rules: &Compiled,
+    paths: &[PathBuf],
+    opts: &ScanOptions,
+    sink: &mut dyn Sink,
+    buffers: &mut ScanBuffers,
 ) -> Result<Summary, ScanError> {
     let start = Instant::now();
     let sets = with_table_sets(rules, opts.set_members);
@@ -556,20 +629,26 @@ pub fn scan(
                 };
                 // On error the receiver of items is dropped here and the walk stops at its
                 // next send.
-                let (mut driver, set_up) = driver::Driver::new(mk, rules, opts, pool)?;
+                let (mut driver, set_up) = driver::Driver::new(mk, rules, opts, pool, buffers)?;
                 let set_up = thread::Builder::new()
                     .name("vyre-scan-setup".into())
                     .spawn_scoped(s, move || set_up.run())
                     .expect("spawn the scan set-up");
                 let result = driver.run(item_rx, &mut reports);
-                drop(driver);
+                // After an error the set-up thread stops at its next send.
+                let driver = result.is_ok().then_some(driver);
                 // A panic of the set-up thread is an error of this scan, not of the caller.
-                match set_up.join() {
-                    Ok(()) => result,
-                    Err(_) => Err(ScanError::Options(
+                let joined = set_up.join().map_err(|_| {
+                    ScanError::Options(
                         "the scan's set-up thread panicked (see the message above)".into(),
-                    )),
+                    )
+                });
+                let summary = result?;
+                joined?;
+                if let Some(d) = driver {
+                    d.finish(buffers)?;
                 }
+                Ok::<Summary, ScanError>(summary)
             })
             .expect("spawn the scan driver");
         deliver(report_rx, rules, sink, &stopped);

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vyre_cpu::CpuBackend;
 use vyre_runtime::{Backend, Config, Megakernel};
-use vyre_scan::pipeline::{scan, FileError, ScanOptions, Sink, Summary, WalkOptions};
+use vyre_scan::pipeline::{
+    scan, scan_reusing, FileError, ScanBuffers, ScanOptions, Sink, Summary, WalkOptions,
+};
 use vyre_scan::{compile, reference_matches, Limits, RuleSet};
 
 #[derive(Default)]
@@ -287,6 +289,65 @@ fn a_file_larger_than_everything_in_flight_streams() {
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
     let (got, _) = run(backend, &rules, std::slice::from_ref(&p), &opts);
     expect_reference(&rules, &[(p, data)], &got);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_second_scan_reuses_the_first_ones_batch_buffers_when_their_layout_fits() {
+    let rules = RuleSet::parse_toml(RULES, "test").unwrap();
+    let compiled = compile(&rules, &Limits::default()).expect("rules compile");
+    let dir = temp_dir("reuse");
+    let mut rng = Rng(11);
+    let mut files = Vec::new();
+    for (i, len) in [0usize, 3000, 20_000, 70_000].into_iter().enumerate() {
+        let plant: Vec<usize> = (0..len).step_by(97).collect();
+        let data = corpus(&mut rng, len, &plant);
+        let p = dir.join(format!("r{i}.bin"));
+        std::fs::write(&p, &data).unwrap();
+        files.push((p, data));
+    }
+    let opts = ScanOptions {
+        window: 4096,
+        segment: 8192,
+        batch: 4 * 8192,
+        in_flight: 3,
+        readers: 1,
+        hit_capacity: 4096,
+        staging: true,
+        unbounded_on_host: false,
+        speculate_unbounded: true,
+        fixed_hit_regions: true,
+        set_members: 4,
+        walk: WalkOptions::default(),
+    };
+    let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
+    let mk = Megakernel::launch(backend, Config::default()).expect("launch");
+    let mut buffers = ScanBuffers::new();
+    // Buffers a scan made: handles are numbered in order, so a probe buffer after each
+    // scan says how many.
+    let probe = |mk: &Megakernel| mk.create_buffer(4).expect("a probe buffer");
+    let mut made = Vec::new();
+    let mut last = probe(&mk);
+    for (pass, capacity) in [4096, 4096, 100].into_iter().enumerate() {
+        let opts = ScanOptions {
+            hit_capacity: capacity,
+            ..opts.clone()
+        };
+        let mut got = Collect::default();
+        let dirs = std::slice::from_ref(&dir);
+        scan_reusing(&mk, &compiled, dirs, &opts, &mut got, &mut buffers).expect("scan");
+        assert!(got.errors.is_empty(), "pass {pass}: {:?}", got.errors);
+        expect_reference(&rules, &files, &got);
+        assert_eq!(buffers.pairs(), 3, "pass {pass} leaves its pairs");
+        let now = probe(&mk);
+        made.push(now - last - 1);
+        last = now;
+    }
+    // The second scan made only its tables; the third (another hit capacity, so another
+    // layout) made new pairs again.
+    assert_eq!(made[0] - made[1], 2 * 3, "buffers made per pass: {made:?}");
+    assert_eq!(made[2], made[0], "buffers made per pass: {made:?}");
+    mk.shutdown().expect("shutdown");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

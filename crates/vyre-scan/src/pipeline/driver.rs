@@ -120,7 +120,7 @@ impl HostHits {
 
 /// One pooled pair of backend buffers.
 #[derive(Debug, Clone, Copy)]
-struct Buffers {
+pub(crate) struct Buffers {
     data: u32,
     hits: u32,
 }
@@ -241,6 +241,9 @@ pub(crate) struct Driver<'a> {
     overflow: Option<Overflow>,
     summary: Summary,
     stages: Stages,
+    /// The batch buffers' layout as asked for, and as made (hit regions in device memory
+    /// where the backend refused host memory): what [`Driver::finish`] leaves for reuse.
+    layout: (Pairs, Pairs),
 }
 
 /// Where the driver thread's time went (logged at the end of a scan, at `info` level of
@@ -296,6 +299,7 @@ impl<'a> Driver<'a> {
         rules: &'a Compiled,
         opts: &ScanOptions,
         packs: Arc<PackPool>,
+        reuse: &mut super::ScanBuffers,
     ) -> Result<(Driver<'a>, SetUp<'a>), ScanError> {
         let started = Instant::now();
         let tables = rules
@@ -361,26 +365,32 @@ impl<'a> Driver<'a> {
                 )));
             }
         }
-        let mut pairs = Pairs {
+        let wanted = Pairs {
             data: opts.batch.next_multiple_of(4) as u64,
             host: host_hits,
             device_regions: max_slots,
             region,
             hit_capacity: opts.hit_capacity,
         };
-        let (first, in_host) = pairs.create(mk)?;
-        let host_hits = host_hits.filter(|_| in_host);
-        if !in_host {
-            // Every pair alike: the driver lays hit regions out one way.
-            pairs.host = None;
+        // Pairs an earlier scan on this backend left with the same layout, else a new one.
+        let (mut pairs, mut free) = reuse.take(mk, &wanted, opts.in_flight);
+        if free.is_empty() {
+            let (first, in_host) = wanted.create(mk)?;
+            if !in_host {
+                // Every pair alike: the driver lays hit regions out one way.
+                pairs.host = None;
+            }
+            free.push(first);
         }
+        let host_hits = pairs.host;
+        let spare = opts.in_flight - free.len();
         let (tx, ready) = sync_channel(opts.in_flight + 1);
         let set_up = SetUp {
             mk,
             rules,
             tables: tables.clone(),
-            pairs,
-            count: opts.in_flight - 1,
+            pairs: pairs.clone(),
+            count: spare,
             tx,
         };
         let (mut unbounded, bounded): (Vec<usize>, Vec<usize>) =
@@ -401,10 +411,11 @@ impl<'a> Driver<'a> {
             bounded,
             spec,
             spec_state: HashMap::new(),
-            free: vec![first],
+            free,
             ready: Some(ready),
             tables_ready: false,
-            spare: opts.in_flight - 1,
+            spare,
+            layout: (wanted, pairs),
             packs,
             held: Vec::new(),
             fifo: VecDeque::new(),
@@ -589,6 +600,17 @@ impl<'a> Driver<'a> {
             st.spec_rescan.as_secs_f64()
         );
         Ok(self.summary.clone())
+    }
+
+    /// After a scan that completed every batch and a set-up thread that has finished: every
+    /// batch buffer pair into `reuse`, for the next scan on this backend.
+    pub(crate) fn finish(mut self, reuse: &mut super::ScanBuffers) -> Result<(), ScanError> {
+        self.take_ready(false)?;
+        if self.fifo.is_empty() && self.current.is_none() && self.spare == 0 {
+            let (wanted, made) = self.layout;
+            reuse.put(self.mk, wanted, made, self.free);
+        }
+        Ok(())
     }
 
     fn current_has(&self, seq: u64) -> bool {
@@ -1278,8 +1300,8 @@ enum Ready {
 }
 
 /// How a batch's pair of buffers is made.
-#[derive(Debug, Clone)]
-struct Pairs {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pairs {
     /// Bytes of the data buffer.
     data: u64,
     /// Hit buffers in host memory, if asked for.

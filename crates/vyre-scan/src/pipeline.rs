@@ -463,18 +463,25 @@ fn deliver(rx: Receiver<Delivery>, rules: &Compiled, sink: &mut dyn Sink, stoppe
     );
 }
 
-/// The batch buffers (data and hit regions) one scan leaves for the next on the same
-/// backend ([`scan_reusing`]). A scan makes `in_flight` pairs, on cuda 16 MiB of device
-/// memory and up to 85 MB of page-locked hit regions each; the runtime has no way to free a
-/// buffer, so a process that scans again and again (a service, `vyre bench scan`'s passes)
-/// would otherwise take that memory anew every time, and making it stalls the scan's own
-/// copies into the device (the driver's copy starts took 30-58 ms of a 0.2 s pass with the
-/// set-up thread allocating beside it, 12-19 ms at the worst one, on an H100 host; bench/results/scan-h100.md, session 10).
+/// The buffers one scan leaves for the next on the same backend ([`scan_reusing`]): its batch
+/// buffer pairs (data and hit regions; reused when the next scan lays them out the same way),
+/// its table buffers (reused for tables of the same size, the new tables uploaded into them)
+/// and its overflow buffer. A scan makes `in_flight` pairs, on cuda 16 MiB of device memory
+/// and up to 85 MB of page-locked hit regions each, and 170 MB of tables at 10,000 rules; the
+/// runtime has no way to free a buffer, so a process that scans again and again (a service,
+/// `vyre bench scan`'s passes) would otherwise take that memory anew every time, and making
+/// it stalls the scan's own copies into the device (the driver's copy starts took 30-58 ms of
+/// a 0.2 s pass with the set-up thread allocating beside it, 12-19 ms at the worst one, on an
+/// H100 host; bench/results/scan-h100.md, session 10).
 #[derive(Debug, Default)]
 pub struct ScanBuffers {
-    /// The backend the buffers belong to (by address), their layout as asked for and as
-    /// made, and the pairs.
-    kept: Option<(usize, driver::Pairs, driver::Pairs, Vec<driver::Buffers>)>,
+    /// The backend the buffers belong to, by address (0: none yet).
+    owner: usize,
+    /// Batch buffer pairs, with their layout as asked for and as made.
+    pairs: Option<(driver::Pairs, driver::Pairs, Vec<driver::Buffers>)>,
+    /// Table buffers, by size in bytes.
+    tables: Vec<(u64, u32)>,
+    overflow: Option<driver::Overflow>,
 }
 
 impl ScanBuffers {
@@ -483,27 +490,36 @@ impl ScanBuffers {
         ScanBuffers::default()
     }
 
-    /// How many pairs are kept.
+    /// How many batch buffer pairs are kept.
     pub fn pairs(&self) -> usize {
-        self.kept.as_ref().map_or(0, |k| k.3.len())
+        self.pairs.as_ref().map_or(0, |k| k.2.len())
     }
 
-    fn owner(mk: &Megakernel) -> usize {
-        Arc::as_ptr(&mk.backend()) as *const () as usize
+    /// How many table buffers are kept.
+    pub fn tables(&self) -> usize {
+        self.tables.len()
     }
 
-    /// Up to `most` kept pairs made on `mk`'s backend for layout `wanted`, and the layout
-    /// they were made with; otherwise `wanted` and none.
-    fn take(
+    /// Forgets buffers of another backend than `mk`'s.
+    fn claim(&mut self, mk: &Megakernel) {
+        let owner = Arc::as_ptr(&mk.backend()) as *const () as usize;
+        if owner != self.owner {
+            *self = ScanBuffers {
+                owner,
+                ..ScanBuffers::default()
+            };
+        }
+    }
+
+    /// Up to `most` kept pairs made for layout `wanted`, and the layout they were made with;
+    /// otherwise `wanted` and none (kept pairs of another layout are forgotten).
+    fn take_pairs(
         &mut self,
-        mk: &Megakernel,
         wanted: &driver::Pairs,
         most: usize,
     ) -> (driver::Pairs, Vec<driver::Buffers>) {
-        match self.kept.take() {
-            Some((owner, asked, made, mut pairs))
-                if owner == Self::owner(mk) && asked == *wanted =>
-            {
+        match self.pairs.take() {
+            Some((asked, made, mut pairs)) if asked == *wanted => {
                 pairs.truncate(most);
                 (made, pairs)
             }
@@ -511,14 +527,10 @@ impl ScanBuffers {
         }
     }
 
-    fn put(
-        &mut self,
-        mk: &Megakernel,
-        asked: driver::Pairs,
-        made: driver::Pairs,
-        pairs: Vec<driver::Buffers>,
-    ) {
-        self.kept = Some((Self::owner(mk), asked, made, pairs));
+    /// A kept table buffer of exactly `bytes`.
+    fn take_table(&mut self, bytes: u64) -> Option<u32> {
+        let i = self.tables.iter().position(|&(b, _)| b == bytes)?;
+        Some(self.tables.swap_remove(i).1)
     }
 }
 

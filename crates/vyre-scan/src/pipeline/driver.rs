@@ -302,10 +302,18 @@ impl<'a> Driver<'a> {
         reuse: &mut super::ScanBuffers,
     ) -> Result<(Driver<'a>, SetUp<'a>), ScanError> {
         let started = Instant::now();
+        reuse.claim(mk);
+        // Buffers of the sizes an earlier scan's tables had are used again (the set-up thread
+        // uploads this scan's tables into them).
         let tables = rules
             .groups
             .iter()
-            .map(|g| mk.create_buffer(g.table.len() as u64 * 4))
+            .map(|g| {
+                let bytes = g.table.len() as u64 * 4;
+                reuse
+                    .take_table(bytes)
+                    .map_or_else(|| mk.create_buffer(bytes), Ok)
+            })
             .collect::<Result<Vec<u32>, _>>()?;
         // Groups that run as slots (unbounded ones may be scanned by the walk threads).
         let speculate = opts.speculate_unbounded;
@@ -373,7 +381,7 @@ impl<'a> Driver<'a> {
             hit_capacity: opts.hit_capacity,
         };
         // Pairs an earlier scan on this backend left with the same layout, else a new one.
-        let (mut pairs, mut free) = reuse.take(mk, &wanted, opts.in_flight);
+        let (mut pairs, mut free) = reuse.take_pairs(&wanted, opts.in_flight);
         if free.is_empty() {
             let (first, in_host) = wanted.create(mk)?;
             if !in_host {
@@ -425,7 +433,7 @@ impl<'a> Driver<'a> {
             region,
             host_hits,
             max_slots,
-            overflow: None,
+            overflow: reuse.overflow.take(),
             summary: Summary::default(),
             stages: Stages {
                 setup: started.elapsed(),
@@ -603,12 +611,16 @@ impl<'a> Driver<'a> {
     }
 
     /// After a scan that completed every batch and a set-up thread that has finished: every
-    /// batch buffer pair into `reuse`, for the next scan on this backend.
+    /// batch buffer pair, table buffer and the overflow buffer into `reuse`, for the next
+    /// scan on this backend.
     pub(crate) fn finish(mut self, reuse: &mut super::ScanBuffers) -> Result<(), ScanError> {
         self.take_ready(false)?;
         if self.fifo.is_empty() && self.current.is_none() && self.spare == 0 {
             let (wanted, made) = self.layout;
-            reuse.put(self.mk, wanted, made, self.free);
+            reuse.pairs = Some((wanted, made, self.free));
+            let sizes = self.rules.groups.iter().map(|g| g.table.len() as u64 * 4);
+            reuse.tables.extend(sizes.zip(self.tables));
+            reuse.overflow = self.overflow;
         }
         Ok(())
     }
@@ -1213,7 +1225,7 @@ fn publish_ready(
 
 /// The overflow buffer: room for `bytes`, host memory where the backend has it.
 #[derive(Debug, Clone, Copy)]
-struct Overflow {
+pub(crate) struct Overflow {
     handle: u32,
     bytes: u64,
     host: bool,

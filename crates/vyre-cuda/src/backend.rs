@@ -502,8 +502,13 @@ impl CudaBackend {
             }
         };
         let mut buffers = lock(&self.buffers);
-        // Another thread may have taken the last handle meanwhile.
-        self.check_buffer_count(&buffers)?;
+        // Another thread may have taken the last handle meanwhile. The memory is then kept,
+        // not freed: freeing waits for the device to go idle, which the running megakernel
+        // never does.
+        if let Err(e) = self.check_buffer_count(&buffers) {
+            std::mem::forget(storage);
+            return Err(e);
+        }
         self.push_buffer(&mut buffers, storage, ptr, size)
     }
 

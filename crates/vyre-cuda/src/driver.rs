@@ -8,6 +8,9 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use vyre_runtime::HostRegion;
 
+/// Bytes of zeros copied per call when zeroing device memory.
+const ZERO_CHUNK: usize = 4 << 20;
+
 /// Device memory from `cuMemAlloc`, freed on drop.
 #[derive(Debug)]
 pub(crate) struct DeviceAlloc {
@@ -36,14 +39,12 @@ impl DeviceAlloc {
             bytes: bytes.max(1),
             ctx: ctx.clone(),
         };
-        // A memset on `stream` (never the legacy default stream, which would wait for the
-        // persistent kernel), not a copy of zeros from pageable memory: 16 MiB took four
-        // staged copies.
-        // SAFETY: the range is the allocation just made; the stream is synchronised before
-        // the allocation is used.
-        unsafe {
-            result::memset_d8_async(alloc.ptr, 0, alloc.bytes, stream.cu_stream())?;
-            result::stream::synchronize(stream.cu_stream())?;
+        let zeros = vec![0u8; alloc.bytes.min(ZERO_CHUNK)];
+        let mut done = 0;
+        while done < alloc.bytes {
+            let n = (alloc.bytes - done).min(ZERO_CHUNK);
+            alloc.write(stream, done, &zeros[..n])?;
+            done += n;
         }
         Ok(alloc)
     }

@@ -207,6 +207,10 @@ impl Default for ScanOptions {
     }
 }
 
+/// The most table bytes [`with_table_sets`] puts in one set: a literal group's own limit
+/// (`Limits::max_literal_table_bytes`' default), so a set is no larger than a group may be.
+const SET_MAX_BYTES: usize = 256 << 20;
+
 /// `rules` with its bounded groups gathered, in order, into table sets of at most
 /// `members` groups ([`ScanOptions::set_members`]): each set is one group whose table is a
 /// `VDFS` set of the members' tables, whose pattern ids are the members' one after another
@@ -215,14 +219,32 @@ impl Default for ScanOptions {
 /// where no set would hold two groups (the tables are copied into the sets: nothing to copy
 /// then).
 fn with_table_sets(rules: &Compiled, members: usize) -> Option<Compiled> {
-    let members = members.max(1);
+    let members = members.clamp(1, vyre_isa::dfa::SET_MAX_MEMBERS as usize);
     let (bounded, unbounded): (Vec<&Group>, Vec<&Group>) =
         rules.groups.iter().partition(|g| g.max_len.is_some());
     if members < 2 || bounded.len() < 2 {
         return None;
     }
+    // Consecutive groups, at most `members` and SET_MAX_BYTES of tables per set (a group
+    // larger than that alone), so that a set fits every backend's largest buffer where its
+    // groups do.
+    let mut chunks: Vec<Vec<&Group>> = Vec::new();
+    let mut bytes = 0usize;
+    for &g in &bounded {
+        let b = g.table.len() * 4;
+        match chunks.last_mut() {
+            Some(c) if c.len() < members && bytes + b <= SET_MAX_BYTES => {
+                c.push(g);
+                bytes += b;
+            }
+            _ => {
+                chunks.push(vec![g]);
+                bytes = b;
+            }
+        }
+    }
     let mut groups = Vec::new();
-    for chunk in bounded.chunks(members) {
+    for chunk in &chunks {
         let mut base = 0u32;
         let mut parts = Vec::with_capacity(chunk.len());
         for g in chunk {
@@ -235,7 +257,7 @@ fn with_table_sets(rules: &Compiled, members: usize) -> Option<Compiled> {
                 rules: chunk.iter().flat_map(|g| g.rules.iter().copied()).collect(),
                 max_len: chunk.iter().filter_map(|g| g.max_len).max(),
             }),
-            // One group, or more table words than a set can address: as they are.
+            // One group: as it is.
             None => groups.extend(chunk.iter().map(|&g| g.clone())),
         }
     }
@@ -475,8 +497,9 @@ fn deliver(rx: Receiver<Delivery>, rules: &Compiled, sink: &mut dyn Sink, stoppe
 /// H100 host; bench/results/scan-h100.md, session 10).
 #[derive(Debug, Default)]
 pub struct ScanBuffers {
-    /// The backend the buffers belong to, by address (0: none yet).
-    owner: usize,
+    /// The backend the buffers belong to (a weak reference keeps its address from being
+    /// reused by another backend while the buffers are kept).
+    owner: Option<std::sync::Weak<dyn vyre_runtime::Backend>>,
     /// Batch buffer pairs, with their layout as asked for and as made.
     pairs: Option<(driver::Pairs, driver::Pairs, Vec<driver::Buffers>)>,
     /// Table buffers, by size in bytes.
@@ -502,28 +525,46 @@ impl ScanBuffers {
 
     /// Forgets buffers of another backend than `mk`'s.
     fn claim(&mut self, mk: &Megakernel) {
-        let owner = Arc::as_ptr(&mk.backend()) as *const () as usize;
-        if owner != self.owner {
+        let backend = mk.backend();
+        let same = self
+            .owner
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade)
+            .is_some_and(|b| Arc::ptr_eq(&b, &backend));
+        if !same {
             *self = ScanBuffers {
-                owner,
+                owner: Some(Arc::downgrade(&backend)),
                 ..ScanBuffers::default()
             };
         }
     }
 
-    /// Up to `most` kept pairs made for layout `wanted`, and the layout they were made with;
-    /// otherwise `wanted` and none (kept pairs of another layout are forgotten).
+    /// Up to `most` kept pairs made for layout `wanted` (the rest stay kept), and the
+    /// layout they were made with; otherwise `wanted` and none.
     fn take_pairs(
         &mut self,
         wanted: &driver::Pairs,
         most: usize,
     ) -> (driver::Pairs, Vec<driver::Buffers>) {
-        match self.pairs.take() {
-            Some((asked, made, mut pairs)) if asked == *wanted => {
-                pairs.truncate(most);
-                (made, pairs)
+        match &mut self.pairs {
+            Some((asked, made, pairs)) if asked == wanted => {
+                let at = pairs.len().saturating_sub(most);
+                (made.clone(), pairs.split_off(at))
             }
             _ => (wanted.clone(), Vec::new()),
+        }
+    }
+
+    /// Keeps `pairs` of layout `(asked, made)`, with those of the same layout already kept;
+    /// kept pairs of another layout are forgotten (the runtime cannot free them).
+    fn put_pairs(
+        &mut self,
+        layout: (driver::Pairs, driver::Pairs),
+        mut pairs: Vec<driver::Buffers>,
+    ) {
+        match &mut self.pairs {
+            Some((asked, _, kept)) if *asked == layout.0 => kept.append(&mut pairs),
+            _ => self.pairs = Some((layout.0, layout.1, pairs)),
         }
     }
 
@@ -647,7 +688,9 @@ pub fn scan_reusing(
                     .spawn_scoped(s, move || set_up.run())
                     .expect("spawn the scan set-up");
                 let result = driver.run(item_rx, &mut reports);
-                // After an error the set-up thread stops at its next send.
+                // The set-up thread ends after the pair it is making (at its next send, after
+                // an error: the driver is gone).
+                driver.stop_set_up();
                 let driver = result.is_ok().then_some(driver);
                 // A panic of the set-up thread is an error of this scan, not of the caller.
                 let joined = set_up.join().map_err(|_| {
@@ -658,7 +701,7 @@ pub fn scan_reusing(
                 let summary = result?;
                 joined?;
                 if let Some(d) = driver {
-                    d.finish(buffers)?;
+                    d.finish(buffers);
                 }
                 Ok::<Summary, ScanError>(summary)
             })
@@ -740,5 +783,71 @@ fn walk_error(e: ignore::Error) -> FileError {
             path: PathBuf::new(),
             message: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{compile, Limits, RuleSet};
+
+    #[test]
+    fn bounded_groups_go_into_table_sets_in_order_with_their_pattern_bases() {
+        let rules = RuleSet::parse_toml(
+            r#"
+[[rule]]
+name = "a"
+regex = "ab+c"
+[[rule]]
+name = "b"
+regex = "x[0-9]{2}"
+[[rule]]
+name = "c"
+literal = "needle"
+[[rule]]
+name = "d"
+regex = "<[a-z]*>"
+[[rule]]
+name = "e"
+regex = "q{3}"
+"#,
+            "test",
+        )
+        .expect("rules");
+        let limits = Limits {
+            max_group_rules: 1,
+            ..Limits::default()
+        };
+        let c = compile(&rules, &limits).expect("compiles");
+        let bounded: Vec<&Group> = c.groups.iter().filter(|g| g.max_len.is_some()).collect();
+        let unbounded: Vec<&Group> = c.groups.iter().filter(|g| g.max_len.is_none()).collect();
+        // "ab+c" and "<[a-z]*>" have no longest match.
+        assert_eq!((bounded.len(), unbounded.len()), (3, 2));
+        assert!(with_table_sets(&c, 1).is_none(), "1: no sets");
+        let two = with_table_sets(&c, 2).expect("sets of two");
+        assert_eq!(two.groups.len(), 2 + 2);
+        for (set, members) in two.groups.iter().zip(bounded.chunks(2)) {
+            let rules: Vec<u32> = members.iter().flat_map(|g| g.rules.clone()).collect();
+            assert_eq!(set.rules, rules);
+            assert_eq!(set.max_len, members.iter().filter_map(|g| g.max_len).max());
+            if members.len() > 1 {
+                // The directory: each member's pattern base counts the patterns before it.
+                assert_eq!(set.table[0], vyre_isa::dfa::SET_MAGIC);
+                assert_eq!(set.table[2], members.len() as u32);
+                assert_eq!(set.table[5], 0);
+                assert_eq!(set.table[7], members[0].rules.len() as u32);
+            } else {
+                assert_eq!(set.table, members[0].table);
+            }
+        }
+        let after: Vec<&Group> = two.groups[2..].iter().collect();
+        assert_eq!(
+            after, unbounded,
+            "unbounded groups stay as they are, after the sets"
+        );
+        // More members than a set may hold: capped, still one set.
+        let all = with_table_sets(&c, 100_000).expect("one set");
+        assert_eq!(all.groups.len(), 1 + 2);
+        assert_eq!(all.groups[0].table[2], bounded.len() as u32);
     }
 }

@@ -11,6 +11,7 @@ use crate::compile::Compiled;
 use crate::scan::{scan_slice, Start};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -241,6 +242,8 @@ pub(crate) struct Driver<'a> {
     overflow: Option<Overflow>,
     summary: Summary,
     stages: Stages,
+    /// Tells the set-up thread to make no more pairs (the scan is over).
+    set_up_stop: Arc<AtomicBool>,
     /// The batch buffers' layout as asked for, and as made (hit regions in device memory
     /// where the backend refused host memory): what [`Driver::finish`] leaves for reuse.
     layout: (Pairs, Pairs),
@@ -393,6 +396,7 @@ impl<'a> Driver<'a> {
         let host_hits = pairs.host;
         let spare = opts.in_flight - free.len();
         let (tx, ready) = sync_channel(opts.in_flight + 1);
+        let stop = Arc::new(AtomicBool::new(false));
         let set_up = SetUp {
             mk,
             rules,
@@ -400,6 +404,7 @@ impl<'a> Driver<'a> {
             pairs: pairs.clone(),
             count: spare,
             tx,
+            stop: stop.clone(),
         };
         let (mut unbounded, bounded): (Vec<usize>, Vec<usize>) =
             (0..rules.groups.len()).partition(|&g| rules.groups[g].max_len.is_none());
@@ -423,6 +428,7 @@ impl<'a> Driver<'a> {
             ready: Some(ready),
             tables_ready: false,
             spare,
+            set_up_stop: stop,
             layout: (wanted, pairs),
             packs,
             held: Vec::new(),
@@ -610,19 +616,34 @@ impl<'a> Driver<'a> {
         Ok(self.summary.clone())
     }
 
-    /// After a scan that completed every batch and a set-up thread that has finished: every
+    /// The scan is over: the set-up thread makes no more batch buffer pairs (it finishes
+    /// the one it is making).
+    pub(crate) fn stop_set_up(&self) {
+        self.set_up_stop.store(true, Ordering::Relaxed);
+    }
+
+    /// After a scan that completed every batch and a set-up thread that has ended: every
     /// batch buffer pair, table buffer and the overflow buffer into `reuse`, for the next
-    /// scan on this backend.
-    pub(crate) fn finish(mut self, reuse: &mut super::ScanBuffers) -> Result<(), ScanError> {
-        self.take_ready(false)?;
-        if self.fifo.is_empty() && self.current.is_none() && self.spare == 0 {
-            let (wanted, made) = self.layout;
-            reuse.pairs = Some((wanted, made, self.free));
-            let sizes = self.rules.groups.iter().map(|g| g.table.len() as u64 * 4);
-            reuse.tables.extend(sizes.zip(self.tables));
-            reuse.overflow = self.overflow;
+    /// scan on this backend. An error of the set-up thread (its results were not needed)
+    /// leaves nothing.
+    pub(crate) fn finish(mut self, reuse: &mut super::ScanBuffers) {
+        if !self.fifo.is_empty() || self.current.is_some() {
+            return;
         }
-        Ok(())
+        // What the set-up thread sent before it ended (after a stop, fewer pairs than asked).
+        if let Some(rx) = self.ready.take() {
+            for r in rx.try_iter() {
+                match r {
+                    Ok(Ready::Buffers(b)) => self.free.push(b),
+                    Ok(Ready::Tables) => {}
+                    Err(_) => return,
+                }
+            }
+        }
+        reuse.put_pairs(self.layout, self.free);
+        let sizes = self.rules.groups.iter().map(|g| g.table.len() as u64 * 4);
+        reuse.tables.extend(sizes.zip(self.tables));
+        reuse.overflow = self.overflow;
     }
 
     fn current_has(&self, seq: u64) -> bool {
@@ -1359,6 +1380,8 @@ pub(crate) struct SetUp<'a> {
     pairs: Pairs,
     count: usize,
     tx: SyncSender<Result<Ready, ScanError>>,
+    /// Set when the scan is over: make no more pairs.
+    stop: Arc<AtomicBool>,
 }
 
 impl SetUp<'_> {
@@ -1378,6 +1401,9 @@ impl SetUp<'_> {
             return;
         }
         for _ in 0..self.count {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
             let pair = self.pairs.create(self.mk).and_then(|(b, host)| {
                 if host == self.pairs.host.is_some() {
                     Ok(Ready::Buffers(b))

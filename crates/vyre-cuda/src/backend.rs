@@ -636,16 +636,14 @@ impl Backend for CudaBackend {
             for &(offset, _) in words {
                 BackendError::check_range(handle, offset, 4, b.size)?;
             }
-            if matches!(b.storage, Storage::Device(_)) {
-                return Ok(false);
-            }
+            let write: &dyn Fn(usize, &[u8]) = match &b.storage {
+                Storage::Mapped(m) => &|at, bytes| m.write(at, bytes),
+                Storage::Registered(r) => &|at, bytes| words_write(r.words(), at, bytes),
+                // Word by word through `write_buffer`, below.
+                Storage::Device(_) => return Ok(false),
+            };
             for &(offset, value) in words {
-                let bytes = value.to_le_bytes();
-                match &b.storage {
-                    Storage::Mapped(m) => m.write(offset as usize, &bytes),
-                    Storage::Registered(r) => words_write(r.words(), offset as usize, &bytes),
-                    Storage::Device(_) => unreachable!("device memory is written word by word"),
-                }
+                write(offset as usize, &value.to_le_bytes());
             }
             Ok(true)
         })?;

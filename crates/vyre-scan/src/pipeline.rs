@@ -245,21 +245,24 @@ fn with_table_sets(rules: &Compiled, members: usize) -> Option<Compiled> {
     }
     let mut groups = Vec::new();
     for chunk in &chunks {
+        if let [g] = chunk.as_slice() {
+            // One group: as it is.
+            groups.push((*g).clone());
+            continue;
+        }
         let mut base = 0u32;
         let mut parts = Vec::with_capacity(chunk.len());
         for g in chunk {
             parts.push((g.table.as_slice(), base));
             base = base.saturating_add(g.rules.len() as u32);
         }
-        match vyre_isa::dfa::table_set(&parts).filter(|_| chunk.len() > 1) {
-            Some(table) => groups.push(Group {
-                table,
-                rules: chunk.iter().flat_map(|g| g.rules.iter().copied()).collect(),
-                max_len: chunk.iter().filter_map(|g| g.max_len).max(),
-            }),
-            // One group: as it is.
-            None => groups.extend(chunk.iter().map(|&g| g.clone())),
-        }
+        // 2..=SET_MAX_MEMBERS members of at most SET_MAX_BYTES: always a valid set.
+        let table = vyre_isa::dfa::table_set(&parts).expect("a set within the limits");
+        groups.push(Group {
+            table,
+            rules: chunk.iter().flat_map(|g| g.rules.iter().copied()).collect(),
+            max_len: chunk.iter().filter_map(|g| g.max_len).max(),
+        });
     }
     groups.extend(unbounded.into_iter().cloned());
     Some(Compiled {

@@ -233,11 +233,6 @@ pub(crate) struct Driver<'a> {
     carry: HashMap<u64, Carry>,
     /// Files whose scan faulted: the rest of them reports nothing.
     failed: HashSet<u64>,
-    region: u64,
-    /// Hit regions are in host memory (`create_host_buffer`), sized so: a batch's regions
-    /// with hits are read in one call. Otherwise (None) they are in device memory, `region`
-    /// bytes each, and one read covers every region up to the last with hits.
-    host_hits: Option<HostHits>,
     max_slots: usize,
     overflow: Option<Overflow>,
     summary: Summary,
@@ -246,6 +241,10 @@ pub(crate) struct Driver<'a> {
     set_up_stop: Arc<AtomicBool>,
     /// The batch buffers' layout as asked for, and as made (hit regions in device memory
     /// where the backend refused host memory): what [`Driver::finish`] leaves for reuse.
+    /// The made layout's `host` says where hit regions are: in host memory
+    /// (`create_host_buffer`), a batch's regions with hits are read in one call; otherwise
+    /// in device memory, `region` bytes each, and one read covers every region up to the
+    /// last with hits.
     layout: (Pairs, Pairs),
 }
 
@@ -393,7 +392,6 @@ impl<'a> Driver<'a> {
             }
             free.push(first);
         }
-        let host_hits = pairs.host;
         let spare = opts.in_flight - free.len();
         let (tx, ready) = sync_channel(opts.in_flight + 1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -436,8 +434,6 @@ impl<'a> Driver<'a> {
             current: None,
             carry: HashMap::new(),
             failed: HashSet::new(),
-            region,
-            host_hits,
             max_slots,
             overflow: reuse.overflow.take(),
             summary: Summary::default(),
@@ -646,6 +642,11 @@ impl<'a> Driver<'a> {
         reuse.overflow = self.overflow;
     }
 
+    /// The hit regions' sizing in host memory; `None`: regions in device memory.
+    fn host_hits(&self) -> Option<HostHits> {
+        self.layout.1.host
+    }
+
     fn current_has(&self, seq: u64) -> bool {
         self.current
             .as_ref()
@@ -753,7 +754,11 @@ impl<'a> Driver<'a> {
             }
         }
         b.used += data.len();
-        let (host, region, hc) = (self.host_hits, self.region, self.opts.hit_capacity);
+        let (host, region, hc) = (
+            self.layout.1.host,
+            self.layout.1.region,
+            self.opts.hit_capacity,
+        );
         // Bounded groups, and speculated unbounded ones: one slot per window.
         let windows = n.div_ceil(self.opts.window).max(1);
         let spec_from = self.bounded.len();
@@ -866,7 +871,7 @@ impl<'a> Driver<'a> {
             self.take_ready(true)?;
         }
         b.flushed = true;
-        let headers = HostHits::per_batch_headers(self.host_hits);
+        let headers = HostHits::per_batch_headers(self.host_hits());
         publish_ready(self.mk, &mut b, headers, &mut self.stages)?;
         self.fifo.push_back(b);
         // Less waiting for the tables (counted there).
@@ -916,7 +921,7 @@ impl<'a> Driver<'a> {
             })
             .collect();
         let (mut hit_bytes, hit_ranges) =
-            read_regions(self.mk, b.bufs.hits, self.host_hits.is_some(), &stored)?;
+            read_regions(self.mk, b.bufs.hits, self.host_hits().is_some(), &stored)?;
         let mut hit_ranges = hit_ranges.into_iter();
         // Slots whose regions overflowed, run again together.
         let overflowed: Vec<usize> = (0..results.len())
@@ -953,7 +958,7 @@ impl<'a> Driver<'a> {
             .collect();
         let mut heads = Vec::with_capacity(spec_heads.len() * 4);
         match (spec_heads.first(), spec_heads.last()) {
-            (Some(&(first, _)), Some(&(last, _))) if self.host_hits.is_none() => {
+            (Some(&(first, _)), Some(&(last, _))) if self.host_hits().is_none() => {
                 // Regions in device memory: one read from the first head to the last (a read
                 // per head would be a device round trip each).
                 let span = self.mk.read_buffer(b.bufs.hits, first, last + 4 - first)?;
@@ -1117,7 +1122,7 @@ impl<'a> Driver<'a> {
     /// The segment of file `seq` just completed with unbounded-group states `rows` (`None`
     /// after a fault): start its successor's waiting slots, or remember the states.
     fn continue_file(&mut self, seq: u64, rows: Option<Vec<u32>>) -> Result<(), ScanError> {
-        let (mk, headers) = (self.mk, HostHits::per_batch_headers(self.host_hits));
+        let (mk, headers) = (self.mk, HostHits::per_batch_headers(self.host_hits()));
         let (unbounded, stages) = (&self.unbounded, &mut self.stages);
         let waiting = |b: &Batch| {
             b.segments

@@ -67,13 +67,17 @@ pub struct Tuning {
     /// Worker threads for the cpu backend (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Threads that walk directories and read files (default: 2 on cpu, 8 on a GPU).
+    /// Threads that walk directories and read files (default: 2 on cpu; on a GPU one per core, 4 to 16).
     #[arg(long, value_name = "N")]
     pub readers: Option<usize>,
     /// Read files into plain memory instead of the backend's staging memory (page-locked on
     /// cuda); for measuring what staging gains.
     #[arg(long, hide = true)]
     pub no_staging: bool,
+    /// Read every file with system calls, none through io_uring (`ScanOptions::io_uring`;
+    /// `VYRE_INGEST_NO_URING=1` does the same); for measuring what io_uring gains.
+    #[arg(long, hide = true)]
+    pub no_uring: bool,
     /// How rules whose matches can be unboundedly long are scanned: `speculate` (windows
     /// checked in file order, the GPU default), `host` (by the walk threads as they read) or
     /// `chain` (one slot per segment after the file's previous one, the cpu default).
@@ -124,6 +128,7 @@ impl Tuning {
             in_flight: self.in_flight.unwrap_or(defaults.in_flight),
             readers: self.readers.unwrap_or(defaults.readers),
             staging: !self.no_staging,
+            io_uring: !self.no_uring,
             fixed_hit_regions: self
                 .hit_regions
                 .map_or(defaults.fixed_hit_regions, |l| l == HitRegions::Fixed),

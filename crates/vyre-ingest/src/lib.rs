@@ -13,6 +13,9 @@
 //! destination is not aligned), buffered otherwise. [`io_service`] gives it, or after one
 //! warning positional reads where io_uring is unavailable or `VYRE_INGEST_NO_URING=1`.
 //!
+//! [`WholeFiles`] reads batches of small files whole, each opened, read and closed by one
+//! io_uring chain on direct descriptors (`vyre scan`'s walk threads use it).
+//!
 //! Only this crate knows io_uring.
 
 mod cpu_time;
@@ -22,12 +25,14 @@ mod pool;
 mod region;
 mod service;
 mod stream;
+mod whole;
 
 pub use cpu_time::CpuTimes;
 pub use service::{
     io_service, io_service_with, UringIoService, UringServiceConfig, UringServiceStats,
 };
 pub use stream::{GpuStream, StreamEvent, StreamReport};
+pub use whole::{WholeFiles, WholeRead, WholeReadDone};
 
 use pool::Pool;
 use region::Region;

@@ -131,6 +131,15 @@ pub struct ScanOptions {
     /// 0.844 s); one set of all 7 was no faster (the driver's wait for the device rose by
     /// 0.2 s), so 4 is the GPU default (bench/results/scan-h100.md, session 10).
     pub set_members: usize,
+    /// Read files smaller than a segment through io_uring where the kernel allows it
+    /// (`vyre_ingest::WholeFiles`: a batch of open, read and close chains per system call,
+    /// on descriptors of the ring's own table), instead of with three system calls each.
+    /// Open and close of a multi-threaded process share one descriptor table: on a 16-core
+    /// H100 host, 78,575 files took 0.10-0.12 s to open, read and close with system calls
+    /// on 8 or 16 threads, and 0.053-0.055 s with io_uring on 16 (bench/results/scan-h100.md,
+    /// session 11). Where io_uring is unavailable (or `VYRE_INGEST_NO_URING=1`) files are
+    /// read with system calls either way.
+    pub io_uring: bool,
     /// How directories are walked.
     pub walk: WalkOptions,
 }
@@ -152,12 +161,15 @@ impl ScanOptions {
             // took 0.32-0.35 s against 0.40 s at 10,000 words and 0.21-0.22 s against
             // 0.28 s at 1,000 (bench/results/scan-h100.md); more batches in flight or
             // 32 MiB batches did less. 16 MiB batches pipelined better than 64 MiB ones
-            // (3.4-3.8 against 2.4-2.5 GB/s on four large files, same run).
+            // (3.4-3.8 against 2.4-2.5 GB/s on four large files, same run). A walk thread
+            // per core, up to 16: with small files read through io_uring, walking and
+            // reading the bench's corpus alone took 0.080-0.098 s on 16 threads and
+            // 0.120-0.142 s on 8 (16-core H100 host, bench/results/scan-h100.md, session 11).
             _ => ScanOptions {
                 window: 8 << 10,
                 batch: 16 << 20,
                 in_flight: 6,
-                readers: 8,
+                readers: std::thread::available_parallelism().map_or(8, |n| n.get().clamp(4, 16)),
                 hit_capacity: 256,
                 speculate_unbounded: true,
                 fixed_hit_regions: true,
@@ -198,6 +210,7 @@ impl Default for ScanOptions {
             readers: 4,
             hit_capacity: 64,
             staging: true,
+            io_uring: true,
             unbounded_on_host: false,
             speculate_unbounded: false,
             fixed_hit_regions: false,
@@ -603,74 +616,11 @@ pub fn scan_reusing(
     let start = Instant::now();
     let sets = with_table_sets(rules, opts.set_members);
     let rules = sets.as_ref().unwrap_or(rules);
-    let speculating = opts.speculate_unbounded && rules.groups.iter().any(|g| g.max_len.is_none());
-    let overlap = rules
-        .groups
-        .iter()
-        .filter_map(|g| g.max_len)
-        // As far as a batch has room for it: a window's look-behind is cut at the start of
-        // the bytes its segment has (speculation then fails more often, never silently).
-        .chain(
-            speculating
-                .then(|| SPECULATE_LOOK_BEHIND.min(opts.batch.saturating_sub(opts.segment) as u32)),
-        )
-        .max()
-        .unwrap_or(0) as usize;
-    let limit = 1usize << 30;
-    if opts.window == 0
-        || opts.segment == 0
-        || opts.in_flight == 0
-        || opts.readers == 0
-        || opts.batch > limit
-        || opts.batch < opts.segment + overlap
-    {
-        return Err(ScanError::Options(format!(
-            "need window ≥ 1, segment ≥ 1, in_flight ≥ 1 and segment + overlap ({} + {overlap}) \
-             ≤ batch ≤ 1 GiB (got window {}, batch {}, in_flight {})",
-            opts.segment, opts.window, opts.batch, opts.in_flight
-        )));
-    }
-    // At most 64 packs (64 MiB of 1 MiB packs) wait for the driver.
-    let (item_tx, item_rx) = sync_channel::<Item>(64);
-    let pool = Arc::new(PackPool::new(opts.staging.then(|| mk.backend())));
-    let walk = {
-        let (paths, w, readers, pool) = (
-            paths.to_vec(),
-            opts.walk.clone(),
-            opts.readers,
-            pool.clone(),
-        );
-        let segment = opts.segment;
-        // Unbounded groups scanned by the walk threads as they read, if asked.
-        let host: Arc<Vec<Group>> =
-            Arc::new(if opts.unbounded_on_host && !opts.speculate_unbounded {
-                let unbounded = rules.groups.iter().filter(|g| g.max_len.is_none());
-                unbounded.cloned().collect()
-            } else {
-                Vec::new()
-            });
-        // A malformed table would panic the host scan; the device reports it as a fault.
-        if let Some((g, e)) = host
-            .iter()
-            .enumerate()
-            .find_map(|(g, t)| check_table(&t.table).err().map(|e| (g, e)))
-        {
-            return Err(ScanError::Options(format!(
-                "unbounded rule group {g} has a malformed table ({e}); scan it on the device \
-                 (unbounded_on_host: false) to see the fault"
-            )));
-        }
-        thread::Builder::new()
-            .name("vyre-scan-walk".into())
-            .spawn(move || {
-                let reader = || {
-                    let (tx, pool) = (item_tx.clone(), pool.clone());
-                    Reader::new(tx, pool, host.clone(), segment, overlap)
-                };
-                walk_and_read(&paths, &w, readers, reader)
-            })
-            .expect("spawn walker")
-    };
+    let Walk {
+        thread: walk,
+        items: item_rx,
+        pool,
+    } = start_walk(mk, rules, paths, opts, true)?;
     // The driver runs on its own thread; this one owns the sink (which need not be `Send`).
     let stopped = AtomicBool::new(sink.stopped());
     let (report_tx, report_rx) = sync_channel::<Delivery>(REPORTS_IN_FLIGHT);
@@ -718,6 +668,143 @@ pub fn scan_reusing(
     let mut summary = result?;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The walk threads of a scan, started: packs of segments (or per-file errors) arrive on
+/// `items`, in buffers of `pool`.
+struct Walk {
+    thread: thread::JoinHandle<()>,
+    items: Receiver<Item>,
+    pool: Arc<PackPool>,
+}
+
+/// Checks `opts` against `rules` and starts the walk threads: each reads the files it finds
+/// into packs of segments overlapping as `rules` need, and scans the unbounded groups as it
+/// reads them where `opts` asks for that and `host_groups` allows it.
+fn start_walk(
+    mk: &Megakernel,
+    rules: &Compiled,
+    paths: &[PathBuf],
+    opts: &ScanOptions,
+    host_groups: bool,
+) -> Result<Walk, ScanError> {
+    let speculating = opts.speculate_unbounded && rules.groups.iter().any(|g| g.max_len.is_none());
+    let overlap = rules
+        .groups
+        .iter()
+        .filter_map(|g| g.max_len)
+        // As far as a batch has room for it: a window's look-behind is cut at the start of
+        // the bytes its segment has (speculation then fails more often, never silently).
+        .chain(
+            speculating
+                .then(|| SPECULATE_LOOK_BEHIND.min(opts.batch.saturating_sub(opts.segment) as u32)),
+        )
+        .max()
+        .unwrap_or(0) as usize;
+    let limit = 1usize << 30;
+    if opts.window == 0
+        || opts.segment == 0
+        || opts.in_flight == 0
+        || opts.readers == 0
+        || opts.batch > limit
+        || opts.batch < opts.segment + overlap
+    {
+        return Err(ScanError::Options(format!(
+            "need window ≥ 1, segment ≥ 1, in_flight ≥ 1 and segment + overlap ({} + {overlap}) \
+             ≤ batch ≤ 1 GiB (got window {}, batch {}, in_flight {})",
+            opts.segment, opts.window, opts.batch, opts.in_flight
+        )));
+    }
+    // At most 64 packs (64 MiB of 1 MiB packs) wait for the driver.
+    let (item_tx, item_rx) = sync_channel::<Item>(64);
+    let pool = Arc::new(PackPool::new(opts.staging.then(|| mk.backend())));
+    let thread = {
+        let (paths, w, readers, pool) = (
+            paths.to_vec(),
+            opts.walk.clone(),
+            opts.readers,
+            pool.clone(),
+        );
+        let (segment, io_uring) = (opts.segment, opts.io_uring);
+        // Unbounded groups scanned by the walk threads as they read, if asked.
+        let host: Arc<Vec<Group>> = Arc::new(
+            if host_groups && opts.unbounded_on_host && !opts.speculate_unbounded {
+                let unbounded = rules.groups.iter().filter(|g| g.max_len.is_none());
+                unbounded.cloned().collect()
+            } else {
+                Vec::new()
+            },
+        );
+        // A malformed table would panic the host scan; the device reports it as a fault.
+        if let Some((g, e)) = host
+            .iter()
+            .enumerate()
+            .find_map(|(g, t)| check_table(&t.table).err().map(|e| (g, e)))
+        {
+            return Err(ScanError::Options(format!(
+                "unbounded rule group {g} has a malformed table ({e}); scan it on the device \
+                 (unbounded_on_host: false) to see the fault"
+            )));
+        }
+        thread::Builder::new()
+            .name("vyre-scan-walk".into())
+            .spawn(move || {
+                let reader = || {
+                    let (tx, pool) = (item_tx.clone(), pool.clone());
+                    Reader::new(tx, pool, host.clone(), segment, overlap, io_uring)
+                };
+                walk_and_read(&paths, &w, readers, reader)
+            })
+            .expect("spawn walker")
+    };
+    Ok(Walk {
+        thread,
+        items: item_rx,
+        pool,
+    })
+}
+
+/// Totals of [`walk_and_read_only`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadOnly {
+    /// Files read to their end.
+    pub files: u64,
+    /// Bytes read (each once: a segment's overlap with the one before it is not counted).
+    pub bytes: u64,
+    /// Files (or walk entries) that failed.
+    pub file_errors: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Walks and reads `paths` as [`scan`] would with these rules and options (the same walk
+/// threads, segments and overlaps, and pack buffers of the backend's staging memory) and
+/// drops every pack as it arrives: nothing is copied, scanned or reported. No scan of the
+/// same paths finishes sooner on this host; `vyre bench scan` reports it beside each pass.
+pub fn walk_and_read_only(
+    mk: &Megakernel,
+    rules: &Compiled,
+    paths: &[PathBuf],
+    opts: &ScanOptions,
+) -> Result<ReadOnly, ScanError> {
+    let start = Instant::now();
+    let walk = start_walk(mk, rules, paths, opts, false)?;
+    let mut totals = ReadOnly::default();
+    for item in walk.items {
+        match item {
+            Item::Pack(pack) => {
+                for p in &pack.pieces {
+                    totals.bytes += (p.len - p.prefix) as u64;
+                    totals.files += u64::from(p.last);
+                }
+                walk.pool.give(pack.buf);
+            }
+            Item::Error(..) => totals.file_errors += 1,
+        }
+    }
+    let _ = walk.thread.join();
+    totals.seconds = start.elapsed().as_secs_f64();
+    Ok(totals)
 }
 
 /// Walks `paths` on `threads` threads (ignore's parallel walker, as ripgrep does); each

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use vyre_cpu::CpuBackend;
 use vyre_runtime::{Backend, Config, Megakernel};
 use vyre_scan::pipeline::{
-    scan, scan_reusing, FileError, ScanBuffers, ScanOptions, Sink, Summary, WalkOptions,
+    scan, scan_reusing, walk_and_read_only, FileError, ScanBuffers, ScanOptions, Sink, Summary,
+    WalkOptions,
 };
 use vyre_scan::{compile, reference_matches, Limits, RuleSet};
 
@@ -197,6 +198,8 @@ fn windows_boundaries_rescans_and_carry_match_the_reference() {
             fixed_hit_regions: speculate_unbounded || window % 2 == 1,
             // Bounded groups one slot each, in table sets of two, and all in one set.
             set_members: [1, 2, 16][hit_capacity as usize % 3],
+            // Small files through io_uring (where available) and with system calls.
+            io_uring: window % 2 == 0,
             walk: WalkOptions::default(),
         };
         let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
@@ -251,6 +254,7 @@ fn speculative_windows_that_miss_a_long_partial_match_are_scanned_again() {
             speculate_unbounded: true,
             fixed_hit_regions: window != 1000,
             set_members: 16,
+            io_uring: true,
             walk: WalkOptions::default(),
         };
         let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
@@ -284,11 +288,48 @@ fn a_file_larger_than_everything_in_flight_streams() {
         speculate_unbounded: false,
         fixed_hit_regions: true,
         set_members: 16,
+        io_uring: true,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
     let (got, _) = run(backend, &rules, std::slice::from_ref(&p), &opts);
     expect_reference(&rules, &[(p, data)], &got);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reading_alone_reads_what_a_scan_scans() {
+    // Files smaller and larger than a segment, an empty one and a missing path: the walk and
+    // the reads without the scan see the same files, bytes and errors as the scan.
+    let rules = RuleSet::parse_toml(RULES, "test").unwrap();
+    let compiled = compile(&rules, &Limits::default()).unwrap();
+    let dir = temp_dir("read-only");
+    let mut rng = Rng(11);
+    for (i, len) in [0, 1, 5000, 70_000, 300_000].into_iter().enumerate() {
+        std::fs::write(dir.join(format!("f{i}")), corpus(&mut rng, len, &[])).unwrap();
+    }
+    let paths = [dir.clone(), dir.join("does-not-exist")];
+    let opts = ScanOptions {
+        segment: 16384,
+        batch: 4 * 16384,
+        readers: 3,
+        ..ScanOptions::default()
+    };
+    let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();
+    let mut sink = Collect::default();
+    let scanned = scan(&mk, &compiled, &paths, &opts, &mut sink).unwrap();
+    let read = walk_and_read_only(&mk, &compiled, &paths, &opts).unwrap();
+    mk.shutdown().unwrap();
+    assert_eq!(
+        (read.files, read.bytes, read.file_errors),
+        (5, 375_001, 1),
+        "{read:?}"
+    );
+    assert_eq!(
+        (read.files, read.bytes, read.file_errors),
+        (scanned.files, scanned.bytes, scanned.file_errors)
+    );
+    assert!(read.seconds > 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -318,6 +359,7 @@ fn a_second_scan_reuses_the_first_ones_buffers_and_its_batch_buffers_when_their_
         speculate_unbounded: true,
         fixed_hit_regions: true,
         set_members: 4,
+        io_uring: true,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new().with_workers(2)) as Arc<dyn Backend>;
@@ -461,6 +503,7 @@ fn thousands_of_literal_rules_agree_with_the_reference() {
         speculate_unbounded: false,
         fixed_hit_regions: false,
         set_members: 16,
+        io_uring: true,
         walk: WalkOptions::default(),
     };
     let backend = Arc::new(CpuBackend::new()) as Arc<dyn Backend>;
@@ -523,6 +566,7 @@ fn a_faulting_scan_fails_its_file_once_and_the_others_go_on() {
         speculate_unbounded: false,
         fixed_hit_regions: false,
         set_members: 16,
+        io_uring: true,
         walk: WalkOptions::default(),
     };
     let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();

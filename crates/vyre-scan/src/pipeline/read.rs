@@ -2,7 +2,10 @@
 //! large buffer (a pack) and sends the pack once it is full, so the driver takes one
 //! message, one copy into the backend and no allocation per pack instead of per file. On
 //! an H100 host the driver thread spent 6 µs per file when every file came as its own
-//! buffer (bench/results/scan-h100.md, session 5).
+//! buffer (bench/results/scan-h100.md, session 5). Files smaller than a segment are read
+//! whole through io_uring where it is available, a batch at a time, straight into their
+//! places in the pack (`vyre_ingest::WholeFiles`); larger ones, and every file where
+//! io_uring is unavailable, with system calls.
 
 use super::{FileMeta, Item};
 use crate::compile::Group;
@@ -11,8 +14,12 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
+use vyre_ingest::{WholeFiles, WholeRead};
 use vyre_isa::dfa::START_TEXT;
 use vyre_runtime::{Backend, Staging};
+
+/// Small files read through io_uring together (one system call per batch).
+const URING_BATCH: u32 = 32;
 
 /// Pack buffers at least this large (more when a segment and its overlap need more).
 pub(crate) const PACK_BYTES: usize = 1 << 20;
@@ -110,6 +117,18 @@ pub(crate) struct Reader {
     overlap: usize,
     /// The driver has stopped taking packs.
     stopped: bool,
+    /// Small files read whole through io_uring (`None`: with system calls).
+    uring: Option<WholeFiles>,
+    /// Small files waiting for the next io_uring batch, each with its place in the current
+    /// pack (one after another from the first's `start`).
+    queued: Vec<Queued>,
+}
+
+/// A small file whose bytes will go to `start..start + len` of the current pack.
+struct Queued {
+    file: Arc<FileMeta>,
+    start: usize,
+    len: usize,
 }
 
 impl Reader {
@@ -119,7 +138,14 @@ impl Reader {
         host: Arc<Vec<Group>>,
         segment: usize,
         overlap: usize,
+        io_uring: bool,
     ) -> Reader {
+        let uring = io_uring
+            .then(|| WholeFiles::new(URING_BATCH))
+            .and_then(|r| {
+                r.map_err(|e| tracing::debug!("reading files with system calls: {e}"))
+                    .ok()
+            });
         Reader {
             tx,
             host,
@@ -129,19 +155,117 @@ impl Reader {
             segment,
             overlap,
             stopped: false,
+            uring,
+            queued: Vec::new(),
         }
     }
 
-    /// Reads one file into packs, or sends its error after the pieces read before it; false
-    /// once the driver has stopped taking packs.
+    /// Reads one file into packs (or queues it for the next io_uring batch), or sends its
+    /// error after the pieces read before it; false once the driver has stopped taking
+    /// packs.
     pub(crate) fn file(&mut self, file: FileMeta) -> bool {
         let file = Arc::new(file);
+        if self.uring.is_some() {
+            // One segment, so one piece: its size tells its place in the pack. (A file
+            // whose size cannot be had is read below, which reports why.)
+            let size = std::fs::metadata(&file.path)
+                .ok()
+                .filter(|m| m.is_file() && m.len() < self.segment as u64);
+            if let Some(m) = size {
+                self.queue(file, m.len() as usize);
+                return !self.stopped;
+            }
+            // The pack's free space goes to this file's segments now.
+            self.drain();
+        }
+        self.read_or_report(file);
+        !self.stopped
+    }
+
+    /// Reads `file` with system calls, or sends its error after its pieces read before it.
+    fn read_or_report(&mut self, file: Arc<FileMeta>) {
         if let Err(e) = self.read(&file) {
             // The file's earlier pieces go first, so its matches precede its error.
             self.send();
             self.error(file, e.to_string());
         }
-        !self.stopped
+    }
+
+    /// Places a small file's bytes in the current pack (the next batch reads them there).
+    fn queue(&mut self, file: Arc<FileMeta>, len: usize) {
+        if self
+            .pack
+            .as_ref()
+            .is_some_and(|p| p.buf.bytes().len() - p.used < len)
+        {
+            // The queued files' pack goes once they are in it.
+            self.drain();
+        }
+        let pack = self.room(len);
+        let start = pack.used;
+        pack.used += len;
+        self.queued.push(Queued { file, start, len });
+        if self.queued.len() == URING_BATCH as usize {
+            self.drain();
+        }
+    }
+
+    /// Reads the queued files into their places in the pack (one io_uring batch) and adds
+    /// their pieces; a file that turned out longer than its size is read again with system
+    /// calls, one that failed is reported.
+    fn drain(&mut self) {
+        let queued = std::mem::take(&mut self.queued);
+        let (Some(first), Some(uring), Some(pack)) =
+            (queued.first(), self.uring.as_mut(), self.pack.as_mut())
+        else {
+            return;
+        };
+        if self.stopped {
+            return;
+        }
+        let results = {
+            let mut rest = &mut pack.buf.bytes_mut()[first.start..];
+            let mut reads = Vec::with_capacity(queued.len());
+            for q in &queued {
+                let (buf, after) = std::mem::take(&mut rest).split_at_mut(q.len);
+                reads.push(WholeRead {
+                    path: &q.file.path,
+                    buf,
+                });
+                rest = after;
+            }
+            uring.read(&mut reads)
+        };
+        let (mut again, mut failed) = (Vec::new(), Vec::new());
+        let mut found = Vec::new();
+        for (q, r) in queued.into_iter().zip(results) {
+            match r {
+                Ok(done) if !done.more => {
+                    let data = &pack.buf.bytes()[q.start..q.start + done.len];
+                    let mut states = vec![Start::LookBehind(START_TEXT as u16); self.host.len()];
+                    let hits = host_hits(&self.host, &mut states, data, 0, true, &mut found);
+                    pack.pieces.push(Piece {
+                        file: q.file,
+                        at: 0,
+                        start: q.start,
+                        len: done.len,
+                        prefix: 0,
+                        before: None,
+                        last: true,
+                        hits,
+                    });
+                }
+                // It grew since its size was taken (its place in the pack stays unused).
+                Ok(_) => again.push(q.file),
+                Err(e) => failed.push((q.file, e.to_string())),
+            }
+        }
+        for (file, message) in failed {
+            self.error(file, message);
+        }
+        for file in again {
+            self.read_or_report(file);
+        }
     }
 
     /// Sends a per-file error (a walk entry that failed, or a read).
@@ -152,8 +276,9 @@ impl Reader {
         !self.stopped
     }
 
-    /// Sends the current pack, if it holds anything.
+    /// Sends the current pack, if it holds anything (after the files queued for it).
     fn send(&mut self) {
+        self.drain();
         let Some(pack) = self.pack.take() else {
             return;
         };
@@ -212,14 +337,7 @@ impl Reader {
             let keep = (overlap + 1).min(len);
             tail.clear();
             tail.extend_from_slice(&buf[start + len - keep..start + len]);
-            let mut hits = Vec::new();
-            for (g, state) in host.iter().zip(&mut states) {
-                found.clear();
-                let row = scan_slice(&g.table, &buf[own..own + n], *state, 0, last, &mut found);
-                *state = Start::Row(row);
-                let rule = |p: u32| g.rules[p as usize];
-                hits.extend(found.iter().map(|&(end, p)| (at + u64::from(end), rule(p))));
-            }
+            let hits = host_hits(&host, &mut states, &buf[own..own + n], at, last, &mut found);
             pack.used += len;
             pack.pieces.push(Piece {
                 file: file.clone(),
@@ -244,6 +362,28 @@ impl Drop for Reader {
     fn drop(&mut self) {
         self.send();
     }
+}
+
+/// Matches of the `host` groups ending in `data` (file offset `at` on), each group going on
+/// from its state in `states`, which is left where `data` ends: (file offset of the end,
+/// rule).
+fn host_hits(
+    host: &[Group],
+    states: &mut [Start],
+    data: &[u8],
+    at: u64,
+    last: bool,
+    found: &mut Vec<(u32, u32)>,
+) -> Vec<(u64, u32)> {
+    let mut hits = Vec::new();
+    for (g, state) in host.iter().zip(states) {
+        found.clear();
+        let row = scan_slice(&g.table, data, *state, 0, last, found);
+        *state = Start::Row(row);
+        let rule = |p: u32| g.rules[p as usize];
+        hits.extend(found.iter().map(|&(end, p)| (at + u64::from(end), rule(p))));
+    }
+    hits
 }
 
 /// Fills `out` from `f`; fewer bytes only at the end of the file.
@@ -276,11 +416,11 @@ mod tests {
     /// Every piece of every pack, as (seq, at, prefix, before, last, bytes).
     type Seen = Vec<(u64, u64, usize, Option<u8>, bool, Vec<u8>)>;
 
-    fn read_all(files: &[PathBuf], segment: usize, overlap: usize) -> (Seen, usize) {
+    fn read_all(files: &[PathBuf], segment: usize, overlap: usize, uring: bool) -> (Seen, usize) {
         let (tx, rx) = sync_channel(1024);
         {
             let pool = Arc::new(PackPool::new(None));
-            let mut r = Reader::new(tx, pool, Arc::default(), segment, overlap);
+            let mut r = Reader::new(tx, pool, Arc::default(), segment, overlap, uring);
             for (seq, path) in files.iter().enumerate() {
                 let meta = FileMeta {
                     path: path.clone(),
@@ -313,28 +453,31 @@ mod tests {
             temp_file("empty", &[]),
             temp_file("b", &large),
         ];
-        // Segments of 1,000 bytes after 10 bytes of overlap.
-        let (seen, packs) = read_all(&files, 1000, 10);
-        assert_eq!(packs, 1, "all of it fits one 1 MiB pack");
-        assert_eq!(seen.len(), 2 + 3);
-        assert_eq!(seen[0], (0, 0, 0, None, true, small.clone()));
-        assert_eq!(seen[1], (1, 0, 0, None, true, Vec::new()));
-        assert_eq!(seen[2], (2, 0, 0, None, false, large[..1000].to_vec()));
-        assert_eq!(
-            seen[3],
-            (
-                2,
-                1000,
-                10,
-                Some(large[989]),
-                false,
-                large[990..2000].to_vec()
-            )
-        );
-        assert_eq!(
-            seen[4],
-            (2, 2000, 10, Some(large[1989]), true, large[1990..].to_vec())
-        );
+        // Segments of 1,000 bytes after 10 bytes of overlap; the small files through
+        // io_uring (where available) and with system calls.
+        for uring in [true, false] {
+            let (seen, packs) = read_all(&files, 1000, 10, uring);
+            assert_eq!(packs, 1, "all of it fits one 1 MiB pack");
+            assert_eq!(seen.len(), 2 + 3);
+            assert_eq!(seen[0], (0, 0, 0, None, true, small.clone()));
+            assert_eq!(seen[1], (1, 0, 0, None, true, Vec::new()));
+            assert_eq!(seen[2], (2, 0, 0, None, false, large[..1000].to_vec()));
+            assert_eq!(
+                seen[3],
+                (
+                    2,
+                    1000,
+                    10,
+                    Some(large[989]),
+                    false,
+                    large[990..2000].to_vec()
+                )
+            );
+            assert_eq!(
+                seen[4],
+                (2, 2000, 10, Some(large[1989]), true, large[1990..].to_vec())
+            );
+        }
         for f in &files {
             std::fs::remove_file(f).unwrap();
         }
@@ -344,9 +487,11 @@ mod tests {
     fn a_full_pack_is_sent_and_the_next_file_starts_a_new_one() {
         let data = vec![7u8; 700 << 10];
         let files = [temp_file("p1", &data), temp_file("p2", &data)];
-        let (seen, packs) = read_all(&files, 1 << 20, 0);
-        assert_eq!(packs, 2);
-        assert!(seen.iter().all(|s| s.4 && s.5 == data));
+        for uring in [true, false] {
+            let (seen, packs) = read_all(&files, 1 << 20, 0, uring);
+            assert_eq!(packs, 2);
+            assert!(seen.iter().all(|s| s.4 && s.5 == data));
+        }
         for f in &files {
             std::fs::remove_file(f).unwrap();
         }
@@ -354,19 +499,21 @@ mod tests {
 
     #[test]
     fn an_unreadable_file_is_an_error_after_the_pieces_before_it() {
-        let (tx, rx) = sync_channel(16);
         let ok = temp_file("ok", b"needle");
-        {
-            let pool = Arc::new(PackPool::new(None));
-            let mut r = Reader::new(tx, pool, Arc::default(), 1 << 20, 0);
-            let meta = |path: PathBuf, seq| FileMeta { path, seq };
-            assert!(r.file(meta(ok.clone(), 0)));
-            assert!(r.file(meta(PathBuf::from("/nonexistent/vyre"), 1)));
+        for uring in [true, false] {
+            let (tx, rx) = sync_channel(16);
+            {
+                let pool = Arc::new(PackPool::new(None));
+                let mut r = Reader::new(tx, pool, Arc::default(), 1 << 20, 0, uring);
+                let meta = |path: PathBuf, seq| FileMeta { path, seq };
+                assert!(r.file(meta(ok.clone(), 0)));
+                assert!(r.file(meta(PathBuf::from("/nonexistent/vyre"), 1)));
+            }
+            let items: Vec<Item> = rx.into_iter().collect();
+            assert!(matches!(&items[0], Item::Pack(p) if p.pieces.len() == 1));
+            assert!(matches!(&items[1], Item::Error(f, _) if f.seq == 1));
+            assert_eq!(items.len(), 2);
         }
-        let items: Vec<Item> = rx.into_iter().collect();
-        assert!(matches!(&items[0], Item::Pack(p) if p.pieces.len() == 1));
-        assert!(matches!(&items[1], Item::Error(f, _) if f.seq == 1));
-        assert_eq!(items.len(), 2);
         std::fs::remove_file(ok).unwrap();
     }
 }

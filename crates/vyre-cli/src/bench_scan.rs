@@ -716,8 +716,8 @@ fn run_vyre(
     let (config, opts) = a.tuning.apply(&name, walk);
     let mk = Megakernel::launch(b, config).map_err(|e| format!("launch failed: {e}"))?;
     eprintln!(
-        "vyre {name}: window {} bytes, batch {} bytes, {} in flight, {} reader(s)",
-        opts.window, opts.batch, opts.in_flight, opts.readers
+        "vyre {name}: window {} bytes, batch {} bytes, {} in flight per driver, {} driver(s), {} reader(s)",
+        opts.window, opts.batch, opts.in_flight, opts.drivers, opts.readers
     );
     let paths = [a.corpus.clone()];
     let mut result = Err("no pass ran".to_string());

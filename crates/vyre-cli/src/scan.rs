@@ -61,7 +61,7 @@ pub struct Tuning {
     /// Bytes per backend transfer (default: 8 MiB on cpu, 16 MiB on a GPU).
     #[arg(long, value_name = "BYTES")]
     pub batch: Option<usize>,
-    /// Batches in flight (default: 4 on cpu, 6 on a GPU).
+    /// Batches in flight per driver thread (default: 4 on cpu, 6 on a GPU).
     #[arg(long, value_name = "N")]
     pub in_flight: Option<usize>,
     /// Worker threads for the cpu backend (default: one per core).
@@ -70,6 +70,10 @@ pub struct Tuning {
     /// Threads that walk directories and read files (default: 2 on cpu; on a GPU one per core, 4 to 16).
     #[arg(long, value_name = "N")]
     pub readers: Option<usize>,
+    /// Driver threads, each planning, publishing and completing the batches of its share of
+    /// the walk threads (default: 1 on cpu, 2 on a GPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub drivers: Option<u32>,
     /// Read files into plain memory instead of the backend's staging memory (page-locked on
     /// cuda); for measuring what staging gains.
     #[arg(long, hide = true)]
@@ -129,6 +133,7 @@ impl Tuning {
             readers: self.readers.unwrap_or(defaults.readers),
             staging: !self.no_staging,
             io_uring: !self.no_uring,
+            drivers: self.drivers.map_or(defaults.drivers, |n| n as usize),
             fixed_hit_regions: self
                 .hit_regions
                 .map_or(defaults.fixed_hit_regions, |l| l == HitRegions::Fixed),

@@ -83,7 +83,7 @@ pub struct ScanOptions {
     /// Bytes per batch: segments are packed into one backend buffer per batch, copied in
     /// once and scanned by all the batch's slots.
     pub batch: usize,
-    /// Batches in flight (each holds one data buffer and one hit buffer).
+    /// Batches in flight per driver (each holds one data buffer and one hit buffer).
     pub in_flight: usize,
     /// Walk threads; each lists directories and reads whole files it finds, so several
     /// files are listed and read at once.
@@ -140,6 +140,13 @@ pub struct ScanOptions {
     /// session 11). Where io_uring is unavailable (or `VYRE_INGEST_NO_URING=1`) files are
     /// read with system calls either way.
     pub io_uring: bool,
+    /// Driver threads: each plans, publishes and completes its own batches (`in_flight` of
+    /// them) of the files its share of the walk threads read, so that no one thread does
+    /// all of that for the whole corpus. With small files read through io_uring, the one
+    /// driver thread bounded the bench's 1,000-word pass on an H100 (its stages added up to
+    /// the pass: planning 78,985 segments 0.05 s, hits 0.05-0.07 s; bench/results/
+    /// scan-h100.md, session 11).
+    pub drivers: usize,
     /// How directories are walked.
     pub walk: WalkOptions,
 }
@@ -174,6 +181,7 @@ impl ScanOptions {
                 speculate_unbounded: true,
                 fixed_hit_regions: true,
                 set_members: 4,
+                drivers: 2,
                 ..ScanOptions::default()
             },
         }
@@ -211,6 +219,7 @@ impl Default for ScanOptions {
             hit_capacity: 64,
             staging: true,
             io_uring: true,
+            drivers: 1,
             unbounded_on_host: false,
             speculate_unbounded: false,
             fixed_hit_regions: false,
@@ -520,7 +529,7 @@ pub struct ScanBuffers {
     pairs: Option<(driver::Pairs, driver::Pairs, Vec<driver::Buffers>)>,
     /// Table buffers, by size in bytes.
     tables: Vec<(u64, u32)>,
-    overflow: Option<driver::Overflow>,
+    overflow: Vec<driver::Overflow>,
 }
 
 impl ScanBuffers {
@@ -616,53 +625,89 @@ pub fn scan_reusing(
     let start = Instant::now();
     let sets = with_table_sets(rules, opts.set_members);
     let rules = sets.as_ref().unwrap_or(rules);
+    let drivers = opts.drivers.max(1);
+    let tables = driver::table_buffers(mk, rules, buffers)?;
     let Walk {
         thread: walk,
-        items: item_rx,
+        items,
         pool,
-    } = start_walk(mk, rules, paths, opts, true)?;
-    // The driver runs on its own thread; this one owns the sink (which need not be `Send`).
+    } = start_walk(mk, rules, paths, opts, true, drivers)?;
+    // The drivers run on threads of their own; this one owns the sink (which need not be
+    // `Send`).
     let stopped = AtomicBool::new(sink.stopped());
     let (report_tx, report_rx) = sync_channel::<Delivery>(REPORTS_IN_FLIGHT);
+    let gate = Arc::new(driver::Gate::default());
+    let buffers = std::sync::Mutex::new(buffers);
     let result = thread::scope(|s| {
-        let driver = thread::Builder::new()
-            .name("vyre-scan-driver".into())
-            .spawn_scoped(s, || {
-                let mut reports = Reports {
-                    pending: Vec::new(),
-                    tx: report_tx,
-                    stopped: &stopped,
+        let threads: Vec<_> = items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item_rx)| {
+                let share = driver::Share {
+                    index,
+                    drivers,
+                    tables: tables.clone(),
+                    gate: gate.clone(),
                 };
-                // On error the receiver of items is dropped here and the walk stops at its
-                // next send.
-                let (mut driver, set_up) = driver::Driver::new(mk, rules, opts, pool, buffers)?;
-                let set_up = thread::Builder::new()
-                    .name("vyre-scan-setup".into())
-                    .spawn_scoped(s, move || set_up.run())
-                    .expect("spawn the scan set-up");
-                let result = driver.run(item_rx, &mut reports);
-                // The set-up thread ends after the pair it is making (at its next send, after
-                // an error: the driver is gone).
-                driver.stop_set_up();
-                let driver = result.is_ok().then_some(driver);
-                // A panic of the set-up thread is an error of this scan, not of the caller.
-                let joined = set_up.join().map_err(|_| {
-                    ScanError::Options(
-                        "the scan's set-up thread panicked (see the message above)".into(),
-                    )
-                });
-                let summary = result?;
-                joined?;
-                if let Some(d) = driver {
-                    d.finish(buffers);
-                }
-                Ok::<Summary, ScanError>(summary)
+                let (report_tx, pool, stopped, buffers) =
+                    (report_tx.clone(), pool.clone(), &stopped, &buffers);
+                thread::Builder::new()
+                    .name(format!("vyre-scan-driver-{index}"))
+                    .spawn_scoped(s, move || {
+                        let mut reports = Reports {
+                            pending: Vec::new(),
+                            tx: report_tx,
+                            stopped,
+                        };
+                        // On error the receiver of items is dropped here and the walk stops
+                        // at its next send.
+                        let (mut driver, set_up) =
+                            driver::Driver::new(mk, rules, opts, pool, buffers, share)?;
+                        let set_up = thread::Builder::new()
+                            .name(format!("vyre-scan-setup-{index}"))
+                            .spawn_scoped(s, move || set_up.run())
+                            .expect("spawn the scan set-up");
+                        let result = driver.run(item_rx, &mut reports);
+                        // The set-up thread ends after the pair it is making (at its next
+                        // send, after an error: the driver is gone).
+                        driver.stop_set_up();
+                        let driver = result.is_ok().then_some(driver);
+                        // A panic of the set-up thread is an error of this scan, not of the
+                        // caller.
+                        let joined = set_up.join().map_err(|_| {
+                            ScanError::Options(
+                                "the scan's set-up thread panicked (see the message above)".into(),
+                            )
+                        });
+                        let summary = result?;
+                        joined?;
+                        if let Some(d) = driver {
+                            d.finish(&mut buffers.lock().unwrap_or_else(|e| e.into_inner()));
+                        }
+                        Ok::<Summary, ScanError>(summary)
+                    })
+                    .expect("spawn a scan driver")
             })
-            .expect("spawn the scan driver");
+            .collect();
+        drop(report_tx);
         deliver(report_rx, rules, sink, &stopped);
-        driver
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        let mut total = Ok(Summary::default());
+        for t in threads {
+            let r = t
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            total = match (total, r) {
+                (Ok(a), Ok(b)) => Ok(Summary {
+                    files: a.files + b.files,
+                    bytes: a.bytes + b.bytes,
+                    matches: a.matches + b.matches,
+                    file_errors: a.file_errors + b.file_errors,
+                    seconds: 0.0,
+                }),
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            };
+        }
+        total
     });
     let _ = walk.join();
     let mut summary = result?;
@@ -671,10 +716,11 @@ pub fn scan_reusing(
 }
 
 /// The walk threads of a scan, started: packs of segments (or per-file errors) arrive on
-/// `items`, in buffers of `pool`.
+/// `items` (the walk threads take turns among them: each file's pieces all arrive on one),
+/// in buffers of `pool`.
 struct Walk {
     thread: thread::JoinHandle<()>,
-    items: Receiver<Item>,
+    items: Vec<Receiver<Item>>,
     pool: Arc<PackPool>,
 }
 
@@ -687,6 +733,7 @@ fn start_walk(
     paths: &[PathBuf],
     opts: &ScanOptions,
     host_groups: bool,
+    channels: usize,
 ) -> Result<Walk, ScanError> {
     let speculating = opts.speculate_unbounded && rules.groups.iter().any(|g| g.max_len.is_none());
     let overlap = rules
@@ -715,8 +762,10 @@ fn start_walk(
             opts.segment, opts.window, opts.batch, opts.in_flight
         )));
     }
-    // At most 64 packs (64 MiB of 1 MiB packs) wait for the driver.
-    let (item_tx, item_rx) = sync_channel::<Item>(64);
+    // At most 64 packs (64 MiB of 1 MiB packs) wait for the drivers.
+    let (item_txs, items): (Vec<_>, Vec<_>) = (0..channels)
+        .map(|_| sync_channel::<Item>(64_usize.div_ceil(channels)))
+        .unzip();
     let pool = Arc::new(PackPool::new(opts.staging.then(|| mk.backend())));
     let thread = {
         let (paths, w, readers, pool) = (
@@ -749,8 +798,10 @@ fn start_walk(
         thread::Builder::new()
             .name("vyre-scan-walk".into())
             .spawn(move || {
+                let turn = AtomicU64::new(0);
                 let reader = || {
-                    let (tx, pool) = (item_tx.clone(), pool.clone());
+                    let k = turn.fetch_add(1, Ordering::Relaxed) as usize % item_txs.len();
+                    let (tx, pool) = (item_txs[k].clone(), pool.clone());
                     Reader::new(tx, pool, host.clone(), segment, overlap, io_uring)
                 };
                 walk_and_read(&paths, &w, readers, reader)
@@ -759,7 +810,7 @@ fn start_walk(
     };
     Ok(Walk {
         thread,
-        items: item_rx,
+        items,
         pool,
     })
 }
@@ -788,9 +839,9 @@ pub fn walk_and_read_only(
     opts: &ScanOptions,
 ) -> Result<ReadOnly, ScanError> {
     let start = Instant::now();
-    let walk = start_walk(mk, rules, paths, opts, false)?;
+    let walk = start_walk(mk, rules, paths, opts, false, 1)?;
     let mut totals = ReadOnly::default();
-    for item in walk.items {
+    for item in walk.items.into_iter().flatten() {
         match item {
             Item::Pack(pack) => {
                 for p in &pack.pieces {

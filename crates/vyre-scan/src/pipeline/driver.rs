@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use vyre_isa::dfa::{HIT_HEADER_BYTES, REPORT_EOI, START_LOOKBEHIND, START_TEXT};
 use vyre_isa::{Slot, SlotOp};
@@ -239,6 +239,8 @@ pub(crate) struct Driver<'a> {
     stages: Stages,
     /// Tells the set-up thread to make no more pairs (the scan is over).
     set_up_stop: Arc<AtomicBool>,
+    /// This driver among the scan's, and the tables they share.
+    share: Share,
     /// The batch buffers' layout as asked for, and as made (hit regions in device memory
     /// where the backend refused host memory): what [`Driver::finish`] leaves for reuse.
     /// The made layout's `host` says where hit regions are: in host memory
@@ -301,22 +303,11 @@ impl<'a> Driver<'a> {
         rules: &'a Compiled,
         opts: &ScanOptions,
         packs: Arc<PackPool>,
-        reuse: &mut super::ScanBuffers,
+        reuse: &Mutex<&mut super::ScanBuffers>,
+        share: Share,
     ) -> Result<(Driver<'a>, SetUp<'a>), ScanError> {
         let started = Instant::now();
-        reuse.claim(mk);
-        // Buffers of the sizes an earlier scan's tables had are used again (the set-up thread
-        // uploads this scan's tables into them).
-        let tables = rules
-            .groups
-            .iter()
-            .map(|g| {
-                let bytes = g.table.len() as u64 * 4;
-                reuse
-                    .take_table(bytes)
-                    .map_or_else(|| mk.create_buffer(bytes), Ok)
-            })
-            .collect::<Result<Vec<u32>, _>>()?;
+        let tables = share.tables.clone();
         // Groups that run as slots (unbounded ones may be scanned by the walk threads).
         let speculate = opts.speculate_unbounded;
         let on_device = |g: &&crate::compile::Group| {
@@ -345,12 +336,14 @@ impl<'a> Driver<'a> {
         } else {
             (opts.window + look_behind as usize) as u64
         };
+        // Every driver's batches in flight share the page-locked budget.
+        let in_flight_all = (opts.in_flight * share.drivers) as u64;
         let host_hits = if opts.fixed_hit_regions {
             HostHits::fixed(
                 max_slots as u64,
                 scan_max,
                 opts.hit_capacity,
-                opts.in_flight as u64,
+                in_flight_all,
                 HOST_HITS_MAX_BYTES,
             )
         } else {
@@ -358,7 +351,7 @@ impl<'a> Driver<'a> {
                 max_slots as u64,
                 scanned,
                 opts.hit_capacity,
-                opts.in_flight as u64,
+                in_flight_all,
                 HOST_HITS_MAX_BYTES,
             )
         };
@@ -383,7 +376,7 @@ impl<'a> Driver<'a> {
             hit_capacity: opts.hit_capacity,
         };
         // Pairs an earlier scan on this backend left with the same layout, else a new one.
-        let (mut pairs, mut free) = reuse.take_pairs(&wanted, opts.in_flight);
+        let (mut pairs, mut free) = lock(reuse).take_pairs(&wanted, opts.in_flight);
         if free.is_empty() {
             let (first, in_host) = wanted.create(mk)?;
             if !in_host {
@@ -399,6 +392,8 @@ impl<'a> Driver<'a> {
             mk,
             rules,
             tables: tables.clone(),
+            upload: share.index == 0,
+            gate: share.gate.clone(),
             pairs: pairs.clone(),
             count: spare,
             tx,
@@ -435,7 +430,8 @@ impl<'a> Driver<'a> {
             carry: HashMap::new(),
             failed: HashSet::new(),
             max_slots,
-            overflow: reuse.overflow.take(),
+            overflow: lock(reuse).overflow.pop(),
+            share,
             summary: Summary::default(),
             stages: Stages {
                 setup: started.elapsed(),
@@ -581,13 +577,15 @@ impl<'a> Driver<'a> {
         let st = &self.stages;
         tracing::info!(
             target: "vyre_scan::stages",
-            "driver thread: set-up {:.3} s, waiting for the set-up thread {:.3} s, waiting for \
+            "driver thread {} of {}: set-up {:.3} s, waiting for the set-up thread {:.3} s, waiting for \
              segments {:.3} s, planning {} segments {:.3} s (of which starting {} copies {:.3} s), \
              publishing {} batches {:.3} s (of which waiting for copies {:.3} s, hit regions' \
              headers {:.3} s, the ring {:.3} s), waiting for \
              the device {:.3} s, \
              hits to the sink's thread {:.3} s ({} slots rescanned in {:.3} s, hits read in \
              {:.3} s; {} speculative windows checked, {} scanned again on the host in {:.3} s)",
+            self.share.index + 1,
+            self.share.drivers,
             st.setup.as_secs_f64(),
             st.setup_wait.as_secs_f64(),
             st.recv.as_secs_f64(),
@@ -637,9 +635,11 @@ impl<'a> Driver<'a> {
             }
         }
         reuse.put_pairs(self.layout, self.free);
-        let sizes = self.rules.groups.iter().map(|g| g.table.len() as u64 * 4);
-        reuse.tables.extend(sizes.zip(self.tables));
-        reuse.overflow = self.overflow;
+        if self.share.index == 0 {
+            let sizes = self.rules.groups.iter().map(|g| g.table.len() as u64 * 4);
+            reuse.tables.extend(sizes.zip(self.tables));
+        }
+        reuse.overflow.extend(self.overflow);
     }
 
     /// The hit regions' sizing in host memory; `None`: regions in device memory.
@@ -1382,6 +1382,10 @@ pub(crate) struct SetUp<'a> {
     mk: &'a Megakernel,
     rules: &'a Compiled,
     tables: Vec<u32>,
+    /// This set-up thread uploads the tables (the first driver's); the others wait for it
+    /// at `gate`.
+    upload: bool,
+    gate: Arc<Gate>,
     pairs: Pairs,
     count: usize,
     tx: SyncSender<Result<Ready, ScanError>>,
@@ -1394,12 +1398,24 @@ impl SetUp<'_> {
     /// (or the first error). Stops early if the driver is gone.
     pub(crate) fn run(self) {
         let t = Instant::now();
-        let tables = self
-            .rules
-            .groups
-            .iter()
-            .zip(&self.tables)
-            .try_for_each(|(g, &h)| upload_words(self.mk, h, &g.table));
+        let tables = if self.upload {
+            // Opens the gate whatever happens (an error or a panic opens it as failed).
+            let mut opener = GateOpener(&self.gate, false);
+            let r = self
+                .rules
+                .groups
+                .iter()
+                .zip(&self.tables)
+                .try_for_each(|(g, &h)| upload_words(self.mk, h, &g.table));
+            opener.1 = r.is_ok();
+            r
+        } else if self.gate.wait() {
+            Ok(())
+        } else {
+            Err(ScanError::Options(
+                "uploading the rule tables failed (the first driver reports why)".into(),
+            ))
+        };
         let uploaded = t.elapsed();
         let failed = tables.is_err();
         if self.tx.send(tables.map(|()| Ready::Tables)).is_err() || failed {
@@ -1433,6 +1449,74 @@ impl SetUp<'_> {
             (t.elapsed() - uploaded).as_secs_f64()
         );
     }
+}
+
+/// What drivers of one scan share: the table buffers (made once, uploaded by the first
+/// driver's set-up thread) and where each driver stands.
+#[derive(Debug, Clone)]
+pub(crate) struct Share {
+    pub(crate) index: usize,
+    pub(crate) drivers: usize,
+    pub(crate) tables: Vec<u32>,
+    pub(crate) gate: Arc<Gate>,
+}
+
+/// Opened once the tables are uploaded (true) or failed to (false).
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    open: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn open(&self, ok: bool) {
+        *lock(&self.open) = Some(ok);
+        self.opened.notify_all();
+    }
+
+    /// Waits until the gate is open: whether the upload succeeded.
+    fn wait(&self) -> bool {
+        let mut open = lock(&self.open);
+        loop {
+            match *open {
+                Some(ok) => return ok,
+                None => open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+}
+
+/// Opens its gate when dropped, with its flag (set it once the upload succeeded).
+struct GateOpener<'g>(&'g Gate, bool);
+
+impl Drop for GateOpener<'_> {
+    fn drop(&mut self) {
+        self.0.open(self.1);
+    }
+}
+
+/// The table buffers of `rules`: those of the sizes an earlier scan's tables had are used
+/// again (the first driver's set-up thread uploads this scan's tables into them).
+pub(crate) fn table_buffers(
+    mk: &Megakernel,
+    rules: &Compiled,
+    reuse: &mut super::ScanBuffers,
+) -> Result<Vec<u32>, ScanError> {
+    reuse.claim(mk);
+    Ok(rules
+        .groups
+        .iter()
+        .map(|g| {
+            let bytes = g.table.len() as u64 * 4;
+            reuse
+                .take_table(bytes)
+                .map_or_else(|| mk.create_buffer(bytes), Ok)
+        })
+        .collect::<Result<Vec<u32>, _>>()?)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Writes `words` (little-endian) into buffer `handle` through two 4 MiB chunks of the

@@ -383,6 +383,8 @@ pub(crate) enum Report {
         end: Option<u64>,
     },
     Error(u64, FileError),
+    /// Bytes and files one driver completed since its last progress report (each driver
+    /// counts its own; the sink's thread adds them up).
     Progress {
         bytes: u64,
         files: u64,
@@ -449,6 +451,7 @@ impl Reports<'_> {
 /// hangs up; logs its time in them and waiting for the driver (`vyre_scan::stages`).
 fn deliver(rx: Receiver<Delivery>, rules: &Compiled, sink: &mut dyn Sink, stopped: &AtomicBool) {
     let (mut busy, mut idle, mut matches) = (Duration::ZERO, Duration::ZERO, 0u64);
+    let mut progress = (0u64, 0u64);
     let ordered = sink.ordered();
     let mut t = Instant::now();
     for (bytes, reports) in rx {
@@ -490,7 +493,10 @@ fn deliver(rx: Receiver<Delivery>, rules: &Compiled, sink: &mut dyn Sink, stoppe
                     }
                 }
                 Report::Error(file, e) => sink.file_error(file, &e),
-                Report::Progress { bytes, files } => sink.progress(bytes, files),
+                Report::Progress { bytes, files } => {
+                    progress = (progress.0 + bytes, progress.1 + files);
+                    sink.progress(progress.0, progress.1);
+                }
             }
         }
         if sink.stopped() {

@@ -337,6 +337,64 @@ fn reading_alone_reads_what_a_scan_scans() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Records the progress calls (and counts matches).
+#[derive(Default)]
+struct Progress {
+    seen: Vec<(u64, u64)>,
+    matches: u64,
+}
+
+impl Sink for Progress {
+    fn matched(&mut self, _file: u64, _path: &Path, _end: u64, _rule: u32) {
+        self.matches += 1;
+    }
+    fn file_done(&mut self, _file: u64, _path: &Path, _bytes: u64) {}
+    fn file_error(&mut self, _file: u64, e: &FileError) {
+        panic!("{e}");
+    }
+    fn progress(&mut self, bytes: u64, files: u64) {
+        self.seen.push((bytes, files));
+    }
+}
+
+#[test]
+fn progress_adds_up_every_drivers_share() {
+    let rules = RuleSet::parse_toml(RULES, "test").unwrap();
+    let compiled = compile(&rules, &Limits::default()).unwrap();
+    let dir = temp_dir("progress");
+    let mut rng = Rng(5);
+    let mut total = 0;
+    for i in 0..40 {
+        let len = 500 + rng.below(9000);
+        total += len as u64;
+        std::fs::write(dir.join(format!("p{i}")), corpus(&mut rng, len, &[len / 2])).unwrap();
+    }
+    let opts = ScanOptions {
+        window: 1024,
+        batch: 8192,
+        segment: 4096,
+        readers: 4,
+        drivers: 2,
+        ..ScanOptions::default()
+    };
+    let mk = Megakernel::launch(Arc::new(CpuBackend::new()), Config::default()).unwrap();
+    let mut sink = Progress::default();
+    let summary = scan(&mk, &compiled, std::slice::from_ref(&dir), &opts, &mut sink).unwrap();
+    mk.shutdown().unwrap();
+    assert_eq!((summary.bytes, summary.files), (total, 40));
+    assert_eq!(summary.matches, sink.matches);
+    assert!(sink.seen.len() > 2, "{:?}", sink.seen);
+    assert!(
+        sink.seen
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+        "progress went back: {:?}",
+        sink.seen
+    );
+    assert_eq!(sink.seen.last(), Some(&(total, 40)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_second_scan_reuses_the_first_ones_buffers_and_its_batch_buffers_when_their_layout_fits() {
     // One driver thread, and two (each with its pairs; the tables shared).

@@ -236,6 +236,8 @@ pub(crate) struct Driver<'a> {
     max_slots: usize,
     overflow: Option<Overflow>,
     summary: Summary,
+    /// Bytes and files of `summary` already in progress reports.
+    progressed: (u64, u64),
     stages: Stages,
     /// Tells the set-up thread to make no more pairs (the scan is over).
     set_up_stop: Arc<AtomicBool>,
@@ -433,6 +435,7 @@ impl<'a> Driver<'a> {
             overflow: lock(reuse).overflow.pop(),
             share,
             summary: Summary::default(),
+            progressed: (0, 0),
             stages: Stages {
                 setup: started.elapsed(),
                 ..Stages::default()
@@ -1110,9 +1113,10 @@ impl<'a> Driver<'a> {
             }
         }
         reports.push(Report::Progress {
-            bytes: self.summary.bytes,
-            files: self.summary.files,
+            bytes: self.summary.bytes - self.progressed.0,
+            files: self.summary.files - self.progressed.1,
         });
+        self.progressed = (self.summary.bytes, self.summary.files);
         reports.send_with(hit_bytes);
         self.free.push(b.bufs);
         self.stages.hits += t.elapsed();

@@ -316,16 +316,26 @@ fn scan_matches_cpu(passed: &mut u32, failed: &mut u32) {
     let want = sorted(want);
     // Device and mapped buffers; hit regions in host memory laid out per batch, then at
     // fixed places (the GPU default); then the bounded groups in table sets (the GPU
-    // default: one DFA_SCAN per window runs several tables).
-    for (label, placement, fixed_hit_regions, set_members) in [
-        ("device", BufferPlacement::Device, false, 1),
-        ("mapped", BufferPlacement::HostMapped, false, 1),
-        ("device_fixed_hit_regions", BufferPlacement::Device, true, 1),
-        ("device_table_sets", BufferPlacement::Device, true, 4),
+    // default: one DFA_SCAN per window runs several tables); then three driver threads
+    // publishing to the one megakernel together (the GPU default is two).
+    for (label, placement, fixed_hit_regions, set_members, drivers) in [
+        ("device", BufferPlacement::Device, false, 1, 1),
+        ("mapped", BufferPlacement::HostMapped, false, 1, 1),
+        (
+            "device_fixed_hit_regions",
+            BufferPlacement::Device,
+            true,
+            1,
+            1,
+        ),
+        ("device_table_sets", BufferPlacement::Device, true, 4, 1),
+        ("device_three_drivers", BufferPlacement::Device, true, 4, 3),
     ] {
         let opts = ScanOptions {
             fixed_hit_regions,
             set_members,
+            drivers,
+            readers: 6,
             ..opts.clone()
         };
         let (got, gs, secs) = run(cuda(placement), &opts);

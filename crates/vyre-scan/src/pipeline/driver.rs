@@ -1098,10 +1098,11 @@ impl<'a> Driver<'a> {
                 let runs: usize = seg.runs.iter().map(|r| r.bytes.len() / 8).sum();
                 self.summary.matches += (seg.hits.len() + runs) as u64;
                 self.summary.files += u64::from(seg.last);
+                let runs = reports.push_runs(&mut seg.runs);
                 reports.push(Report::Segment {
                     file: seg.file.clone(),
                     hits: std::mem::take(&mut seg.hits),
-                    runs: std::mem::take(&mut seg.runs),
+                    runs,
                     end: seg.last.then_some(seg.at + seg.len as u64),
                 });
             }

@@ -556,7 +556,7 @@ fn compare(
                     if let Some(f) = floor {
                         set_rows.push(Row {
                             set: set.label.clone(),
-                            engine: format!("vyre {name}: walk and read alone"),
+                            engine: format!("vyre {name}: {FLOOR}"),
                             compile: String::new(),
                             seconds: Some(f),
                             files_matched: None,
@@ -791,6 +791,9 @@ fn run_rg(a: &Args, set: &Set, threads: usize) -> Result<(f64, Vec<PathBuf>), St
     patterns.extend(["-f".into(), set.rg_file.clone().into_os_string()]);
     run_rg_with(a, &patterns, threads)
 }
+
+/// The engine column's ending for vyre's floor rows.
+const FLOOR: &str = "walk and read alone";
 
 /// A literal made up for this run (so that not even this source file holds it): ripgrep's
 /// pass with it is its walk and reads.
@@ -1027,8 +1030,10 @@ fn table(rows: &[Row], bytes: u64) -> String {
     }
     for r in rows {
         let gbps = r.seconds.map(|t| bytes as f64 / t / 1e9);
+        // A floor is not a scan: no ratio to ripgrep's scan for it.
+        let floor = r.engine.ends_with(FLOOR);
         let ratio = match (r.seconds, rg_secs.get(r.set.as_str())) {
-            (Some(t), Some(rg)) => format!("{:.2}×", rg / t),
+            (Some(t), Some(rg)) if !floor => format!("{:.2}×", rg / t),
             _ => String::new(),
         };
         let _ = writeln!(

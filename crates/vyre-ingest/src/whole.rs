@@ -55,8 +55,8 @@ impl std::fmt::Debug for WholeFiles {
 }
 
 impl WholeFiles {
-    /// A ring for batches of up to `batch` files. Fails where io_uring, direct descriptors
-    /// (Linux 5.15) or their file table are unavailable, and where `VYRE_INGEST_NO_URING=1`;
+    /// A ring for batches of up to `batch` files. Fails where io_uring, a sparse table of
+    /// direct descriptors and opening into it within a chain (Linux 5.19) are unavailable, and where `VYRE_INGEST_NO_URING=1`;
     /// the caller then reads with syscalls.
     pub fn new(batch: u32) -> io::Result<WholeFiles> {
         if std::env::var_os("VYRE_INGEST_NO_URING").is_some_and(|v| v == "1") {
@@ -96,8 +96,8 @@ impl WholeFiles {
     }
 
     /// Reads each file of `files` (at most [`WholeFiles::batch`]) into its buffer; one
-    /// result per file, in order. A failed file does not stop the others. An error of the
-    /// ring itself fails every file of the batch.
+    /// result per file, in order. A failed file does not stop the others. More files than
+    /// the batch, or an error of the ring itself, fails every file of the call.
     pub fn read(&mut self, files: &mut [WholeRead<'_>]) -> Vec<io::Result<WholeReadDone>> {
         assert!(
             files.len() <= self.batch as usize,
@@ -115,62 +115,87 @@ impl WholeFiles {
     /// Submits one chain per file and reaps them all: each file's results (open, read,
     /// read past, close), as the kernel gave them.
     fn submit(&mut self, files: &mut [WholeRead<'_>]) -> io::Result<Vec<[i32; OPS as usize]>> {
-        let mut results: Vec<[i32; OPS as usize]> = vec![[i32::MIN; OPS as usize]; files.len()];
+        // Everything is checked and built before anything is queued: an error here leaves
+        // nothing in the ring.
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+        if files.len() > self.batch as usize {
+            return Err(invalid("more files than the batch"));
+        }
         let mut paths = Vec::with_capacity(files.len());
         for f in files.iter() {
-            paths.push(CString::new(f.path.as_os_str().as_bytes()).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte")
-            })?);
+            paths.push(
+                CString::new(f.path.as_os_str().as_bytes())
+                    .map_err(|_| invalid("a path with a NUL byte"))?,
+            );
         }
-        let mut queued = 0u32;
+        let mut entries = Vec::with_capacity(files.len() * OPS as usize);
         for (k, f) in files.iter_mut().enumerate() {
             let slot = k as u32;
-            let len = u32::try_from(f.buf.len())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a buffer over 4 GiB"))?;
+            let len = u32::try_from(f.buf.len()).map_err(|_| invalid("a buffer over 4 GiB"))?;
             let data = (k as u64) * u64::from(OPS);
-            let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), paths[k].as_ptr())
-                .flags(libc::O_RDONLY)
-                .file_index(Some(
-                    types::DestinationSlot::try_from_slot_target(slot)
-                        .map_err(|_| io::Error::other("file table slot out of range"))?,
-                ))
-                .build()
-                // A failed open cancels the rest of the chain.
-                .flags(squeue::Flags::IO_LINK)
-                .user_data(data);
-            let read = opcode::Read::new(types::Fixed(slot), f.buf.as_mut_ptr(), len)
-                .offset(0)
-                .build()
-                // A short or failed read does not cancel the close.
-                .flags(squeue::Flags::IO_HARDLINK)
-                .user_data(data + 1);
-            let past = opcode::Read::new(types::Fixed(slot), &mut self.past[k] as *mut u8, 1)
-                .offset(u64::from(len))
-                .build()
-                .flags(squeue::Flags::IO_HARDLINK)
-                .user_data(data + 2);
-            let close = opcode::Close::new(types::Fixed(slot))
-                .build()
-                .user_data(data + 3);
-            // SAFETY: the buffers (`f.buf`, `self.past[k]`) and the path strings live until
-            // every completion of this batch has been reaped below, before this function
-            // returns (or the ring is dropped on an error, which the kernel completes or
-            // cancels the requests of first: `io_uring` exit waits for requests in flight).
-            unsafe {
-                let mut sq = self.ring.submission();
-                for e in [&open, &read, &past, &close] {
-                    sq.push(e)
-                        .map_err(|_| io::Error::other("submission queue full"))?;
-                }
-            }
-            queued += OPS;
+            let target = types::DestinationSlot::try_from_slot_target(slot)
+                .map_err(|_| invalid("file table slot out of range"))?;
+            entries.push(
+                opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), paths[k].as_ptr())
+                    .flags(libc::O_RDONLY)
+                    .file_index(Some(target))
+                    .build()
+                    // A failed open cancels the rest of the chain.
+                    .flags(squeue::Flags::IO_LINK)
+                    .user_data(data),
+            );
+            entries.push(
+                opcode::Read::new(types::Fixed(slot), f.buf.as_mut_ptr(), len)
+                    .offset(0)
+                    .build()
+                    // A short or failed read does not cancel the close.
+                    .flags(squeue::Flags::IO_HARDLINK)
+                    .user_data(data + 1),
+            );
+            entries.push(
+                opcode::Read::new(types::Fixed(slot), &mut self.past[k] as *mut u8, 1)
+                    .offset(u64::from(len))
+                    .build()
+                    .flags(squeue::Flags::IO_HARDLINK)
+                    .user_data(data + 2),
+            );
+            entries.push(
+                opcode::Close::new(types::Fixed(slot))
+                    .build()
+                    .user_data(data + 3),
+            );
         }
+        // SAFETY: the buffers (`files[k].buf`, `self.past[k]`) and the path strings outlive
+        // every request of this batch: all of them are reaped below before this function
+        // returns, and where that cannot be done the process aborts rather than return with
+        // the kernel still writing into the caller's memory. `push_multiple` queues all of
+        // them or none (the queue is empty here: every call reaps all it queued).
+        unsafe {
+            self.ring
+                .submission()
+                .push_multiple(&entries)
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        }
+        let queued = entries.len() as u32;
+        let mut results: Vec<[i32; OPS as usize]> = vec![[i32::MIN; OPS as usize]; files.len()];
         let mut reaped = 0u32;
         while reaped < queued {
             match self.ring.submit_and_wait((queued - reaped) as usize) {
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) =>
+                {
+                    std::thread::yield_now();
+                }
+                Err(e) => {
+                    eprintln!(
+                        "vyre: io_uring_enter failed ({e}) with {} reads in flight into the \
+                         caller's buffers; stopping the process, which cannot go on safely",
+                        queued - reaped
+                    );
+                    std::process::abort();
+                }
             }
             for cqe in self.ring.completion() {
                 let (k, op) = (

@@ -647,13 +647,23 @@ pub fn scan_reusing(
     let start = Instant::now();
     let sets = with_table_sets(rules, opts.set_members);
     let rules = sets.as_ref().unwrap_or(rules);
-    let drivers = opts.drivers.max(1);
-    let tables = driver::table_buffers(mk, rules, buffers)?;
+    // A driver without a walk thread would get no files.
+    let drivers = opts.drivers.clamp(1, opts.readers.max(1));
+    // The options are checked (and the walk started) before any buffer is made.
     let Walk {
         thread: walk,
         items,
         pool,
     } = start_walk(mk, rules, paths, opts, true, drivers)?;
+    let tables = match driver::table_buffers(mk, rules, buffers) {
+        Ok(t) => t,
+        Err(e) => {
+            // The walk stops at its next send.
+            drop(items);
+            let _ = walk.join();
+            return Err(e);
+        }
+    };
     // The drivers run on threads of their own; this one owns the sink (which need not be
     // `Send`).
     let stopped = AtomicBool::new(sink.stopped());
@@ -673,6 +683,9 @@ pub fn scan_reusing(
                 };
                 let (report_tx, pool, stopped, buffers) =
                     (report_tx.clone(), pool.clone(), &stopped, &buffers);
+                // The first driver's set-up thread uploads the tables; whatever ends that
+                // driver first opens the gate for the others.
+                let opener = (index == 0).then(|| driver::GateOpener::new(gate.clone()));
                 thread::Builder::new()
                     .name(format!("vyre-scan-driver-{index}"))
                     .spawn_scoped(s, move || {
@@ -685,7 +698,7 @@ pub fn scan_reusing(
                         // On error the receiver of items is dropped here and the walk stops
                         // at its next send.
                         let (mut driver, set_up) =
-                            driver::Driver::new(mk, rules, opts, pool, buffers, share)?;
+                            driver::Driver::new(mk, rules, opts, pool, buffers, share, opener)?;
                         let set_up = thread::Builder::new()
                             .name(format!("vyre-scan-setup-{index}"))
                             .spawn_scoped(s, move || set_up.run())
@@ -732,8 +745,17 @@ pub fn scan_reusing(
         }
         total
     });
-    let _ = walk.join();
+    let walked = walk.join();
     let mut summary = result?;
+    if walked.is_err() {
+        return Err(ScanError::Options(
+            "a walk thread panicked (see the message above); the scan missed files".into(),
+        ));
+    }
+    // Every driver finished: the tables' buffers are free for the next scan.
+    let buffers = buffers.into_inner().unwrap_or_else(|e| e.into_inner());
+    let sizes = rules.groups.iter().map(|g| g.table.len() as u64 * 4);
+    buffers.tables.extend(sizes.zip(tables));
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
 }

@@ -307,6 +307,7 @@ impl<'a> Driver<'a> {
         packs: Arc<PackPool>,
         reuse: &Mutex<&mut super::ScanBuffers>,
         share: Share,
+        opener: Option<GateOpener>,
     ) -> Result<(Driver<'a>, SetUp<'a>), ScanError> {
         let started = Instant::now();
         let tables = share.tables.clone();
@@ -394,7 +395,7 @@ impl<'a> Driver<'a> {
             mk,
             rules,
             tables: tables.clone(),
-            upload: share.index == 0,
+            opener,
             gate: share.gate.clone(),
             pairs: pairs.clone(),
             count: spare,
@@ -638,10 +639,6 @@ impl<'a> Driver<'a> {
             }
         }
         reuse.put_pairs(self.layout, self.free);
-        if self.share.index == 0 {
-            let sizes = self.rules.groups.iter().map(|g| g.table.len() as u64 * 4);
-            reuse.tables.extend(sizes.zip(self.tables));
-        }
         reuse.overflow.extend(self.overflow);
     }
 
@@ -1387,9 +1384,9 @@ pub(crate) struct SetUp<'a> {
     mk: &'a Megakernel,
     rules: &'a Compiled,
     tables: Vec<u32>,
-    /// This set-up thread uploads the tables (the first driver's); the others wait for it
-    /// at `gate`.
-    upload: bool,
+    /// This set-up thread uploads the tables (the first driver's: it holds the gate's
+    /// opener); the others wait for it at `gate`.
+    opener: Option<GateOpener>,
     gate: Arc<Gate>,
     pairs: Pairs,
     count: usize,
@@ -1401,18 +1398,17 @@ pub(crate) struct SetUp<'a> {
 impl SetUp<'_> {
     /// Uploads the tables, then makes the other batches' buffers, sending each as it is done
     /// (or the first error). Stops early if the driver is gone.
-    pub(crate) fn run(self) {
+    pub(crate) fn run(mut self) {
         let t = Instant::now();
-        let tables = if self.upload {
-            // Opens the gate whatever happens (an error or a panic opens it as failed).
-            let mut opener = GateOpener(&self.gate, false);
+        let tables = if let Some(mut opener) = self.opener.take() {
+            // Opens the gate when dropped, as failed unless the upload succeeded.
             let r = self
                 .rules
                 .groups
                 .iter()
                 .zip(&self.tables)
                 .try_for_each(|(g, &h)| upload_words(self.mk, h, &g.table));
-            opener.1 = r.is_ok();
+            opener.ok = r.is_ok();
             r
         } else if self.gate.wait() {
             Ok(())
@@ -1491,12 +1487,30 @@ impl Gate {
     }
 }
 
-/// Opens its gate when dropped, with its flag (set it once the upload succeeded).
-struct GateOpener<'g>(&'g Gate, bool);
+/// Opens its gate when dropped: as succeeded once `ok` is set, else as failed. The first
+/// driver's thread makes it before anything else, so that whatever ends that driver (an
+/// error or a panic in its set-up, before its set-up thread runs, or in the upload) opens the
+/// gate and no other driver's set-up thread waits forever.
+pub(crate) struct GateOpener {
+    gate: Arc<Gate>,
+    ok: bool,
+}
 
-impl Drop for GateOpener<'_> {
+impl GateOpener {
+    pub(crate) fn new(gate: Arc<Gate>) -> GateOpener {
+        GateOpener { gate, ok: false }
+    }
+}
+
+impl std::fmt::Debug for GateOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateOpener").field("ok", &self.ok).finish()
+    }
+}
+
+impl Drop for GateOpener {
     fn drop(&mut self) {
-        self.0.open(self.1);
+        self.gate.open(self.ok);
     }
 }
 

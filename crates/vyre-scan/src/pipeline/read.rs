@@ -279,10 +279,13 @@ impl Reader {
     /// Sends the current pack, if it holds anything (after the files queued for it).
     fn send(&mut self) {
         self.drain();
-        let Some(pack) = self.pack.take() else {
+        let Some(mut pack) = self.pack.take() else {
             return;
         };
         if pack.pieces.is_empty() {
+            // Nothing in it (space kept for files that failed or grew is unused): start it
+            // over. No queued file points into it (`drain` ran).
+            pack.used = 0;
             self.pack = Some(pack);
         } else if !self.stopped && self.tx.send(Item::Pack(pack)).is_err() {
             self.stopped = true;
@@ -495,6 +498,54 @@ mod tests {
         for f in &files {
             std::fs::remove_file(f).unwrap();
         }
+    }
+
+    #[test]
+    fn space_kept_for_files_that_failed_is_not_lost_to_the_next_one() {
+        // The small files fail (gone after the walk saw them); the next file needs a whole
+        // pack of its own. With io_uring their places in the pack were kept for them.
+        let segment = 1 << 20;
+        let big: Vec<u8> = (0..segment + 5000).map(|i| (i % 251) as u8).collect();
+        let big_path = temp_file("big", &big);
+        for uring in [true, false] {
+            let (tx, rx) = sync_channel(1024);
+            {
+                let pool = Arc::new(PackPool::new(None));
+                let mut r = Reader::new(tx, pool, Arc::default(), segment, 16, uring);
+                let meta = |path: PathBuf, seq| FileMeta { path, seq };
+                for seq in 0..20 {
+                    // Readable when the Reader takes its size, removed before the batch
+                    // reads it.
+                    let p = temp_file(&format!("gone{seq}"), &[b'x'; 40_000]);
+                    assert!(r.file(meta(p.clone(), seq)));
+                    std::fs::remove_file(p).unwrap();
+                }
+                assert!(r.file(meta(big_path.clone(), 99)));
+            }
+            let (mut data, mut small, mut errors) = (Vec::new(), 0, 0);
+            for item in rx {
+                match item {
+                    Item::Pack(p) => {
+                        for piece in &p.pieces {
+                            if piece.file.seq == 99 {
+                                data.extend_from_slice(&piece.data(&p)[piece.prefix..]);
+                            } else {
+                                small += 1;
+                            }
+                        }
+                    }
+                    Item::Error(f, _) => {
+                        assert!(f.seq < 20);
+                        errors += 1;
+                    }
+                }
+            }
+            assert_eq!(data, big, "uring {uring}");
+            // With system calls each file is read as soon as it comes, before its removal.
+            let queued = uring && WholeFiles::new(1).is_ok();
+            assert_eq!((errors, small), if queued { (20, 0) } else { (0, 20) });
+        }
+        std::fs::remove_file(big_path).unwrap();
     }
 
     #[test]

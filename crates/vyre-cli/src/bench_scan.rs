@@ -713,7 +713,7 @@ fn run_vyre(
         no_ignore: true,
         follow: false,
     };
-    let (config, opts) = a.tuning.apply(&name, walk);
+    let (config, opts) = a.tuning.apply(&name, walk, false);
     let mk = Megakernel::launch(b, config).map_err(|e| format!("launch failed: {e}"))?;
     eprintln!(
         "vyre {name}: window {} bytes, batch {} bytes, {} in flight per driver, {} driver(s), {} reader(s)",

@@ -71,7 +71,12 @@ pub struct Tuning {
     #[arg(long, value_name = "N")]
     pub readers: Option<usize>,
     /// Driver threads, each planning, publishing and completing the batches of its share of
-    /// the walk threads (default: 1 on cpu, 2 on a GPU).
+    /// the walk threads (default: 1 for `vyre scan`; `vyre bench scan`, whose passes reuse
+    /// their batch buffers, 2 on a GPU). Two drivers pay off once the buffers exist: on an
+    /// H100 host a fresh process scanning 10 words took 0.26-0.31 s with one driver and
+    /// 0.30-0.37 s with two (both making their buffers at once), while passes reusing them
+    /// took 0.10-0.13 s with two and 0.13-0.15 s with one at 1,000 words, and 0.28-0.30 s
+    /// against 0.41-0.48 s with the secret regexes (bench/results/scan-h100.md, session 11).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
     pub drivers: Option<u32>,
     /// Read files into plain memory instead of the backend's staging memory (page-locked on
@@ -120,7 +125,9 @@ pub enum Unbounded {
 
 impl Tuning {
     /// The megakernel settings and pipeline options for `backend` with these overrides.
-    pub fn apply(&self, backend: &str, walk: WalkOptions) -> (Config, ScanOptions) {
+    /// `one_shot`: one scan in this process, which makes its batch buffers (one driver
+    /// thread unless `--drivers` says otherwise).
+    pub fn apply(&self, backend: &str, walk: WalkOptions, one_shot: bool) -> (Config, ScanOptions) {
         let mut config = pipeline::megakernel_config(backend);
         if self.workers.is_some() {
             config.workers = self.workers;
@@ -133,7 +140,9 @@ impl Tuning {
             readers: self.readers.unwrap_or(defaults.readers),
             staging: !self.no_staging,
             io_uring: !self.no_uring,
-            drivers: self.drivers.map_or(defaults.drivers, |n| n as usize),
+            drivers: self
+                .drivers
+                .map_or(if one_shot { 1 } else { defaults.drivers }, |n| n as usize),
             fixed_hit_regions: self
                 .hit_regions
                 .map_or(defaults.fixed_hit_regions, |l| l == HitRegions::Fixed),
@@ -183,7 +192,7 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         no_ignore: a.no_ignore,
         follow: a.follow,
     };
-    let (config, opts) = a.tuning.apply(backend_name, walk);
+    let (config, opts) = a.tuning.apply(backend_name, walk, true);
     let mk = Megakernel::launch(backend, config)?;
     let mut out = Printer::new(&a, &compiled.names);
     let result = pipeline::scan(&mk, &compiled, &a.paths, &opts, &mut out);

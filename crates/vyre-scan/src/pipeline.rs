@@ -145,7 +145,9 @@ pub struct ScanOptions {
     /// all of that for the whole corpus. With small files read through io_uring, the one
     /// driver thread bounded the bench's 1,000-word pass on an H100 (its stages added up to
     /// the pass: planning 78,985 segments 0.05 s, hits 0.05-0.07 s; bench/results/
-    /// scan-h100.md, session 11).
+    /// scan-h100.md, session 11). More drivers make more batch buffers at once, which a
+    /// scan that cannot reuse an earlier one's pays for: `vyre scan`, one scan per process,
+    /// runs one driver unless told otherwise.
     pub drivers: usize,
     /// How directories are walked.
     pub walk: WalkOptions,

@@ -1400,6 +1400,7 @@ impl SetUp<'_> {
     /// (or the first error). Stops early if the driver is gone.
     pub(crate) fn run(mut self) {
         let t = Instant::now();
+        let uploader = self.opener.is_some();
         let tables = if let Some(mut opener) = self.opener.take() {
             // Opens the gate when dropped, as failed unless the upload succeeded.
             let r = self
@@ -1444,7 +1445,8 @@ impl SetUp<'_> {
         }
         tracing::info!(
             target: "vyre_scan::stages",
-            "set-up thread: tables uploaded in {:.3} s, {} more batch buffer pairs in {:.3} s",
+            "set-up thread: tables {} {:.3} s, {} more batch buffer pairs in {:.3} s",
+            if uploader { "uploaded in" } else { "waited for (another driver uploads them)" },
             uploaded.as_secs_f64(),
             self.count,
             (t.elapsed() - uploaded).as_secs_f64()

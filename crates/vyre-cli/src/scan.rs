@@ -74,7 +74,7 @@ pub struct Tuning {
     /// the walk threads (default: 1 for `vyre scan`; `vyre bench scan`, whose passes reuse
     /// their batch buffers, 2 on a GPU). Two drivers pay off once the buffers exist: on an
     /// H100 host a fresh process scanning 10 words took 0.26-0.31 s with one driver and
-    /// 0.30-0.37 s with two (both making their buffers at once), while passes reusing them
+    /// 0.32-0.42 s with two (both making their buffers at once), while passes reusing them
     /// took 0.10-0.13 s with two and 0.13-0.15 s with one at 1,000 words, and 0.28-0.30 s
     /// against 0.41-0.48 s with the secret regexes (bench/results/scan-h100.md, session 11).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]

@@ -241,8 +241,8 @@ pub(crate) struct Driver<'a> {
     stages: Stages,
     /// Tells the set-up thread to make no more pairs (the scan is over).
     set_up_stop: Arc<AtomicBool>,
-    /// This driver among the scan's, and the tables they share.
-    share: Share,
+    /// This driver's place among the scan's drivers: (index, how many).
+    place: (usize, usize),
     /// The batch buffers' layout as asked for, and as made (hit regions in device memory
     /// where the backend refused host memory): what [`Driver::finish`] leaves for reuse.
     /// The made layout's `host` says where hit regions are: in host memory
@@ -310,7 +310,12 @@ impl<'a> Driver<'a> {
         opener: Option<GateOpener>,
     ) -> Result<(Driver<'a>, SetUp<'a>), ScanError> {
         let started = Instant::now();
-        let tables = share.tables.clone();
+        let Share {
+            index,
+            drivers,
+            tables,
+            gate,
+        } = share;
         // Groups that run as slots (unbounded ones may be scanned by the walk threads).
         let speculate = opts.speculate_unbounded;
         let on_device = |g: &&crate::compile::Group| {
@@ -340,7 +345,7 @@ impl<'a> Driver<'a> {
             (opts.window + look_behind as usize) as u64
         };
         // Every driver's batches in flight share the page-locked budget.
-        let in_flight_all = (opts.in_flight * share.drivers) as u64;
+        let in_flight_all = (opts.in_flight * drivers) as u64;
         let host_hits = if opts.fixed_hit_regions {
             HostHits::fixed(
                 max_slots as u64,
@@ -396,7 +401,7 @@ impl<'a> Driver<'a> {
             rules,
             tables: tables.clone(),
             opener,
-            gate: share.gate.clone(),
+            gate,
             pairs: pairs.clone(),
             count: spare,
             tx,
@@ -434,7 +439,7 @@ impl<'a> Driver<'a> {
             failed: HashSet::new(),
             max_slots,
             overflow: lock(reuse).overflow.pop(),
-            share,
+            place: (index, drivers),
             summary: Summary::default(),
             progressed: (0, 0),
             stages: Stages {
@@ -588,8 +593,8 @@ impl<'a> Driver<'a> {
              the device {:.3} s, \
              hits to the sink's thread {:.3} s ({} slots rescanned in {:.3} s, hits read in \
              {:.3} s; {} speculative windows checked, {} scanned again on the host in {:.3} s)",
-            self.share.index + 1,
-            self.share.drivers,
+            self.place.0 + 1,
+            self.place.1,
             st.setup.as_secs_f64(),
             st.setup_wait.as_secs_f64(),
             st.recv.as_secs_f64(),
@@ -1456,7 +1461,7 @@ impl SetUp<'_> {
 
 /// What drivers of one scan share: the table buffers (made once, uploaded by the first
 /// driver's set-up thread) and where each driver stands.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Share {
     pub(crate) index: usize,
     pub(crate) drivers: usize,

@@ -42,9 +42,9 @@ case "${1:-all}" in
   ab)
     # Two vyre binaries alternated (A B A B) on the same corpus and rule sets, cuda only, with
     # the driver thread's stage times (target vyre_scan::stages) of each run in ab.log.
-    # VYRE_A / VYRE_B: the binaries (A defaults to .gpu/vyre-old, B to $VYRE).
+    # VYRE_A / VYRE_B: the binaries (A defaults to .gpu/vyre-old, B to $VYRE); ROUNDS (default 2).
     A=${VYRE_A:-.gpu/vyre-old} B=${VYRE_B:-$VYRE}; chmod +x "$A" "$B"
-    for round in 1 2; do
+    for round in $(seq "${ROUNDS:-2}"); do
       for bin in "$A" "$B"; do
         echo "== $bin (round $round)" | tee -a "$OUT/ab.log"
         RUST_LOG=warn,vyre_scan::stages=info timeout 200 "$bin" bench scan --corpus "$CORPUS" \

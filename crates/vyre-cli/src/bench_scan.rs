@@ -663,23 +663,50 @@ fn compile_guarded(toml: &Path, max: f64) -> Result<(Compiled, f64), String> {
 
 /// Per-file, per-rule counts from vyre's pipeline, kept by the walk's file id (hashing a
 /// path per match cost the bench more than the GPU's scan at 10,000 words). The calls of
-/// files whose windows are in flight together may interleave. Finished files are listed in
-/// the order they finish and put in a map by path after the timed pass ([`CountSink::counts`]):
-/// hashing a path is a walk over its bytes looking for separators, and one insert per matched
-/// file took half of the sink's thread's time (a profile of the 1,000-word pass).
+/// files whose windows are in flight together may interleave. Finished files are appended to
+/// three flat vectors (paths' bytes, counts, and where each file's end) and put in a map by
+/// path after the timed pass ([`CountSink::counts`]): in a profile of the 1,000-word pass one
+/// hash-map insert by path per matched file took half of the sink's thread's time (hashing a
+/// path walks its bytes looking for separators), and a path and a count vector allocated per
+/// file took half of what was left.
 #[derive(Default)]
 struct CountSink {
     open: RuleCounts,
-    done: Vec<(PathBuf, Vec<(u32, u64)>)>,
+    /// Per finished file with matches: where its path ends in `paths` and its counts in
+    /// `counts`.
+    done: Vec<(usize, usize)>,
+    paths: Vec<u8>,
+    counts: Vec<(u32, u64)>,
     errors: Vec<String>,
     interleaved: u64,
     last: Option<u64>,
 }
 
 impl CountSink {
+    /// A sink whose vectors start as large as `before`'s ended (the pass before, on the same
+    /// corpus), so the timed pass does not grow them.
+    fn sized_like(before: &CountSink) -> CountSink {
+        CountSink {
+            done: Vec::with_capacity(before.done.len()),
+            paths: Vec::with_capacity(before.paths.len()),
+            counts: Vec::with_capacity(before.counts.len()),
+            ..CountSink::default()
+        }
+    }
+
     /// The finished files' counts by path.
-    fn counts(self) -> Counts {
-        self.done.into_iter().collect()
+    fn counts(&self) -> Counts {
+        use std::os::unix::ffi::OsStrExt;
+        let (mut path, mut counts) = (0, 0);
+        self.done
+            .iter()
+            .map(|&(path_end, counts_end)| {
+                let p = std::ffi::OsStr::from_bytes(&self.paths[path..path_end]);
+                let c = self.counts[counts..counts_end].to_vec();
+                (path, counts) = (path_end, counts_end);
+                (PathBuf::from(p), c)
+            })
+            .collect()
     }
 }
 
@@ -697,9 +724,12 @@ impl Sink for CountSink {
         self.open.add(file, rule);
     }
     fn file_done(&mut self, file: u64, path: &Path, _bytes: u64) {
-        let c = self.open.take(file);
-        if !c.is_empty() {
-            self.done.push((path.to_path_buf(), c));
+        use std::os::unix::ffi::OsStrExt;
+        let before = self.counts.len();
+        self.open.take_into(file, &mut self.counts);
+        if self.counts.len() > before {
+            self.paths.extend_from_slice(path.as_os_str().as_bytes());
+            self.done.push((self.paths.len(), self.counts.len()));
         }
     }
     fn file_error(&mut self, file: u64, e: &FileError) {
@@ -733,8 +763,9 @@ fn run_vyre(
     let mut result = Err("no pass ran".to_string());
     // Later passes reuse the batch buffers of the first, as a long-lived process would.
     let mut buffers = pipeline::ScanBuffers::new();
+    let mut before = CountSink::default();
     for pass in 0..=a.warmup {
-        let mut sink = CountSink::default();
+        let mut sink = CountSink::sized_like(&before);
         let t = Instant::now();
         let r = pipeline::scan_reusing(&mk, compiled, &paths, &opts, &mut sink, &mut buffers);
         let secs = t.elapsed().as_secs_f64();
@@ -760,6 +791,7 @@ fn run_vyre(
                 if pass == a.warmup {
                     result = Ok((name.clone(), secs, sink.counts(), None));
                 }
+                before = sink;
             }
             Err(e) => {
                 result = Err(format!("scan failed: {e}"));

@@ -75,6 +75,24 @@ impl RuleCounts {
         self.open.remove(&file).unwrap_or_default()
     }
 
+    /// Appends `file`'s counts, by rule ascending, to `out` (nothing if it had no match);
+    /// forgets the file. [`RuleCounts::take`] without a vector per file.
+    pub fn take_into(&mut self, file: u64, out: &mut Vec<(u32, u64)>) {
+        if self.current == Some(file) {
+            self.current = None;
+            self.touched.sort_unstable();
+            let table = &mut self.table;
+            out.extend(
+                self.touched
+                    .iter()
+                    .map(|&r| (r, std::mem::take(&mut table[r as usize]))),
+            );
+            self.touched.clear();
+        } else if let Some(c) = self.open.remove(&file) {
+            out.extend(c);
+        }
+    }
+
     /// Files with counts not yet taken.
     pub fn open_files(&self) -> usize {
         self.open.len() + usize::from(self.current.is_some())
@@ -108,10 +126,19 @@ mod tests {
         }
         assert!(got.others_open(7));
         assert_eq!(got.open_files(), want.len());
+        let mut flat = vec![(0, 0)];
         for (file, rules) in want {
             let expect: Vec<(u32, u64)> = rules.into_iter().collect();
-            assert_eq!(got.take(file), expect, "file {file}");
+            // Half the files by `take`, half appended to one vector.
+            if file % 2 == 0 {
+                assert_eq!(got.take(file), expect, "file {file}");
+            } else {
+                let before = flat.len();
+                got.take_into(file, &mut flat);
+                assert_eq!(flat[before..], expect, "file {file}");
+            }
         }
+        assert_eq!(flat[0], (0, 0), "take_into appends");
         assert!(!got.others_open(7));
         assert_eq!(got.open_files(), 0);
         assert!(got.take(99).is_empty());

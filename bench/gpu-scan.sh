@@ -9,6 +9,7 @@
 # Run there:  bash bench/gpu-scan.sh            (all steps, ~8 min on 16 cores + H100)
 #             bash bench/gpu-scan.sh resident   (only the resident DFA_SCAN probe, ~1 min)
 #             bash bench/gpu-scan.sh ab         (two vyre binaries alternated, cuda, literal sets)
+#             bash bench/gpu-scan.sh sweep      (walk and driver thread counts, cuda, literal sets)
 # Results in $OUT: scan-h100.md (the table), scan.log (also the rows of every finished rule set,
 # if the 540 s timeout cuts the run short), machine.txt, rules/ (the generated rule files).
 #
@@ -53,6 +54,21 @@ case "${1:-all}" in
           | grep -E "stages|^\| (10|1000|10000) words" | tee -a "$OUT/ab.log"
       done
     done
+    ;;
+  sweep)
+    # One vyre binary ($VYRE), cuda, literal sets, once per "READERS,DRIVERS" pair in SWEEP
+    # (default "16,2 14,2 16,3 13,3 16,4"), each pass side by side with ripgrep; the driver
+    # threads' stage times of every run in sweep.log, the timed pass's rows in sweep.md.
+    for pair in ${SWEEP:-16,2 14,2 16,3 13,3 16,4}; do
+      r=${pair%,*} d=${pair#*,}
+      echo "== readers $r, drivers $d" | tee -a "$OUT/sweep.log" >> "$OUT/sweep.md"
+      RUST_LOG=warn,vyre_scan::stages=info timeout 200 "$VYRE" bench scan --corpus "$CORPUS" \
+        --backends cuda --rg .bin/rg --rules-counts "$COUNTS" --no-regex --no-ra \
+        --readers "$r" --drivers "$d" --rules-dir "$OUT/rules" 2>&1 \
+        | sed -E 's/\x1b\[[0-9;]*m//g; s/^.*stages: //' | tee -a "$OUT/sweep.log" \
+        | grep -E "^\| [0-9]+ words" >> "$OUT/sweep.md"
+    done
+    cat "$OUT/sweep.md"
     ;;
   all)
     timeout 540 "$VYRE" bench scan --corpus "$CORPUS" --backends "$BACKENDS" --rg .bin/rg \

@@ -23,6 +23,11 @@ mod scan;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc instead of the C library's allocator: a scan's walk threads allocate each file's
+/// path and their reports, which the sink's thread frees.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// vyre: a persistent bytecode interpreter fed by a host ring.
 #[derive(Debug, Parser)]
 #[command(name = "vyre", version, about)]

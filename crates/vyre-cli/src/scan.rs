@@ -67,7 +67,8 @@ pub struct Tuning {
     /// Worker threads for the cpu backend (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Threads that walk directories and read files (default: 2 on cpu; on a GPU one per core, 4 to 16).
+    /// Threads that walk directories and read files (default: 2 on cpu; on a GPU one per core
+    /// that the driver threads leave, 4 to 16).
     #[arg(long, value_name = "N")]
     pub readers: Option<usize>,
     /// Driver threads, each planning, publishing and completing the batches of its share of
@@ -133,16 +134,21 @@ impl Tuning {
             config.workers = self.workers;
         }
         let defaults = ScanOptions::for_backend(backend);
+        let drivers = self
+            .drivers
+            .map_or(if one_shot { 1 } else { defaults.drivers }, |n| n as usize);
         let opts = ScanOptions {
             window: self.window.unwrap_or(defaults.window),
             batch: self.batch.unwrap_or(defaults.batch),
             in_flight: self.in_flight.unwrap_or(defaults.in_flight),
-            readers: self.readers.unwrap_or(defaults.readers),
+            readers: self.readers.unwrap_or(if backend == "cpu" {
+                defaults.readers
+            } else {
+                pipeline::gpu_readers(drivers)
+            }),
             staging: !self.no_staging,
             io_uring: !self.no_uring,
-            drivers: self
-                .drivers
-                .map_or(if one_shot { 1 } else { defaults.drivers }, |n| n as usize),
+            drivers,
             fixed_hit_regions: self
                 .hit_regions
                 .map_or(defaults.fixed_hit_regions, |l| l == HitRegions::Fixed),

@@ -170,15 +170,13 @@ impl ScanOptions {
             // took 0.32-0.35 s against 0.40 s at 10,000 words and 0.21-0.22 s against
             // 0.28 s at 1,000 (bench/results/scan-h100.md); more batches in flight or
             // 32 MiB batches did less. 16 MiB batches pipelined better than 64 MiB ones
-            // (3.4-3.8 against 2.4-2.5 GB/s on four large files, same run). A walk thread
-            // per core, up to 16: with small files read through io_uring, walking and
-            // reading the bench's corpus alone took 0.080-0.098 s on 16 threads and
-            // 0.120-0.142 s on 8 (16-core H100 host, bench/results/scan-h100.md, session 11).
+            // (3.4-3.8 against 2.4-2.5 GB/s on four large files, same run). Walk threads:
+            // see `gpu_readers`.
             _ => ScanOptions {
                 window: 8 << 10,
                 batch: 16 << 20,
                 in_flight: 6,
-                readers: std::thread::available_parallelism().map_or(8, |n| n.get().clamp(4, 16)),
+                readers: gpu_readers(2),
                 hit_capacity: 256,
                 speculate_unbounded: true,
                 fixed_hit_regions: true,
@@ -188,6 +186,18 @@ impl ScanOptions {
             },
         }
     }
+}
+
+/// Walk threads for a scan on a GPU with `drivers` driver threads: one per core the drivers
+/// leave, 4 to 16. With small files read through io_uring, walking and reading the bench's
+/// corpus alone took 0.080-0.098 s on 16 threads and 0.120-0.142 s on 8; but a driver
+/// sharing its core with walk threads plans and copies slower: on a 16-core H100 host with
+/// two drivers, 14 walk threads scanned 1,000 words in 0.093-0.113 s (six passes) against
+/// 0.101-0.136 s with 16 (seven passes), same runs (bench/results/scan-h100.md, session 12).
+pub fn gpu_readers(drivers: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(8, |n| n.get().saturating_sub(drivers))
+        .clamp(4, 16)
 }
 
 /// The megakernel settings a scan wants on a backend. On cpu a worker thread runs the slots

@@ -5,8 +5,10 @@
 //!   so matches happen: `--rules-counts` literal sets (each a prefix of the next) and one
 //!   set of secret-scanning regexes. Each is written as a TOML rule file (loaded the way
 //!   `vyre scan --rules` loads it) and as a ripgrep `-f` file.
-//! * Throughput is corpus bytes / wall seconds of one pass, after `--warmup` untimed passes
-//!   of the same engine (and one untimed read of the whole corpus first, so the cache is warm).
+//! * Throughput is corpus bytes / wall seconds of the median of `--passes` timed passes, after
+//!   `--warmup` untimed passes of the same engine (and one untimed read of the whole corpus
+//!   first, so the cache is warm); every engine runs the same passes, and the table gives
+//!   their range too.
 //!   vyre's passes share one megakernel and its batch buffers (`pipeline::scan_reusing`), as
 //!   in a long-lived process; a fresh `vyre scan` process also makes them.
 //! * ripgrep: `rg -a --no-ignore --hidden -c -j N [-F] -f FILE ROOT`, N = every core (rg
@@ -81,9 +83,14 @@ pub struct Args {
     /// count) or observed to take longer than this; the table says so.
     #[arg(long, default_value_t = 120.0)]
     pub max_compile_seconds: f64,
-    /// Untimed passes of each engine before its timed pass.
+    /// Untimed passes of each engine before its timed passes.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Timed passes of each engine; the table gives their median (ratios are of medians) and
+    /// their range. One pass of vyre or ripgrep over the bench's corpus varied by a quarter
+    /// from run to run on the H100 host.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub passes: u32,
     /// vyre's pipeline settings (default: each backend's, as `vyre scan` uses).
     #[command(flatten)]
     pub tuning: crate::scan::Tuning,
@@ -145,10 +152,33 @@ struct Row {
     set: String,
     engine: String,
     compile: String,
-    seconds: Option<f64>,
+    seconds: Option<Passes>,
     files_matched: Option<usize>,
     matches: Option<u64>,
     check: String,
+}
+
+/// The wall seconds of an engine's timed passes.
+#[derive(Debug, Clone, Default)]
+struct Passes(Vec<f64>);
+
+impl Passes {
+    fn median(&self) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    /// "min-max (n)".
+    fn range(&self) -> String {
+        let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{min:.3}-{max:.3} ({})", self.0.len())
+    }
 }
 
 /// Runs the benchmark and prints the report.
@@ -399,12 +429,13 @@ fn header(a: &Args, files: &[(PathBuf, u64)], bytes: u64, threads: usize) -> Str
     );
     let _ = writeln!(
         s,
-        "corpus: `{}`, {} files, {} bytes ({:.3} GB), warm page cache; {} untimed pass(es) per engine before the timed one; vyre pipeline: each backend's `ScanOptions::for_backend` defaults, one megakernel and its batch buffers for all passes{}",
+        "corpus: `{}`, {} files, {} bytes ({:.3} GB), warm page cache; {} untimed pass(es) per engine before its {} timed ones (the table gives their median and range); vyre pipeline: each backend's `ScanOptions::for_backend` defaults, one megakernel and its batch buffers for all passes{}",
         a.corpus.display(),
         files.len(),
         bytes,
         bytes as f64 / 1e9,
         a.warmup,
+        a.passes,
         overrides(a),
     );
     s
@@ -493,16 +524,17 @@ fn compare(
                 abandoned = e.starts_with("abandoned");
             }
         }
-        // In-process engines: (name, timed seconds, counts, build seconds).
-        let mut oracles: Vec<(&str, f64, Counts, f64)> = Vec::new();
+        // In-process engines: (name, timed passes, counts, build seconds).
+        let mut oracles: Vec<(&str, Passes, Counts, f64)> = Vec::new();
+        let passes = (a.warmup, a.passes as usize);
         let mut notes = Vec::new();
         if !a.no_ra && !abandoned {
             if set.literal {
-                let (t, c, b) = run_ac(set, files, threads, a.warmup)?;
+                let (t, c, b) = run_ac(set, files, threads, passes)?;
                 oracles.push(("aho-corasick (DFA, overlapping: every match)", t, c, b));
             }
             if !set.literal || n <= a.ra_max_rules {
-                let (t, c, b) = run_ra(set, files, threads, a.warmup)?;
+                let (t, c, b) = run_ra(set, files, threads, passes)?;
                 oracles.push((
                     "regex-automata (lazy DFA, MatchKind::All, overlapping)",
                     t,
@@ -544,6 +576,7 @@ fn compare(
                         let theirs: HashSet<&PathBuf> = rgf.iter().collect();
                         check.push(agree_sets("files vs rg", &mine, &theirs));
                     }
+                    let pass = secs.median();
                     set_rows.push(Row {
                         set: set.label.clone(),
                         engine: format!("vyre {name}"),
@@ -554,6 +587,7 @@ fn compare(
                         check: check.join("; "),
                     });
                     if let Some(f) = floor {
+                        let ratio = pass / f.median();
                         set_rows.push(Row {
                             set: set.label.clone(),
                             engine: format!("vyre {name}: {FLOOR}"),
@@ -564,7 +598,7 @@ fn compare(
                             check: format!(
                                 "the same walk threads, segments and staging packs, nothing \
                                  copied or scanned: the pass above took {:.2}× this",
-                                secs / f
+                                ratio
                             ),
                         });
                     }
@@ -591,7 +625,7 @@ fn compare(
                 set: set.label.clone(),
                 engine: format!("ripgrep{}", if set.literal { " -F" } else { "" }),
                 compile: "(in scan)".into(),
-                seconds: Some(*secs),
+                seconds: Some(secs.clone()),
                 files_matched: Some(rgf.len()),
                 matches: None,
                 check,
@@ -602,7 +636,7 @@ fn compare(
                 set: set.label.clone(),
                 engine: oname.to_string(),
                 compile: format!("{build:.2} s"),
-                seconds: Some(*secs),
+                seconds: Some(secs.clone()),
                 files_matched: Some(rc.len()),
                 matches: Some(rc.values().flatten().map(|(_, n)| n).sum()),
                 check: String::new(),
@@ -614,7 +648,8 @@ fn compare(
                 "  {:<40} {} {}",
                 r.engine,
                 r.seconds
-                    .map(|s| format!("{:.3} GB/s", bytes as f64 / s / 1e9))
+                    .as_ref()
+                    .map(|s| format!("{:.3} GB/s", bytes as f64 / s.median() / 1e9))
                     .unwrap_or_default(),
                 r.check
             );
@@ -744,7 +779,7 @@ fn run_vyre(
     backend: &str,
     compiled: &Compiled,
     bytes: u64,
-) -> Result<(String, f64, Counts, Option<f64>), String> {
+) -> Result<(String, Passes, Counts, Option<Passes>), String> {
     let (b, _) = backends::create(backend, &[SlotOp::DfaScan])
         .map_err(|e| format!("skipped: backend {backend} unavailable: {e}"))?;
     let name = b.name().to_string();
@@ -764,7 +799,9 @@ fn run_vyre(
     // Later passes reuse the batch buffers of the first, as a long-lived process would.
     let mut buffers = pipeline::ScanBuffers::new();
     let mut before = CountSink::default();
-    for pass in 0..=a.warmup {
+    let mut timed = Passes::default();
+    let last = a.warmup + a.passes as usize - 1;
+    for pass in 0..=last {
         let mut sink = CountSink::sized_like(&before);
         let t = Instant::now();
         let r = pipeline::scan_reusing(&mk, compiled, &paths, &opts, &mut sink, &mut buffers);
@@ -788,8 +825,11 @@ fn run_vyre(
                     "vyre {name}: matches of another file arrived before a file was done {} time(s)",
                     sink.interleaved
                 );
-                if pass == a.warmup {
-                    result = Ok((name.clone(), secs, sink.counts(), None));
+                if pass >= a.warmup {
+                    timed.0.push(secs);
+                }
+                if pass == last {
+                    result = Ok((name.clone(), timed.clone(), sink.counts(), None));
                 }
                 before = sink;
             }
@@ -801,9 +841,17 @@ fn run_vyre(
     }
     // The floor under the pass: the same walk threads and reads, nothing scanned.
     if let Ok((.., floor)) = &mut result {
-        for _ in 0..=a.warmup {
+        let mut timed = Passes::default();
+        for pass in 0..=last {
             match pipeline::walk_and_read_only(&mk, compiled, &paths, &opts) {
-                Ok(r) if r.bytes == bytes && r.file_errors == 0 => *floor = Some(r.seconds),
+                Ok(r) if r.bytes == bytes && r.file_errors == 0 => {
+                    if pass >= a.warmup {
+                        timed.0.push(r.seconds);
+                    }
+                    if pass == last {
+                        *floor = Some(timed.clone());
+                    }
+                }
                 Ok(r) => {
                     eprintln!(
                         "vyre {name}: reading alone: {} bytes of {bytes}, {} file errors",
@@ -825,7 +873,7 @@ fn run_vyre(
 }
 
 /// ripgrep, all cores: warm-up passes, then one timed pass; the files it reports.
-fn run_rg(a: &Args, set: &Set, threads: usize) -> Result<(f64, Vec<PathBuf>), String> {
+fn run_rg(a: &Args, set: &Set, threads: usize) -> Result<(Passes, Vec<PathBuf>), String> {
     let mut patterns: Vec<std::ffi::OsString> = Vec::new();
     if set.literal {
         patterns.push("-F".into());
@@ -851,13 +899,14 @@ fn run_rg_with(
     a: &Args,
     patterns: &[std::ffi::OsString],
     threads: usize,
-) -> Result<(f64, Vec<PathBuf>), String> {
+) -> Result<(Passes, Vec<PathBuf>), String> {
     let mut cmd = Command::new(&a.rg);
     cmd.args(["-a", "--no-ignore", "--hidden", "-c", "-j"])
         .arg(threads.to_string());
     cmd.args(patterns).arg(&a.corpus);
     let mut last = None;
-    for _ in 0..=a.warmup {
+    let mut timed = Passes::default();
+    for pass in 0..a.warmup + a.passes as usize {
         let t = Instant::now();
         let o = cmd
             .output()
@@ -872,14 +921,17 @@ fn run_rg_with(
                 String::from_utf8_lossy(&o.stderr)
             ));
         }
-        last = Some((secs, o.stdout));
+        if pass >= a.warmup {
+            timed.0.push(secs);
+        }
+        last = Some(o.stdout);
     }
-    let (secs, out) = last.expect("at least one pass");
+    let out = last.expect("at least one pass");
     let files = String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| l.rsplit_once(':').map(|(p, _)| PathBuf::from(p)))
         .collect();
-    Ok((secs, files))
+    Ok((timed, files))
 }
 
 /// regex-automata on every core: (timed pass seconds, counts, build seconds).
@@ -887,8 +939,8 @@ fn run_ra(
     set: &Set,
     files: &[(PathBuf, u64)],
     threads: usize,
-    warmup: usize,
-) -> Result<(f64, Counts, f64), String> {
+    passes: (usize, usize),
+) -> Result<(Passes, Counts, f64), String> {
     let t = Instant::now();
     let patterns: Vec<String> = if set.literal {
         set.patterns
@@ -922,7 +974,7 @@ fn run_ra(
     let caches: Vec<Mutex<regex_automata::hybrid::dfa::Cache>> = (0..threads)
         .map(|_| Mutex::new(dfa.create_cache()))
         .collect();
-    let (secs, counts) = parallel_counts(files, &caches, warmup, &|cache, data, c| {
+    let (secs, counts) = parallel_counts(files, &caches, passes, &|cache, data, c| {
         let input = Input::new(data);
         let mut state = OverlappingState::start();
         loop {
@@ -943,8 +995,8 @@ fn run_ac(
     set: &Set,
     files: &[(PathBuf, u64)],
     threads: usize,
-    warmup: usize,
-) -> Result<(f64, Counts, f64), String> {
+    passes: (usize, usize),
+) -> Result<(Passes, Counts, f64), String> {
     let t = Instant::now();
     let ac = AhoCorasick::builder()
         .kind(Some(AhoCorasickKind::DFA))
@@ -952,7 +1004,7 @@ fn run_ac(
         .map_err(|e| format!("aho-corasick build: {e}"))?;
     let build = t.elapsed().as_secs_f64();
     let states: Vec<Mutex<()>> = (0..threads).map(|_| Mutex::new(())).collect();
-    let (secs, counts) = parallel_counts(files, &states, warmup, &|_, data, c| {
+    let (secs, counts) = parallel_counts(files, &states, passes, &|_, data, c| {
         for m in ac.find_overlapping_iter(data) {
             *c.entry(m.pattern().as_u32()).or_default() += 1;
         }
@@ -966,15 +1018,16 @@ type ScanFn<'a, S> =
     dyn Fn(&mut S, &[u8], &mut BTreeMap<u32, u64>) -> Result<(), String> + Sync + 'a;
 
 /// Files shared among one thread per state (an atomic counter hands them out), each read
-/// whole and scanned; `warmup` untimed passes, then the timed one.
+/// whole and scanned; `passes`: (untimed, timed) passes. The last pass's counts.
 fn parallel_counts<S: Send>(
     files: &[(PathBuf, u64)],
     states: &[Mutex<S>],
-    warmup: usize,
+    (warmup, passes): (usize, usize),
     scan: &ScanFn<'_, S>,
-) -> Result<(f64, Counts), String> {
+) -> Result<(Passes, Counts), String> {
     let mut last = None;
-    for _ in 0..=warmup {
+    let mut timed = Passes::default();
+    for pass in 0..warmup + passes {
         let next = AtomicUsize::new(0);
         // Each thread's files, put in a map by path after the timed pass (as vyre's are).
         let out = Mutex::new(Vec::new());
@@ -1007,10 +1060,18 @@ fn parallel_counts<S: Send>(
         if let Some(e) = err.into_inner().unwrap() {
             return Err(e);
         }
-        let counts: Counts = out.into_inner().unwrap().into_iter().flatten().collect();
-        last = Some((secs, counts));
+        if pass >= warmup {
+            timed.0.push(secs);
+        }
+        last = Some(out.into_inner().unwrap());
     }
-    Ok(last.expect("at least one pass"))
+    // Put in a map by path after the timed passes (as vyre's are).
+    let counts: Counts = last
+        .expect("at least one pass")
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok((timed, counts))
 }
 
 fn agree_sets(what: &str, mine: &HashSet<&PathBuf>, theirs: &HashSet<&PathBuf>) -> String {
@@ -1061,32 +1122,34 @@ fn table(rows: &[Row], bytes: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n| rule set | engine | compile | scan s | GB/s | vs rg | files matched | matches | check |"
+        "\n| rule set | engine | compile | scan s | passes: range (count) | GB/s | vs rg | files matched | matches | check |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     let mut rg_secs: HashMap<&str, f64> = HashMap::new();
     for r in rows {
         if r.engine.starts_with("ripgrep") {
-            if let Some(t) = r.seconds {
-                rg_secs.insert(&r.set, t);
+            if let Some(t) = &r.seconds {
+                rg_secs.insert(&r.set, t.median());
             }
         }
     }
     for r in rows {
-        let gbps = r.seconds.map(|t| bytes as f64 / t / 1e9);
+        let median = r.seconds.as_ref().map(Passes::median);
+        let gbps = median.map(|t| bytes as f64 / t / 1e9);
         // A floor is not a scan: no ratio to ripgrep's scan for it.
         let floor = r.engine.ends_with(FLOOR);
-        let ratio = match (r.seconds, rg_secs.get(r.set.as_str())) {
+        let ratio = match (median, rg_secs.get(r.set.as_str())) {
             (Some(t), Some(rg)) if !floor => format!("{:.2}×", rg / t),
             _ => String::new(),
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.set,
             r.engine,
             r.compile,
-            r.seconds.map(|t| format!("{t:.3}")).unwrap_or_default(),
+            median.map(|t| format!("{t:.3}")).unwrap_or_default(),
+            r.seconds.as_ref().map(Passes::range).unwrap_or_default(),
             gbps.map(|g| format!("{g:.3}")).unwrap_or_default(),
             ratio,
             r.files_matched.map(|n| n.to_string()).unwrap_or_default(),
@@ -1096,7 +1159,7 @@ fn table(rows: &[Row], bytes: u64) -> String {
     }
     let _ = writeln!(
         s,
-        "\nGB/s = corpus bytes / wall seconds of the timed pass (vyre: walk, read, copy into backend buffers, scan, hit read-back; ripgrep: its whole run with `-c`; aho-corasick, regex-automata: read + overlapping search, no walk). \"vs rg\" = rg seconds / engine seconds (> 1: faster than ripgrep). ripgrep's `matches` column is empty: `-c` counts lines, not match ends. aho-corasick (literal sets) and regex-automata report every (rule, match end), which is what vyre reports; vyre's per-file counts are checked against them. Floors: \"walk and read alone\" is vyre's pass without the scan (the same walk threads read every file into the same staging packs, which are dropped), and ripgrep with one literal found nowhere is ripgrep's: neither engine's pass can be shorter than its floor."
+        "\nscan s = the median of the timed passes' wall seconds. GB/s = corpus bytes / that median (vyre: walk, read, copy into backend buffers, scan, hit read-back; ripgrep: its whole run with `-c`; aho-corasick, regex-automata: read + overlapping search, no walk). \"vs rg\" = ripgrep's median / the engine's median (> 1: faster than ripgrep). ripgrep's `matches` column is empty: `-c` counts lines, not match ends. aho-corasick (literal sets) and regex-automata report every (rule, match end), which is what vyre reports; vyre's per-file counts are checked against them. Floors: \"walk and read alone\" is vyre's pass without the scan (the same walk threads read every file into the same staging packs, which are dropped), and ripgrep with one literal found nowhere is ripgrep's: neither engine's pass can be shorter than its floor."
     );
     s
 }

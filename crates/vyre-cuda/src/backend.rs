@@ -111,6 +111,13 @@ pub(crate) fn open_device() -> Result<(Arc<CudaContext>, DeviceInfo), BackendErr
     open_device_in(false)
 }
 
+/// The primary context a probe opened, kept for the backend that routing creates next: the
+/// probe's context was released as the probe returned (the primary context was destroyed)
+/// and made again by `create`, 0.1 s of a one-shot `vyre scan` on an H100 host. Taken by the
+/// next [`open_device_in`] of the primary context; later ones retain it anew, as before.
+static PROBED: std::sync::Mutex<Option<(Arc<CudaContext>, DeviceInfo)>> =
+    std::sync::Mutex::new(None);
+
 /// Opens GPU 0 in its primary context or, with `fresh`, in a new context of its own: a
 /// restart after a hang needs one, because loading a module into the hung kernel's context
 /// waits for that kernel.
@@ -128,6 +135,11 @@ pub(crate) fn open_device_in(fresh: bool) -> Result<(Arc<CudaContext>, DeviceInf
             "install the CUDA toolkit's NVRTC (libnvrtc.so), or use --backend cpu",
         )
     })?;
+    if !fresh {
+        if let Some(probed) = PROBED.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Ok(probed);
+        }
+    }
     let ctx = if fresh {
         CudaContext::new_non_primary(0, 0)
     } else {
@@ -955,7 +967,8 @@ impl BackendProvider for CudaProvider {
         BackendKind::Gpu
     }
     fn probe(&self) -> Result<Capabilities, BackendError> {
-        let (_, info) = open_device()?;
+        let (ctx, info) = open_device()?;
+        *PROBED.lock().unwrap_or_else(|e| e.into_inner()) = Some((ctx, info.clone()));
         Ok(Capabilities {
             device: format!(
                 "{} ({}, {} SMs, CUDA driver {}.{}, NVRTC {})",

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vyre_isa::SlotOp;
-use vyre_runtime::{Config, Megakernel};
+use vyre_runtime::{Config, Megakernel, PipelineCache};
 use vyre_scan::pipeline::{self, FileError, RuleCounts, ScanOptions, Sink, WalkOptions};
-use vyre_scan::{compile, Limits, RuleSet};
+use vyre_scan::{compile, compile_cached, Limits, RuleSet};
 
 /// Arguments of `vyre scan`.
 #[derive(Debug, Parser)]
@@ -46,6 +46,12 @@ pub struct Args {
     /// Exit 0/1 by matches even if some files could not be read (they are still reported).
     #[arg(long)]
     pub no_fail_on_file_errors: bool,
+    /// Compile the rules even if the cache holds their tables from an earlier scan, and
+    /// store nothing. The cache is the pipeline cache's directory ($VYRE_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/vyre/pipelines, else ~/.cache/vyre/pipelines); a corrupt blob there is
+    /// reported, removed and compiled again.
+    #[arg(long)]
+    pub no_rule_cache: bool,
     /// Pipeline settings.
     #[command(flatten)]
     pub tuning: Tuning,
@@ -193,17 +199,23 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let opened = backends::create(&choice, &[SlotOp::DfaScan]).map_err(|e| e.to_string());
             (opened, started.elapsed())
         })?;
-    let compiled = compile(&rules, &Limits::default());
+    let compiled = if a.no_rule_cache {
+        compile(&rules, &Limits::default()).map(|c| (c, "compiled (--no-rule-cache)".to_string()))
+    } else {
+        let cache = PipelineCache::open_default();
+        compile_cached(&rules, &Limits::default(), &cache).map(|(c, how)| (c, how.to_string()))
+    };
     let compile_seconds = started.elapsed().as_secs_f64();
     // Joined before any error returns: the process does not exit while a driver opens.
     let (opened, open_time) = opening
         .join()
         .map_err(|_| "opening the backend panicked (see the message above)")?;
-    let compiled = compiled?;
+    let (compiled, how) = compiled?;
     tracing::info!(
         rules = rules.len(),
         groups = compiled.groups.len(),
         seconds = compile_seconds,
+        how,
         "rules compiled"
     );
     let (backend, decision) = opened?;

@@ -3,6 +3,7 @@
 //!
 //! * [`rules`]: [`Rule`], [`RuleSet`], the TOML rule file and its errors;
 //! * [`compile`](mod@compile): rule sets to groups of union DFAs, byte-class compressed;
+//! * [`cache`]: compiled rule sets kept in the pipeline cache ([`compile_cached`]);
 //! * [`scan`]: DFA_SCAN on the host over a slice ([`scan_slice`]), and [`check_table`];
 //! * [`reference`]: an independent engine ([`reference_matches`]) for tests and checks.
 //!
@@ -11,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod compile;
 mod literal;
 pub mod pipeline;
@@ -18,6 +20,7 @@ pub mod reference;
 pub mod rules;
 pub mod scan;
 
+pub use cache::compile_cached;
 pub use compile::{compile, CompileError, CompileErrorKind, Compiled, Group, Limits, OVERLAP_CAP};
 pub use reference::{reference_matches, ReferenceError};
 pub use rules::{Pattern, Rule, RuleError, RuleErrorKind, RuleRef, RuleSet};

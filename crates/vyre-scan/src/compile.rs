@@ -246,16 +246,7 @@ impl Builder<'_> {
             }
             Err(GroupError::TooLarge(_)) if members.len() > 1 => {
                 let (a, b) = members.split_at(members.len() / 2);
-                let (mut first, mut second) = (Vec::new(), Vec::new());
-                let (ra, rb) = rayon::join(
-                    || self.split(kind, a, &mut first),
-                    || self.split(kind, b, &mut second),
-                );
-                ra?;
-                rb?;
-                out.append(&mut first);
-                out.append(&mut second);
-                Ok(())
+                in_order(out, |o| self.split(kind, a, o), |o| self.split(kind, b, o))
             }
             Err(e) => Err(self.error(e, members)),
         }
@@ -317,18 +308,11 @@ impl Builder<'_> {
                 out.push(g);
                 Ok(())
             }
-            Err(GroupError::TooLarge(_)) => {
-                let (mut ga, mut gb) = (Vec::new(), Vec::new());
-                let (ra, rb) = rayon::join(
-                    || self.settle(a, first, solo, &mut ga),
-                    || self.settle(b, second, solo, &mut gb),
-                );
-                ra?;
-                rb?;
-                out.append(&mut ga);
-                out.append(&mut gb);
-                Ok(())
-            }
+            Err(GroupError::TooLarge(_)) => in_order(
+                out,
+                |o| self.settle(a, first, solo, o),
+                |o| self.settle(b, second, solo, o),
+            ),
             Err(e) => Err(self.error(e, members)),
         }
     }
@@ -349,16 +333,7 @@ impl Builder<'_> {
             }
             Err(GroupError::TooLarge(_)) => {
                 let (a, b) = members.split_at(members.len() / 2);
-                let (mut ga, mut gb) = (Vec::new(), Vec::new());
-                let (ra, rb) = rayon::join(
-                    || self.merge(a, solo, &mut ga),
-                    || self.merge(b, solo, &mut gb),
-                );
-                ra?;
-                rb?;
-                out.append(&mut ga);
-                out.append(&mut gb);
-                Ok(())
+                in_order(out, |o| self.merge(a, solo, o), |o| self.merge(b, solo, o))
             }
             Err(e) => Err(self.error(e, members)),
         }
@@ -457,6 +432,22 @@ impl Builder<'_> {
             max_len,
         })
     }
+}
+
+/// `first` and `second` on rayon's threads, their groups appended to `out` in that order; the
+/// first one's error if both fail, as on one thread.
+fn in_order(
+    out: &mut Vec<Group>,
+    first: impl FnOnce(&mut Vec<Group>) -> Result<(), CompileError> + Send,
+    second: impl FnOnce(&mut Vec<Group>) -> Result<(), CompileError> + Send,
+) -> Result<(), CompileError> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let (ra, rb) = rayon::join(|| first(&mut a), || second(&mut b));
+    ra?;
+    rb?;
+    out.append(&mut a);
+    out.append(&mut b);
+    Ok(())
 }
 
 enum GroupError {

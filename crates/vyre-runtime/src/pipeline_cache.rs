@@ -397,6 +397,18 @@ impl PipelineCache {
         meta: &BlobMeta,
         build: impl FnOnce() -> Result<Vec<u8>, E>,
     ) -> Result<Cached, E> {
+        self.get_or_build_keep(key, meta, || build().map(|b| (b, true)))
+    }
+
+    /// [`PipelineCache::get_or_build`] whose `build` also says whether its blob is worth
+    /// keeping: `false` (e.g. it took microseconds to build) stores nothing, in memory or on
+    /// disk.
+    pub fn get_or_build_keep<E>(
+        &self,
+        key: &CacheKey,
+        meta: &BlobMeta,
+        build: impl FnOnce() -> Result<(Vec<u8>, bool), E>,
+    ) -> Result<Cached, E> {
         let start = Instant::now();
         let mut state = self.lock();
         loop {
@@ -449,13 +461,21 @@ impl PipelineCache {
             }
         };
 
-        let bytes: Arc<[u8]> = match build() {
-            Ok(bytes) => bytes.into(),
+        let (bytes, keep): (Arc<[u8]>, bool) = match build() {
+            Ok((bytes, keep)) => (bytes.into(), keep),
             Err(e) => {
                 self.lock().stats.build_failures += 1;
                 return Err(e);
             }
         };
+        if !keep {
+            self.lock().stats.builds += 1;
+            return Ok(Cached {
+                bytes,
+                source: CacheSource::Built { reason },
+                elapsed: start.elapsed(),
+            });
+        }
         let written = self.store(key, meta, &bytes);
         let mut state = self.lock();
         state.stats.builds += 1;
@@ -481,6 +501,18 @@ impl PipelineCache {
             source: CacheSource::Built { reason },
             elapsed,
         })
+    }
+
+    /// Stores `payload` as `key`'s blob, in memory and on disk, replacing what was there
+    /// (e.g. a blob whose payload its user could not decode). `None` when memory only.
+    pub fn replace(
+        &self,
+        key: &CacheKey,
+        meta: &BlobMeta,
+        payload: &[u8],
+    ) -> Option<io::Result<()>> {
+        self.lock().insert(*key, meta, payload.into());
+        self.store(key, meta, payload)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

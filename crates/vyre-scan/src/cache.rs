@@ -4,11 +4,15 @@
 //! and 10,000 words 0.5-0.9 s.
 //!
 //! The key is blake3 of everything the tables depend on: every rule (name, kind, pattern bytes,
-//! case folding), the [`Limits`], this crate's version, [`COMPILER_REVISION`] and the `VDFA`
-//! table format's version. The blob layer checks the header, length and content hash of a
-//! blob file (a truncated, corrupt or foreign one is reported, removed and rebuilt); the
-//! payload's own decoder checks its structure and every table's header as well, and a payload
-//! that fails is compiled again, never used.
+//! case folding), the [`Limits`], the compiler's own source (`compile.rs`, `literal.rs`,
+//! `rules.rs`, this file, and `vyre-isa`'s `dfa.rs`, with every constant in them), the
+//! workspace's `Cargo.lock` (the regex crates' versions), [`COMPILER_REVISION`] and the `VDFA`
+//! table format's version: a change to the compiler is a new key, never a stale table. The
+//! blob layer checks the header, length and content hash of a blob file (a truncated, corrupt
+//! or foreign one is reported, removed and rebuilt); the payload's own decoder checks its
+//! structure, every table ([`check_table`]) and that each table's header agrees with its
+//! group, and a payload that fails is compiled again and replaced, never used. Rule sets that
+//! compile in less than [`KEEP_AFTER`] are not stored.
 
 use crate::compile::{compile, CompileError, Compiled, Group, Limits};
 use crate::rules::{Pattern, RuleSet};
@@ -17,9 +21,22 @@ use vyre_isa::dfa;
 use vyre_runtime::pipeline_cache::{CacheSource, MissReason};
 use vyre_runtime::{BlobMeta, CacheKey, PipelineCache};
 
-/// Bumped whenever the compiler's tables for the same rules and limits change (grouping,
-/// table layout): blobs of another revision are never found.
+/// Bumped whenever the payload's format changes (the key also hashes the compiler's source).
 pub const COMPILER_REVISION: u32 = 1;
+
+/// Compiles shorter than this are not stored (a blob file written and synced for every
+/// one-off `-e` pattern would cost more than compiling it again).
+pub const KEEP_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The source the compiler's output depends on, hashed into the key.
+const COMPILER_SOURCE: [&str; 6] = [
+    include_str!("compile.rs"),
+    include_str!("literal.rs"),
+    include_str!("rules.rs"),
+    include_str!("cache.rs"),
+    include_str!("../../vyre-isa/src/dfa.rs"),
+    include_str!("../../../Cargo.lock"),
+];
 
 /// The payload's first bytes.
 const PAYLOAD_MAGIC: &[u8; 4] = b"VRUL";
@@ -37,11 +54,14 @@ pub fn key(rules: &RuleSet, limits: &Limits) -> CacheKey {
         put_bytes(&mut text, bytes);
         text.push(u8::from(r.case_insensitive));
     }
-    CacheKey::builder()
+    let mut b = CacheKey::builder()
         .part("what", "vyre-scan compiled rules")
         .part("vyre-scan", env!("CARGO_PKG_VERSION"))
-        .part("revision", COMPILER_REVISION.to_le_bytes())
-        .part("vdfa", dfa::VERSION.to_le_bytes())
+        .part("revision", COMPILER_REVISION.to_le_bytes());
+    for source in COMPILER_SOURCE {
+        b = b.part("source", source);
+    }
+    b.part("vdfa", dfa::VERSION.to_le_bytes())
         .part("limits", format!("{limits:?}"))
         .part("rules", text)
         .finish()
@@ -54,41 +74,52 @@ pub fn compile_cached(
     limits: &Limits,
     cache: &PipelineCache,
 ) -> Result<(Compiled, CacheSource), CompileError> {
+    compile_keeping(rules, limits, cache, KEEP_AFTER)
+}
+
+/// [`compile_cached`], storing compiles that took at least `keep_after`.
+fn compile_keeping(
+    rules: &RuleSet,
+    limits: &Limits,
+    cache: &PipelineCache,
+    keep_after: std::time::Duration,
+) -> Result<(Compiled, CacheSource), CompileError> {
+    if cache.dir().is_none() {
+        // Nowhere to keep it past this process: no payload to encode.
+        let c = compile(rules, limits)?;
+        let reason = MissReason::Absent;
+        return Ok((c, CacheSource::Built { reason }));
+    }
     let key = key(rules, limits);
     let meta = BlobMeta::new("scan-rules", "host");
     let mut fresh = None;
-    let cached = cache.get_or_build(&key, &meta, || {
+    let cached = cache.get_or_build_keep(&key, &meta, || {
+        let t = std::time::Instant::now();
         let c = compile(rules, limits)?;
-        let bytes = encode(&c);
+        let keep = t.elapsed() >= keep_after;
+        let bytes = if keep { encode(&c) } else { Vec::new() };
         fresh = Some(c);
-        Ok::<_, CompileError>(bytes)
+        Ok::<_, CompileError>((bytes, keep))
     })?;
     if let Some(c) = fresh {
         return Ok((c, cached.source));
     }
-    match decode(&cached.bytes) {
-        Ok(c) if c.names.len() == rules.len() => Ok((c, cached.source)),
-        Ok(_) => rebuilt(rules, limits, "it names another number of rules"),
-        Err(e) => rebuilt(rules, limits, &e),
-    }
-}
-
-/// A cached payload that did not decode: compiled again (the blob stays; its key is only
-/// ever written with a payload of this format, so this is a bug, logged loudly).
-fn rebuilt(
-    rules: &RuleSet,
-    limits: &Limits,
-    why: &str,
-) -> Result<(Compiled, CacheSource), CompileError> {
+    let why = match decode(&cached.bytes) {
+        Ok(c) if c.names.len() == rules.len() => return Ok((c, cached.source)),
+        Ok(_) => "it names another number of rules".to_string(),
+        Err(e) => e,
+    };
+    // Its key is only ever written with a payload of this format: a bug, logged loudly, and
+    // the blob replaced by the tables compiled now.
     tracing::warn!(
         "the cached tables of this rule set are unusable ({why}); compiling the rules again"
     );
-    Ok((
-        compile(rules, limits)?,
-        CacheSource::Built {
-            reason: MissReason::Absent,
-        },
-    ))
+    let c = compile(rules, limits)?;
+    if let Some(Err(e)) = cache.replace(&key, &meta, &encode(&c)) {
+        tracing::warn!("cannot replace the unusable cached tables: {e}");
+    }
+    let reason = MissReason::Absent;
+    Ok((c, CacheSource::Built { reason }))
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -177,6 +208,21 @@ pub fn decode(bytes: &[u8]) -> Result<Compiled, String> {
             .collect();
         check_table(&table)
             .map_err(|e| format!("group {g}: its table is malformed at word {}", e.word))?;
+        // The header agrees with the group: a pattern per rule, the same longest match.
+        let (patterns, longest) = (table[4] as usize, table[5]);
+        if patterns != rules.len() {
+            return Err(format!(
+                "group {g}: its table has {patterns} patterns for {} rules",
+                rules.len()
+            ));
+        }
+        if longest != max_len.unwrap_or(dfa::UNBOUNDED)
+            || max_len.is_some_and(|n| n > crate::OVERLAP_CAP)
+        {
+            return Err(format!(
+                "group {g}: its longest match {max_len:?} disagrees with its table's ({longest})"
+            ));
+        }
         groups.push(Group {
             table,
             rules,
@@ -226,6 +272,9 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::rules::Rule;
+    use std::time::Duration;
+
+    const ZERO: Duration = Duration::ZERO;
     use vyre_runtime::pipeline_cache::CacheConfig;
 
     fn rules(words: &[&str], regexes: &[&str]) -> RuleSet {
@@ -286,6 +335,15 @@ mod tests {
         let mut bad = c.clone();
         bad.groups[0].rules.clear();
         refused(&encode(&bad), "rule in no group");
+        // Tables whose header disagrees with their group.
+        let mut bad = c.clone();
+        bad.groups[0].rules.pop();
+        let moved = *c.groups[0].rules.last().expect("a rule");
+        bad.groups[1].rules.push(moved);
+        refused(&encode(&bad), "a pattern count that is not the group's");
+        let mut bad = c.clone();
+        bad.groups[0].max_len = bad.groups[0].max_len.map(|n| n + 1).or(Some(1));
+        refused(&encode(&bad), "another longest match");
         // A table whose header lies about its size, and one cut short.
         let mut bad = c.clone();
         bad.groups[0].table[1] = 77;
@@ -302,16 +360,19 @@ mod tests {
         let open = || PipelineCache::new(CacheConfig::in_dir(dir.path()));
         let r = sample();
         let want = compile(&r, &Limits::default()).expect("compiles");
-        let (first, how) = compile_cached(&r, &Limits::default(), &open()).expect("compiles");
+        let (first, how) =
+            compile_keeping(&r, &Limits::default(), &open(), ZERO).expect("compiles");
         assert_eq!(first, want);
         assert!(matches!(how, CacheSource::Built { .. }), "{how}");
         // A new cache (a new process) finds the blob on disk.
-        let (second, how) = compile_cached(&r, &Limits::default(), &open()).expect("compiles");
+        let (second, how) =
+            compile_keeping(&r, &Limits::default(), &open(), ZERO).expect("compiles");
         assert_eq!(second, want);
         assert!(matches!(how, CacheSource::Disk), "{how}");
         // Other rules or other limits are another key.
         let other = rules(&["alpha", "beta"], &[]);
-        let (_, how) = compile_cached(&other, &Limits::default(), &open()).expect("compiles");
+        let (_, how) =
+            compile_keeping(&other, &Limits::default(), &open(), ZERO).expect("compiles");
         assert!(matches!(how, CacheSource::Built { .. }), "{how}");
         let tight = Limits {
             max_group_rules: 2,
@@ -326,13 +387,57 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x40;
         std::fs::write(&blob, &bytes).expect("rewrite");
-        let (third, how) = compile_cached(&r, &Limits::default(), &open()).expect("compiles");
+        let (third, how) =
+            compile_keeping(&r, &Limits::default(), &open(), ZERO).expect("compiles");
         assert_eq!(third, want);
         assert!(matches!(how, CacheSource::Built { .. }), "{how}");
         // And written back whole.
-        let (fourth, how) = compile_cached(&r, &Limits::default(), &open()).expect("compiles");
+        let (fourth, how) =
+            compile_keeping(&r, &Limits::default(), &open(), ZERO).expect("compiles");
         assert_eq!(fourth, want);
         assert!(matches!(how, CacheSource::Disk), "{how}");
+    }
+
+    #[test]
+    fn an_unusable_payload_is_compiled_again_and_replaced() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let open = || PipelineCache::new(CacheConfig::in_dir(dir.path()));
+        let r = sample();
+        let limits = Limits::default();
+        let want = compile(&r, &limits).expect("compiles");
+        // A well-formed blob (the blob layer accepts it) whose payload is not tables.
+        let meta = BlobMeta::new("scan-rules", "host");
+        let written = open().replace(&key(&r, &limits), &meta, b"VRUL not tables");
+        assert!(matches!(written, Some(Ok(()))));
+        let (got, how) = compile_keeping(&r, &limits, &open(), ZERO).expect("compiles");
+        assert_eq!(got, want);
+        assert!(matches!(how, CacheSource::Built { .. }), "{how}");
+        let (got, how) = compile_keeping(&r, &limits, &open(), ZERO).expect("compiles");
+        assert_eq!(got, want);
+        assert!(matches!(how, CacheSource::Disk), "replaced: {how}");
+    }
+
+    #[test]
+    fn quick_compiles_and_memory_only_caches_store_nothing() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let cache = PipelineCache::new(CacheConfig::in_dir(dir.path()));
+        let r = sample();
+        let long = Duration::from_secs(3600);
+        let (c, _) = compile_keeping(&r, &Limits::default(), &cache, long).expect("compiles");
+        assert_eq!(c, compile(&r, &Limits::default()).expect("compiles"));
+        let blob = cache
+            .blob_path(&key(&r, &Limits::default()))
+            .expect("a path");
+        assert!(!blob.exists());
+        let (_, how) = compile_keeping(&r, &Limits::default(), &cache, long).expect("compiles");
+        assert!(
+            matches!(how, CacheSource::Built { .. }),
+            "not kept in memory: {how}"
+        );
+        let memory = PipelineCache::new(CacheConfig::memory_only());
+        let (c, how) = compile_cached(&r, &Limits::default(), &memory).expect("compiles");
+        assert_eq!(c, compile(&r, &Limits::default()).expect("compiles"));
+        assert!(matches!(how, CacheSource::Built { .. }), "{how}");
     }
 
     #[test]
@@ -344,7 +449,7 @@ mod tests {
             max_table_bytes: 256 << 10,
             ..Limits::default()
         };
-        let e = compile_cached(&r, &limits, &cache).expect_err("too large");
+        let e = compile_keeping(&r, &limits, &cache, ZERO).expect_err("too large");
         assert_eq!(e, compile(&r, &limits).expect_err("too large"));
         let blob = cache.blob_path(&key(&r, &limits)).expect("a path");
         assert!(!blob.exists());

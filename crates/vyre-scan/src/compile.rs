@@ -41,7 +41,13 @@ const UNION_GROWTH: usize = 8;
 /// of its own.
 const ALONE_FRACTION: usize = 16;
 
-/// Size limits for compilation.
+/// Threads a compile builds groups on at most ([`compile`]): each may hold one DFA under
+/// construction, so a compile's memory can reach this many times `dfa_size_limit` +
+/// `determinize_size_limit`.
+pub const COMPILE_THREADS: usize = 8;
+
+/// Size limits for compilation. Per DFA under construction; a compile builds up to
+/// [`COMPILE_THREADS`] at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest table of a regex group, in bytes (default 64 MiB). Regex unions are capped
@@ -168,6 +174,14 @@ enum Kind {
 /// the limits is an error naming it), then unions are tried, each capped at a few times
 /// its rules' own tables and halved when over the cap.
 pub fn compile(rules: &RuleSet, limits: &Limits) -> Result<Compiled, CompileError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(COMPILE_THREADS);
+    compile_on(rules, limits, threads)
+}
+
+/// [`compile`] on `threads` threads.
+fn compile_on(rules: &RuleSet, limits: &Limits, threads: usize) -> Result<Compiled, CompileError> {
     if rules.is_empty() {
         return Err(CompileError::new(CompileErrorKind::Empty));
     }
@@ -200,17 +214,23 @@ pub fn compile(rules: &RuleSet, limits: &Limits) -> Result<Compiled, CompileErro
     for set in [&bounded, &unbounded] {
         jobs.extend(set.chunks(per).map(|chunk| (None, chunk)));
     }
-    let built: Vec<Result<Vec<Group>, CompileError>> = jobs
-        .par_iter()
-        .map(|&(kind, members)| {
-            let mut out = Vec::new();
-            match kind {
-                Some(kind) => b.split(kind, members, &mut out)?,
-                None => b.regex_groups(members, &mut out)?,
-            }
-            Ok(out)
-        })
-        .collect();
+    let build = || -> Vec<Result<Vec<Group>, CompileError>> {
+        jobs.par_iter()
+            .map(|&(kind, members)| {
+                let mut out = Vec::new();
+                match kind {
+                    Some(kind) => b.split(kind, members, &mut out)?,
+                    None => b.regex_groups(members, &mut out)?,
+                }
+                Ok(out)
+            })
+            .collect()
+    };
+    let built = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(build),
+        // No threads to be had: the calling thread builds everything.
+        Err(_) => build(),
+    };
     let mut groups = Vec::new();
     for g in built {
         groups.extend(g?);
@@ -299,10 +319,15 @@ impl Builder<'_> {
             return Ok(());
         }
         let (a, b) = members.split_at(members.len() / 2);
-        let (whole, (first, second)) = rayon::join(
-            || self.union(members, solo),
-            || rayon::join(|| self.union(a, solo), || self.union(b, solo)),
-        );
+        let (whole, (first, second)) = if rayon::current_num_threads() > 1 {
+            rayon::join(
+                || self.union(members, solo),
+                || rayon::join(|| Some(self.union(a, solo)), || Some(self.union(b, solo))),
+            )
+        } else {
+            // One thread: the halves are tried only where the whole is too large.
+            (self.union(members, solo), (None, None))
+        };
         match whole {
             Ok(g) => {
                 out.push(g);
@@ -317,16 +342,16 @@ impl Builder<'_> {
         }
     }
 
-    /// `members` given their union's outcome: the union, or [`Builder::merge`] of its
-    /// halves where it was too large.
+    /// `members` given their union's outcome (`None`: not tried yet): the union, or
+    /// [`Builder::merge`] of its halves where it was too large.
     fn settle(
         &self,
         members: &[u32],
-        union: Result<Group, GroupError>,
+        union: Option<Result<Group, GroupError>>,
         solo: &HashMap<u32, Group>,
         out: &mut Vec<Group>,
     ) -> Result<(), CompileError> {
-        match union {
+        match union.unwrap_or_else(|| self.union(members, solo)) {
             Ok(g) => {
                 out.push(g);
                 Ok(())
@@ -651,4 +676,39 @@ fn assemble(
     t.extend_from_slice(&p.match_list);
     debug_assert_eq!(t.len(), words);
     Some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Rule;
+
+    /// One thread tries a union's halves only after the whole failed; several try them
+    /// beside it: the same groups either way.
+    #[test]
+    fn one_thread_and_several_build_the_same_groups() {
+        let mut r = RuleSet::new();
+        for (i, c) in ["a", "b", "c", "d"].iter().enumerate() {
+            r.push(Rule {
+                name: format!("m{i}"),
+                pattern: Pattern::Regex(format!("[a-h]*{c}[a-h]{{6}}z")),
+                case_insensitive: false,
+            })
+            .expect("a regex");
+        }
+        for i in 0..50 {
+            r.push(Rule {
+                name: format!("w{i}"),
+                pattern: Pattern::Literal(format!("word{i}").into_bytes()),
+                case_insensitive: false,
+            })
+            .expect("a literal");
+        }
+        let limits = Limits::default();
+        let one = compile_on(&r, &limits, 1).expect("compiles");
+        assert!(one.groups.len() >= 3, "the union of four was halved");
+        for threads in [2, 4, 8] {
+            assert_eq!(compile_on(&r, &limits, threads).expect("compiles"), one);
+        }
+    }
 }

@@ -188,9 +188,9 @@ pub fn main(a: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if rules.is_empty() {
         return Err("no rules: give --rules RULES.toml or -e PATTERN".into());
     }
-    // The backend opens on a thread of its own while the rules compile: opening a GPU took
-    // 0.4-0.5 s of a one-shot scan on an H100 host, compiling 1,000 words 0.06 s and 10,000
-    // words 0.5-0.9 s.
+    // The backend opens on a thread of its own while the rules compile: opening the GPU takes
+    // 0.2 s of a one-shot scan on an H100 host, compiling 1,000 words 0.06 s, 10,000 words
+    // 0.5-0.9 s and the bench's secret regexes 1 s (less from the rule cache).
     let started = Instant::now();
     let choice = a.backend.clone();
     let opening = std::thread::Builder::new()

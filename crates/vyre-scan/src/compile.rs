@@ -203,9 +203,10 @@ fn compile_on(rules: &RuleSet, limits: &Limits, threads: usize) -> Result<Compil
         }
     }
     let b = Builder { rules, limits };
-    // Independent pieces of work, built on every core (a DFA per regex rule, then their
-    // unions, took 1.4-2.1 s for the bench's 20 secret regexes on one thread), their groups
-    // kept in this order and the first failing piece's error reported, as on one thread.
+    // Independent pieces of work, built on up to `threads` threads (a DFA per regex rule,
+    // then their unions, took 1.4-2.1 s for the bench's 20 secret regexes on one thread),
+    // their groups kept in this order and the first failing piece's error reported, as on
+    // one thread.
     let per = limits.max_group_rules.max(1);
     let mut jobs: Vec<(Option<Kind>, &[u32])> = vec![
         (Some(Kind::Literal { fold: false }), &lit),

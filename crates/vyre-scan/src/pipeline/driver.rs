@@ -130,8 +130,9 @@ pub(crate) struct Buffers {
 #[derive(Debug)]
 struct Segment {
     file: Arc<FileMeta>,
-    /// `file.seq` ([`Piece::seq`]): the driver never reads the `FileMeta` a walk thread made,
-    /// nor counts references to it (it moves from the piece to the segment to the report);
+    /// `file.seq` ([`Piece::seq`]): planning and completing a segment neither read the
+    /// `FileMeta` a walk thread made nor count references to it (it moves from the piece to
+    /// the segment to the report; only a file's error reads its path);
     /// reading it for every completed segment and cloning it were a cache miss each, the
     /// largest part of the driver's completion time in a profile.
     seq: u64,

@@ -3,7 +3,11 @@
 # bench/gpu-run.sh for how to stage them): the cuda tests against the cpu oracle, then the
 # ring benchmark, then round trips by stage for kernel variants (VYRE_CUDA_DEFINES) and
 # tunings, each variant re-measuring the baselines in its own process. Output in $OUT.
-# Usage: bash bench/gpu-ring.sh [test] [bench] [stages]   (default: all three)
+# Usage: bash bench/gpu-ring.sh [test] [bench] [stages] [ab]   (default: the first three)
+# ab: ROUNDS rounds over ENTRIES, a list of LABEL=BINARY[:DEFINE,DEFINE...] (e.g.
+# "A=.gpu/vyre-a B=.gpu/vyre B0=.gpu/vyre:-DVYRE_POLL_VEC=0"), one process per entry and
+# round: the full bench with SECONDS_PER_CELL (default 0.3), its key rows printed (RT_ONLY=1:
+# the round trip alone).
 set -uo pipefail
 OUT=${OUT:-/tmp/vyre-out}; mkdir -p "$OUT"
 BIN=${BIN:-.gpu}
@@ -34,6 +38,22 @@ for part in $parts; do
           grep -E "round trip p50|SM clock|^\| (host|gpu|rest|total)" "$OUT/rt-$shift-${v//[^A-Za-z0-9]/_}.md"
         done
       done
+      ;;
+    ab)
+      for r in $(seq "${ROUNDS:-3}"); do
+        for e in ${ENTRIES:?ENTRIES=LABEL=BINARY[:DEFINES] ...}; do
+          label=${e%%=*}; rest=${e#*=}; bin=${rest%%:*}; defs=
+          [ "$bin" != "$rest" ] && defs=${rest#*:}
+          echo "== round $r: $label ($bin${defs:+, $defs})"
+          VYRE_CUDA_DEFINES="${defs//,/ }" timeout 200 "./$bin" bench ring --backend cuda \
+            --seconds "${SECONDS_PER_CELL:-0.3}" --round-trips 20000 ${RT_ONLY:+--round-trip-only} \
+            > "$OUT/ab-cur.md" 2>&1
+          echo "exit $?"
+          grep -E "round trip p50|^\| (vyre megakernel|raw mapped)|^\| NOP \| (32|65536) \||^\| HASH64 4 KiB \| 65536|^\| NOP \| [0-9.]+ ns|^\| (1|8) \| [0-9.]+ M/s" "$OUT/ab-cur.md"
+          cat "$OUT/ab-cur.md" >> "$OUT/ab-all.md"
+        done
+      done
+      rm -f "$OUT/ab-cur.md"
       ;;
   esac
 done

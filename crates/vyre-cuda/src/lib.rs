@@ -16,25 +16,32 @@ pub use backend::{BufferPlacement, CudaBackend, CudaProvider, DeviceInfo, Tuning
 /// counters would be serialised PCIe round trips on host memory) and mirrored into the host
 /// control block by the control warp. Generated into the kernel as `DS_*`.
 pub(crate) mod ds {
-    pub const HEAD: usize = 0;
-    pub const TAIL: usize = 1;
-    pub const SHUTDOWN: usize = 2;
-    pub const DONE: usize = 3;
-    pub const FAULTS: usize = 4;
-    pub const EPOCH: usize = 5;
-    pub const WORKERS: usize = 6;
-    pub const DEBUG_WRITE: usize = 7;
-    pub const DEBUG_DROPPED: usize = 8;
-    pub const HEARTBEAT: usize = 9;
-    pub const HANG: usize = 10;
-    pub const ABORT: usize = 11;
-    /// IO_READ: next request record index (mirrored to the control block's IO_REQ_WRITE).
-    pub const IO_REQ_WRITE: usize = 12;
+    // Three 128-byte L2 lines. The first holds what every idle worker warp polls (one vector
+    // load of its first eight words per round) and is rarely written; the second holds the
+    // words warps add to (ticket claims, completion counts); the third the opcode counters.
+    // Polled words sharing a line with the atomics queued every poll behind them in one L2
+    // slice, the hot warp's included.
+    pub const SHUTDOWN: usize = 0;
+    pub const ABORT: usize = 1;
+    pub const TAIL: usize = 2;
+    pub const HANG: usize = 3;
     /// IO_READ: next resume entry to take (mirrored to RESUME_HEAD).
-    pub const RESUME_HEAD: usize = 13;
+    pub const RESUME_HEAD: usize = 4;
     /// IO_READ: the host's RESUME_TAIL as the control warp last read it.
-    pub const RESUME_TAIL: usize = 14;
-    pub const OP_COUNTERS: usize = 16;
+    pub const RESUME_TAIL: usize = 5;
+    /// Words 0..POLLED are read together by every worker poll.
+    pub const POLLED: usize = 8;
+    pub const HEAD: usize = 32;
+    pub const DONE: usize = 33;
+    pub const FAULTS: usize = 34;
+    pub const EPOCH: usize = 35;
+    pub const WORKERS: usize = 36;
+    pub const DEBUG_WRITE: usize = 37;
+    pub const DEBUG_DROPPED: usize = 38;
+    pub const HEARTBEAT: usize = 39;
+    /// IO_READ: next request record index (mirrored to the control block's IO_REQ_WRITE).
+    pub const IO_REQ_WRITE: usize = 40;
+    pub const OP_COUNTERS: usize = 64;
     pub const WORDS: usize = OP_COUNTERS + vyre_isa::slot::COUNTED_OPCODES + 1;
 
     /// `#define DS_*` lines for the kernel.
@@ -55,6 +62,7 @@ pub(crate) mod ds {
             ("IO_REQ_WRITE", IO_REQ_WRITE),
             ("RESUME_HEAD", RESUME_HEAD),
             ("RESUME_TAIL", RESUME_TAIL),
+            ("POLLED", POLLED),
             ("OP_COUNTERS", OP_COUNTERS),
             ("WORDS", WORDS),
         ]

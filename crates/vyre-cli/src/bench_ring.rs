@@ -33,8 +33,8 @@ pub struct Args {
     /// Measure the round trip only (for quick parameter sweeps).
     #[arg(long)]
     round_trip_only: bool,
-    /// Host threads that share the writes and reads of large batches (default: a quarter of
-    /// the cores, 1 to 4; `Config::host_threads`).
+    /// Host threads that share the writes and reads of large batches (default: half the
+    /// cores, 1 to 8, on a GPU backend; a quarter, 1 to 4, on cpu; `Config::host_threads`).
     #[arg(long)]
     host_threads: Option<usize>,
 }

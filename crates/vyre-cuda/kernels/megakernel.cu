@@ -813,24 +813,10 @@ __device__ void control_warp(const Params& p, u32 lane) {
 #define VYRE_LINE_POLL 1
 #endif
 #define VYRE_HOT_LINE (VYRE_TICKET && VYRE_HOT_POLL && VYRE_LINE_POLL)
-#ifndef VYRE_POLL_VEC
-#define VYRE_POLL_VEC 1
-#endif
-// Experiments for the round trip (bench/results/ring-cuda.md, session 13); all off by default.
-#ifndef VYRE_X_QUIET
-#define VYRE_X_QUIET 0
-#endif
-#ifndef VYRE_X_NO_PEEK
-#define VYRE_X_NO_PEEK 0
-#endif
-#ifndef VYRE_X_RELAXED_LINE
-#define VYRE_X_RELAXED_LINE 0
-#endif
-#ifndef VYRE_X_NO_FENCE
-#define VYRE_X_NO_FENCE 0
-#endif
-#ifndef VYRE_X_NO_OPCOUNT
-#define VYRE_X_NO_OPCOUNT 0
+// VYRE_LINE_FENCE=1: a device-scope fence before running a slot that only the hot warp's
+// line poll showed (kernel v5). 0 (the default): a warp barrier instead (see worker_warp).
+#ifndef VYRE_LINE_FENCE
+#define VYRE_LINE_FENCE 0
 #endif
 #if DS_SHUTDOWN >= DS_POLLED || DS_ABORT >= DS_POLLED || DS_TAIL >= DS_POLLED || DS_HANG >= DS_POLLED \
     || DS_RESUME_HEAD >= DS_POLLED || DS_RESUME_TAIL >= DS_POLLED || DS_POLLED > 8
@@ -960,7 +946,7 @@ __device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resu
     // Count the batch: one atomic per distinct opcode in the warp, totals once per warp.
     u32 key = op < 0xfffffffeu ? (op < VYRE_COUNTED_OPCODES ? op : VYRE_COUNTED_OPCODES) : 0xffffffffu;
     u32 same = __match_any_sync(0xffffffffu, key);
-    if (!VYRE_X_NO_OPCOUNT && key != 0xffffffffu && lane == (u32)(__ffs(same) - 1)) atomicAdd(&ds[DS_OP_COUNTERS + key], (u32)__popc(same));
+    if (key != 0xffffffffu && lane == (u32)(__ffs(same) - 1)) atomicAdd(&ds[DS_OP_COUNTERS + key], (u32)__popc(same));
     u32 done = __popc(__ballot_sync(0xffffffffu, op < 0xfffffffeu));
     u32 faults = __popc(__ballot_sync(0xffffffffu, faulted));
     return done | faults << 16;
@@ -991,7 +977,6 @@ __device__ void worker_warp(const Params& p, u32 lane) {
     Counts counts;
     bool hot = false; // the warp held the next position to publish at its last look
     bool tail_next = false; // line polling found a slot: read the host's tail in the next round
-    u32 kept = 0, quiet = 0;
 #if VYRE_TICKET
     u32 start = 0, pending = 0; // the warp's tickets: start + lane for each bit of pending
 #endif
@@ -1008,26 +993,14 @@ __device__ void worker_warp(const Params& p, u32 lane) {
 #if VYRE_TICKET
         u32 first = start + (u32)(__ffs(pending) - 1);
 #endif
-        // One round of loads, on several lanes at once: the words a claim needs.
-        // VYRE_POLL_VEC=1 (the default): lanes 0..7 read the polled device-state words with
-        // one vector request (relaxed; the fence before anything they show is run makes it an
-        // acquire). 0: one load per word, acquire for the tails (kernel v5), which put seven
-        // requests per warp and round on one L2 line and held the hot warp's line poll back
-        // until the acquire returned.
+        // One round of loads, on several lanes at once: the words a claim needs. Lanes 0..7
+        // read the polled device-state words with one vector request (relaxed; the fence
+        // before anything they show is run makes it an acquire). Kernel v5 read them one load
+        // per word with acquire loads for the tails: seven requests per warp and round on the
+        // L2 line the claims add to, and the hot warp's line poll held back until the acquire
+        // returned (round trip 4.0 against 3.4-3.6 us, bench/results/ring-cuda.md, session 13).
         u32 v = 0;
-#if VYRE_POLL_VEC
-        // (VYRE_X_QUIET, an experiment: the hot warp reads them only every 64th round.)
-        if (lane < DS_POLLED && !(VYRE_X_QUIET && hot && !tail_next && (++quiet & 63u) != 0)) v = vload(&ds[lane]);
-        else if (lane < DS_POLLED) v = kept;
-        kept = v;
-#else
-        if (lane == DS_SHUTDOWN) v = vload(&ds[DS_SHUTDOWN]);
-        else if (lane == DS_ABORT) v = vload(&ds[DS_ABORT]);
-        else if (lane == DS_TAIL) v = ld_acquire_gpu(&ds[DS_TAIL]);
-        else if (lane == DS_HANG) v = vload(&ds[DS_HANG]);
-        else if (lane == DS_RESUME_HEAD) v = vload(&ds[DS_RESUME_HEAD]);
-        else if (lane == DS_RESUME_TAIL) v = ld_acquire_gpu(&ds[DS_RESUME_TAIL]);
-#endif
+        if (lane < DS_POLLED) v = vload(&ds[lane]);
 #if !VYRE_TICKET
         if (lane == 14) v = vload(&ds[DS_HEAD]);
 #endif
@@ -1048,11 +1021,11 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         // Lane 12 also reads the first 16 bytes of the next position's line in the same load:
         // if that one is published too, a batch is coming, and the next round reads the tail.
         uint4 hl = make_uint4(0, 0, 0, 0);
-        if (hot && !tail_next && lane >= 8 && lane < (VYRE_X_NO_PEEK ? 12 : 13)) {
+        if (hot && !tail_next && lane >= 8 && lane < 13) {
             u32 pos = lane < 12 ? first : first + 1;
             const uint4* line = (const uint4*)(p.slots + (size_t)(pos & (p.capacity - 1)) * VYRE_SLOT_WORDS);
             const uint4* at = line + (lane < 12 ? lane - 8 : 0);
-            hl = VYRE_LINE_POLL == 3 || VYRE_X_RELAXED_LINE ? ld_relaxed_sys_v4(at) : ld_acquire_sys_v4(at);
+            hl = VYRE_LINE_POLL == 3 ? ld_relaxed_sys_v4(at) : ld_acquire_sys_v4(at);
         }
 #endif
         u32 stop = __shfl_sync(0xffffffffu, v, DS_SHUTDOWN) | __shfl_sync(0xffffffffu, v, DS_ABORT);
@@ -1153,13 +1126,18 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         idle = 0;
         // Acquire for every lane: the tail before the slot words (system scope when the tail
         // came from a relaxed read of the host's).
-#if VYRE_HOT_LINE && VYRE_X_NO_FENCE
+#if VYRE_HOT_LINE && !VYRE_LINE_FENCE
+        // Only the slot the line poll brought runs: lanes 8..11 acquired its line, and the
+        // warp barrier orders their acquire before the running lane's accesses (CUDA's
+        // __syncwarp guarantees memory ordering among the lanes it joins). The device-scope
+        // fence cost 0.3 us of every round trip (bench/results/ring-cuda.md, session 13).
         bool line_only = pre_lane < 32 && ready == (1u << pre_lane);
 #else
         bool line_only = false;
 #endif
         if (sys_acquire) fence_acq_rel_sys();
-        else if (!line_only) fence_acq_rel_gpu();
+        else if (line_only) __syncwarp();
+        else fence_acq_rel_gpu();
         if (hang) {
             // Simulated hang: mark the claim taken, hold it, leave only on ABORT.
             if (run) {

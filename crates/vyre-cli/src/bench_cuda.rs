@@ -221,7 +221,7 @@ fn round_trip_stages(
     if cuda.trace_words().is_none() {
         return Ok(None);
     }
-    let mut cols: [Vec<Duration>; 6] = Default::default();
+    let mut cols: [Vec<Duration>; 10] = Default::default();
     for _ in 0..n {
         let t0 = Instant::now();
         let ticket = mk.publish(nop)?;
@@ -240,6 +240,9 @@ fn round_trip_stages(
         }
         cols[4].push((t2 - t1).saturating_sub(gpu));
         cols[5].push(t2 - t0);
+        for (i, (a, b)) in [(2, 0), (0, 3), (3, 1), (1, 4)].into_iter().enumerate() {
+            cols[6 + i].push(d(a, b));
+        }
     }
     let names = [
         "host: publish() call",
@@ -248,6 +251,10 @@ fn round_trip_stages(
         "gpu: results → status stored",
         "rest: the tail store reaching the worker's poll + the status reaching the host + wait()",
         "total",
+        "(of the second and third rows) run → run_lanes entered",
+        "(of them) run_lanes entered → slot words in the running lanes",
+        "(of them) slot words → exec_slot entered",
+        "(of them) exec_slot entered → returned",
     ];
     let mut t = String::from("### Round trip by stage (VYRE_CUDA_TRACE=1; medians of ");
     t.push_str(&format!(

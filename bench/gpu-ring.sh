@@ -5,7 +5,7 @@
 # tunings, each variant re-measuring the baselines in its own process. Output in $OUT.
 # Usage: bash bench/gpu-ring.sh [test] [bench] [stages] [ab]   (default: the first three)
 # ab: ROUNDS rounds over ENTRIES, a list of LABEL=BINARY[:DEFINE,DEFINE...] (e.g.
-# "A=.gpu/vyre-a B=.gpu/vyre B0=.gpu/vyre:-DVYRE_POLL_VEC=0"), one process per entry and
+# "A=.gpu/vyre-a B=.gpu/vyre BF=.gpu/vyre:-DVYRE_LINE_FENCE=1"), one process per entry and
 # round: the full bench with SECONDS_PER_CELL (default 0.3), its key rows printed (RT_ONLY=1:
 # the round trip alone).
 set -uo pipefail
@@ -40,12 +40,15 @@ for part in $parts; do
       done
       ;;
     ab)
+      : > "$OUT/ab-all.md"
       for r in $(seq "${ROUNDS:-3}"); do
         for e in ${ENTRIES:?ENTRIES=LABEL=BINARY[:DEFINES] ...}; do
+          [[ $e == *=* ]] || { echo "ab: '$e' is not LABEL=BINARY[:DEFINES]"; exit 2; }
           label=${e%%=*}; rest=${e#*=}; bin=${rest%%:*}; defs=
           [ "$bin" != "$rest" ] && defs=${rest#*:}
+          [[ $bin == /* ]] || bin=./$bin
           echo "== round $r: $label ($bin${defs:+, $defs})"
-          VYRE_CUDA_DEFINES="${defs//,/ }" timeout 200 "./$bin" bench ring --backend cuda \
+          VYRE_CUDA_DEFINES="${defs//,/ }" timeout 200 "$bin" bench ring --backend cuda \
             --seconds "${SECONDS_PER_CELL:-0.3}" --round-trips 20000 ${RT_ONLY:+--round-trip-only} \
             > "$OUT/ab-cur.md" 2>&1
           echo "exit $?"

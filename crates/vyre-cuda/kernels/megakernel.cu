@@ -11,8 +11,9 @@
 //
 // Warp 0 of block 0 is the control warp: it polls the host tail (the only warp that reads
 // host memory while idle), mirrors it into device memory, mirrors counters back, bumps the
-// heartbeat, and watches for shutdown. Every other warp is a worker: lane 0 claims up to 32
-// positions with one CAS on the device head, each lane executes one slot.
+// heartbeat, and watches for shutdown. Every other warp is a worker: lane 0 takes up to 32
+// positions with one fetch-and-add on the device head (tickets; CAS claims with
+// VYRE_TICKET=0), each lane executes one slot.
 
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -828,6 +829,9 @@ __device__ void control_warp(const Params& p, u32 lane) {
     || DS_RESUME_HEAD >= DS_POLLED || DS_RESUME_TAIL >= DS_POLLED || DS_POLLED > 8
 #error "the polled device-state words must be the first DS_POLLED (at most 8, lanes 0..7)"
 #endif
+#if DS_HEAD < 32 || DS_DONE < 32 || DS_FAULTS < 32 || DS_HEARTBEAT < 32 || DS_IO_REQ_WRITE < 32 || DS_OP_COUNTERS < 32
+#error "the words warps add to must stay off the polled 128-byte line (words 0..31)"
+#endif
 
 // Phase 2 of IO_READ: the host finished the read of the waiting slot at `position` with
 // `result` (bytes, or IO_RESULT_ERROR | errno); complete it, running the continuation.
@@ -1016,8 +1020,10 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         u32 first = start + (u32)(__ffs(pending) - 1);
 #endif
         // One round of loads, on several lanes at once: the words a claim needs. Lanes 0..7
-        // read the polled device-state words with one vector request (relaxed; the fence
-        // before anything they show is run makes it an acquire). Kernel v5 read them one load
+        // read the polled device-state words, eight relaxed loads that coalesce into one
+        // request; the fence before anything they show is run makes each an acquire for the
+        // lane that loaded it, and the warp barrier after that fence carries it to the lanes
+        // the value was shuffled to. Kernel v5 read them one load
         // per word with acquire loads for the tails: seven requests per warp and round on the
         // L2 line the claims add to, and the hot warp's line poll held back until the acquire
         // returned (round trip 4.0 against 3.4-3.6 us, bench/results/ring-cuda.md, session 13).
@@ -1028,10 +1034,11 @@ __device__ void worker_warp(const Params& p, u32 lane) {
 #endif
 #if VYRE_HOT_POLL
         // The warp holding the next position to publish reads the host's tail itself, in the
-        // same round: the control warp's mirror is a hop of about a microsecond later. With
-        // line polling the read is relaxed (an acquire load would hold back the line's load
-        // until it returns: two PCIe round trips per poll) and a system-scope fence makes up
-        // for it when positions it alone shows are run.
+        // same round: the control warp's mirror is a hop of about a microsecond later. In
+        // line-poll mode 1 (the default) it does so only in the round after a line hit showed
+        // a batch coming, with an acquire load; in modes 2 and 3 every round, relaxed (an
+        // acquire would hold back the line's load: two PCIe round trips per poll), and a
+        // system-scope fence makes up for it when positions it alone shows are run.
         if (lane == 13 && hot && (VYRE_LINE_POLL != 1 || tail_next))
             v = (VYRE_LINE_POLL & 2) ? ld_relaxed_sys(&p.cb[VYRE_CB_TAIL]) : ld_acquire_sys(&p.cb[VYRE_CB_TAIL]);
 #endif
@@ -1064,6 +1071,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
             got = __shfl_sync(0xffffffffu, got, 0);
             if (got) {
                 fence_acq_rel_gpu();
+                __syncwarp(); // lane 5's acquire of RESUME_TAIL, for every lane reading entries
                 u32 pos = 0, result = 0;
                 if (lane < got) {
                     const u32* e = p.ioq + (size_t)p.capacity * VYRE_IOREQ_WORDS
@@ -1159,7 +1167,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
 #endif
         if (sys_acquire) fence_acq_rel_sys();
         else if (line_only) __syncwarp();
-        else fence_acq_rel_gpu();
+        else { fence_acq_rel_gpu(); __syncwarp(); } // lane 2's acquire of TAIL, for every lane
         if (hang) {
             // Simulated hang: mark the claim taken, hold it, leave only on ABORT.
             if (run) {

@@ -458,9 +458,10 @@ impl CudaBackend {
 
     /// With `VYRE_CUDA_TRACE=1`: the kernel's latest stage timestamps (low 32 bits of the
     /// GPU's nanosecond timer), written by the worker that ran the last slot: 2 it found its
-    /// slot published (or claimed it, with CAS claims), 3 it had the slot's words, 4 it wrote
-    /// the results, 5 it stored the status (0 and 1 are unused); 8..12 two (timer, SM clock
-    /// cycle) samples of the control warp one mirror apart. `None` without tracing.
+    /// slot published (or claimed it, with CAS claims), 0 it entered `run_lanes`, 3 it had the
+    /// slot's words, 1 it entered `exec_slot`, 4 it wrote the results, 5 it stored the status;
+    /// 8..11 two (timer, SM clock cycle) samples of the control warp one mirror apart. `None`
+    /// without tracing.
     pub fn trace_words(&self) -> Option<[u32; 12]> {
         let t = self.trace.as_ref()?;
         Some(std::array::from_fn(|i| {

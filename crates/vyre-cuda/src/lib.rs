@@ -16,11 +16,12 @@ pub use backend::{BufferPlacement, CudaBackend, CudaProvider, DeviceInfo, Tuning
 /// counters would be serialised PCIe round trips on host memory) and mirrored into the host
 /// control block by the control warp. Generated into the kernel as `DS_*`.
 pub(crate) mod ds {
-    // Three 128-byte L2 lines. The first holds what every idle worker warp polls (one vector
-    // load of its first eight words per round) and is rarely written; the second holds the
-    // words warps add to (ticket claims, completion counts); the third the opcode counters.
-    // Polled words sharing a line with the atomics queued every poll behind them in one L2
-    // slice, the hot warp's included.
+    // Three 128-byte L2 lines. The first holds what every idle worker warp polls (lanes 0..7
+    // load its first eight words, which coalesce into one request per round) and is written
+    // only by the control warp (TAIL, RESUME_TAIL) and on shutdown, abort, hang and IO
+    // resumes; the second holds the words warps add to (ticket claims, completion counts);
+    // the third the opcode counters. Polled words sharing a line with the atomics queued
+    // every poll behind them in one L2 slice, the hot warp's included.
     pub const SHUTDOWN: usize = 0;
     pub const ABORT: usize = 1;
     pub const TAIL: usize = 2;

@@ -55,6 +55,10 @@ __device__ __forceinline__ void vstore(u32* p, u32 v) { *(volatile u32*)p = v; }
 
 // Memory ordering: acquire loads and release stores at the scope that needs them (kernel v3's
 // full fences around every host-visible hand-over measured slower; cuda-round-trip-sweeps.md).
+// VYRE_NOP_FIRST=1 (the default): exec_slot finishes a NOP before its opcode dispatches.
+#ifndef VYRE_NOP_FIRST
+#define VYRE_NOP_FIRST 1
+#endif
 // VYRE_LIGHT_OPS=1 (the default): NOP and LOAD_U32 skip the CLAIMED marker (see run_lanes).
 #ifndef VYRE_LIGHT_OPS
 #define VYRE_LIGHT_OPS 1
@@ -514,6 +518,7 @@ __device__ bool debug_log(const Params& p, u32 position, u32 op_word, u32 tenant
     }
     u32* rec = p.dbg + (size_t)(cur & (cap - 1)) * VYRE_DBG_RECORD_WORDS;
     vstore(&rec[1], position); vstore(&rec[2], tenant_word); vstore(&rec[3], op_word);
+    #pragma unroll
     for (int i = 0; i < 4; i++) vstore(&rec[4 + i], w[i]);
     __threadfence_system();
     vstore(&rec[0], cur + 1);
@@ -526,14 +531,24 @@ __device__ bool exec_slot(const Params& p, u32 position, const u32* w, u32* r, F
     const u32* a = w + 2;
     u32 op = op_word & 0xffff, flags = (op_word >> 16) & 0xff, prio = op_word >> 24;
     r[0] = r[1] = r[2] = r[3] = 0;
-    u32 used = arg_count(op);
-    if (used == 0xffffffffu) FAIL(VYRE_F_UNKNOWN_OPCODE, op);
-    if (flags != 0 || (tenant_word >> 16) != 0 || prio > 7) FAIL(VYRE_F_MALFORMED_SLOT, 0);
-    // Unused argument words must be zero: all eight tested at once (independent loads), not
-    // one dependent load and branch after another.
+    // Unused argument words must be zero: all eight tested at once, not one test and branch
+    // after another.
     u32 nonzero = 0;
     #pragma unroll
     for (u32 i = 0; i < 8; i++) nonzero |= (a[i] != 0 ? 1u : 0u) << i;
+    bool malformed = flags != 0 || (tenant_word >> 16) != 0 || prio > 7;
+#if VYRE_NOP_FIRST
+    // A NOP (no arguments, no effects) is checked and done before the two opcode dispatches
+    // below, each a tree of compares and branches: the same faults, in the same order.
+    if (op == VYRE_OP_NOP) {
+        if (malformed) FAIL(VYRE_F_MALFORMED_SLOT, 0);
+        if (nonzero) FAIL(VYRE_F_MALFORMED_SLOT, __ffs(nonzero) - 1);
+        return true;
+    }
+#endif
+    u32 used = arg_count(op);
+    if (used == 0xffffffffu) FAIL(VYRE_F_UNKNOWN_OPCODE, op);
+    if (malformed) FAIL(VYRE_F_MALFORMED_SLOT, 0);
     nonzero &= ~((1u << used) - 1u);
     if (nonzero) FAIL(VYRE_F_MALFORMED_SLOT, __ffs(nonzero) - 1);
     Buf b, d;
@@ -552,11 +567,20 @@ __device__ bool exec_slot(const Params& p, u32 position, const u32* w, u32* r, F
         r[0] = debug_log(p, position, op_word, tenant_word, a) ? 1u : 0u;
         return true;
     case VYRE_OP_PACKED: {
+        // Every index into a[] and r[] is a constant once the loops are unrolled, so the
+        // slot's words stay in registers (one dynamic index anywhere puts the whole array in
+        // local memory, for every opcode).
         u32 count = a[0] & 0xff;
         if (count < 1 || count > 3) FAIL(VYRE_F_MALFORMED_SLOT, 0);
         if (count < 3 && (a[0] >> (8 * (count + 1))) != 0) FAIL(VYRE_F_MALFORMED_SLOT, 0);
-        for (u32 i = 2 + 2 * count; i < 8; i++) if (a[i] != 0) FAIL(VYRE_F_MALFORMED_SLOT, i);
-        for (u32 i = 0; i < count; i++) {
+        u32 extra = 0;
+        #pragma unroll
+        for (u32 i = 0; i < 8; i++) extra |= (a[i] != 0 ? 1u : 0u) << i;
+        extra &= ~((1u << (2 + 2 * count)) - 1u);
+        if (extra) FAIL(VYRE_F_MALFORMED_SLOT, __ffs(extra) - 1);
+        #pragma unroll
+        for (u32 i = 0; i < 3; i++) {
+            if (i >= count) break;
             u32 sub = (a[0] >> (8 * (i + 1))) & 0xff;
             u64 off = a[2 + 2 * i]; u32 val = a[3 + 2 * i];
             if (sub == VYRE_OP_NOP) continue;
@@ -672,6 +696,7 @@ __device__ bool exec_slot(const Params& p, u32 position, const u32* w, u32* r, F
         if (pe.ptr == 0) FAIL(VYRE_F_BAD_PROGRAM, id);
         u64 regs[16];
         for (int i = 0; i < 16; i++) regs[i] = 0;
+        #pragma unroll
         for (int i = 1; i < 8; i++) regs[i] = a[i];
         u64 r0, steps;
         if (!run_program(p, pe, regs, &r0, &steps, f)) return false;

@@ -179,6 +179,47 @@ pub(crate) struct MappedRing {
     /// Slots published with 16-byte stores (`VYRE_CUDA_WIDE_STORES=0`: word by word, for
     /// comparison).
     wide_stores: bool,
+    /// Long runs of slots written with non-temporal stores, their stamps withheld
+    /// (`VYRE_CUDA_STREAM_STORES=0`: off, for comparison). See [`STREAMED_MIN`].
+    stream_stores: bool,
+}
+
+/// Runs of at least this many slots (the host pool's units of a large publish or `run_batch`)
+/// are written, after their first slot, with non-temporal stores: a full line written that way
+/// needs no read of the line first (an ordinary store has to fetch the line, which the GPU's
+/// completion took out of the host's caches). Those stores keep no order within a line, so
+/// hot slot polling must never take such a line: its publish stamp is withheld (RES3 = 0) and it
+/// runs only once TAIL covers it (PROTOCOL.md, "Hot slot polling"); an `sfence` makes the run
+/// visible before anything the writing thread stores next (the unit's flag, the tail). The
+/// serial path's chunks (64 slots) and single slots keep ordinary stores and their stamps.
+const STREAMED_MIN: usize = 256;
+
+impl MappedRing {
+    /// Writes `slots` at positions `first, first + 1, …` with non-temporal stores and their
+    /// publish stamps withheld, then fences them (see [`STREAMED_MIN`]).
+    #[cfg(target_arch = "x86_64")]
+    fn write_streamed(&self, capacity: u32, first: u32, slots: &[vyre_isa::Slot]) {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        let words = self.slots();
+        for (k, slot) in slots.iter().enumerate() {
+            let p = first.wrapping_add(k as u32);
+            let index = (p & (capacity - 1)) as usize;
+            let dst = words[index * SLOT_WORDS..][..SLOT_WORDS].as_ptr() as *mut __m128i;
+            let mut line = vyre_runtime::ring::slot_line(p, slot);
+            line[SLOT_WORDS - 1] = 0; // the stamp, withheld: TAIL alone publishes this line
+            let src = line.as_ptr() as *const __m128i;
+            // SAFETY: as in `write_slots`: one 64-byte, 64-byte-aligned slot of the mapped ring
+            // that no other host thread touches meanwhile, written through AtomicU32's
+            // UnsafeCell; `_mm_stream_si128` needs the 16-byte alignment it has.
+            unsafe {
+                for c in 0..4 {
+                    _mm_stream_si128(dst.add(c), _mm_loadu_si128(src.add(c)));
+                }
+            }
+        }
+        // SAFETY: a store fence has no memory operands; SSE is part of x86-64.
+        unsafe { _mm_sfence() };
+    }
 }
 
 impl RingMemory for MappedRing {
@@ -202,6 +243,11 @@ impl RingMemory for MappedRing {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_store_si128};
         use std::sync::atomic::{compiler_fence, Ordering};
         let words = self.slots();
+        if self.stream_stores && self.wide_stores && slots.len() >= STREAMED_MIN {
+            self.write_slots(capacity, first, &slots[..1]);
+            self.write_streamed(capacity, first.wrapping_add(1), &slots[1..]);
+            return;
+        }
         for (k, slot) in slots.iter().enumerate() {
             let p = first.wrapping_add(k as u32);
             let index = (p & (capacity - 1)) as usize;
@@ -607,6 +653,7 @@ impl Backend for CudaBackend {
             capacity,
             debug_capacity,
             wide_stores: std::env::var("VYRE_CUDA_WIDE_STORES").map_or(true, |v| v != "0"),
+            stream_stores: std::env::var("VYRE_CUDA_STREAM_STORES").map_or(true, |v| v != "0"),
         });
         *lock(&self.ring) = Some(ring.clone());
         Ok(ring)

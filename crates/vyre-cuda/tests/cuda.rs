@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         scan_matches_cpu(&mut passed, &mut failed);
         ingest_zero_copy(&mut passed, &mut failed);
         buffer_words(&mut passed, &mut failed);
+        large_batches(&mut passed, &mut failed);
     }
     watchdog(&mut passed, &mut failed);
     println!("{passed} passed, {failed} failed, {skipped} skipped");
@@ -500,4 +501,58 @@ fn buffer_words(passed: &mut u32, failed: &mut u32) {
             failed,
         );
     }
+}
+
+fn large_batches(passed: &mut u32, failed: &mut u32) {
+    // Batches large enough for the host pool, whose units are written with non-temporal stores
+    // and their publish stamps withheld: every slot's words must reach the device whole and
+    // run only once published. Slot k loads word k % 4093 of a buffer holding a distinct value
+    // per word (4093 does not divide the ring's capacity, so a stale line from the last lap
+    // would load another word).
+    const WORDS: u32 = 4093;
+    let value = |i: u32| i.wrapping_mul(2_654_435_761) ^ 0x5a5a_5a5a;
+    let config = Config {
+        host_threads: Some(8),
+        ..Config::default()
+    };
+    let capacity = config.capacity as usize;
+    let mk = Megakernel::launch(cuda(BufferPlacement::Device), config).expect("launch");
+    let buf = mk.create_buffer(u64::from(WORDS) * 4).unwrap();
+    let data: Vec<u8> = (0..WORDS).flat_map(|i| value(i).to_le_bytes()).collect();
+    mk.write_buffer(buf, 0, &data).unwrap();
+    let slots = |n: usize| -> Vec<Slot> {
+        (0..n as u32)
+            .map(|k| Slot::new(SlotOp::LoadU32, &[buf, 4 * (k % WORDS)]))
+            .collect()
+    };
+    let wrong = |got: &[vyre_runtime::Completion]| {
+        got.iter()
+            .enumerate()
+            .filter(|(k, c)| c.outcome != Outcome::Done([value(*k as u32 % WORDS), 0, 0, 0]))
+            .count()
+    };
+    for (what, n) in [
+        ("run_batch_within_the_ring", capacity / 2),
+        ("run_batch_larger_than_the_ring", 3 * capacity + 5),
+        ("publish_batch_then_wait_range", capacity - 7),
+    ] {
+        let batch = slots(n);
+        let got = if what.starts_with("publish") {
+            mk.publish_batch(&batch).and_then(|t| mk.wait_range(t))
+        } else {
+            mk.run_batch(&batch)
+        };
+        let (count, bad) = got.as_ref().map_or((0, n), |g| (g.len(), wrong(g)));
+        check(
+            &format!("large_batch_{what}"),
+            count == n && bad == 0,
+            format!(
+                "{n} slots: {count} completions, {bad} wrong; first: {:?}",
+                got.as_ref().map(|g| g.iter().take(3).collect::<Vec<_>>())
+            ),
+            passed,
+            failed,
+        );
+    }
+    mk.shutdown().expect("shutdown");
 }

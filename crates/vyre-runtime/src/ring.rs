@@ -32,7 +32,9 @@ pub trait RingMemory: Send + Sync + std::fmt::Debug {
     /// Writes `slots` as published at positions `first, first + 1, …` (each at its slot
     /// index in a ring of `capacity`). Implementations must make each slot's first 32 bytes
     /// visible no later than its STATUS (word 1) and its second 32 bytes no later than its
-    /// RES3 (word 15): hot slot polling relies on it (PROTOCOL.md). The default stores word by
+    /// RES3 (word 15), or withhold the stamp (RES3 = 0, the line then runs only once TAIL covers
+    /// it): hot slot polling relies on it (PROTOCOL.md). Every word must be visible before
+    /// any store the calling thread makes after the call (the tail's). The default stores word by
     /// word, those two last; mapped GPU memory may store wider (writing a line costs the host
     /// a cache-line transfer, and fewer, wider stores overlap more of them).
     fn write_slots(&self, capacity: u32, first: u32, slots: &[Slot]) {

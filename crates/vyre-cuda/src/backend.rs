@@ -184,14 +184,14 @@ pub(crate) struct MappedRing {
     stream_stores: bool,
 }
 
-/// Runs of at least this many slots (the host pool's units of a large publish or `run_batch`)
-/// are written, after their first slot, with non-temporal stores: a full line written that way
+/// Runs of at least this many slots (the host pool's units of a large publish or `run_batch`,
+/// and a whole batch published at once without the pool) are written, after their first slot, with non-temporal stores: a full line written that way
 /// needs no read of the line first (an ordinary store has to fetch the line, which the GPU's
 /// completion took out of the host's caches). Those stores keep no order within a line, so
 /// hot slot polling must never take such a line: its publish stamp is withheld (RES3 = 0) and it
 /// runs only once TAIL covers it (PROTOCOL.md, "Hot slot polling"); an `sfence` makes the run
 /// visible before anything the writing thread stores next (the unit's flag, the tail). The
-/// serial path's chunks (64 slots) and single slots keep ordinary stores and their stamps.
+/// serial publish's chunks (64 slots) and single slots keep ordinary stores and their stamps.
 const STREAMED_MIN: usize = 256;
 
 impl MappedRing {

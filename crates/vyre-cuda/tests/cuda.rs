@@ -511,7 +511,11 @@ fn large_batches(passed: &mut u32, failed: &mut u32) {
     // would load another word).
     const WORDS: u32 = 4093;
     let value = |i: u32| i.wrapping_mul(2_654_435_761) ^ 0x5a5a_5a5a;
+    // A ring of 65,536 and 8 host threads: publishes of 8,192 slots or more go through the
+    // pool, and so do `run_batch` calls of 16,384 or more (the default ring of 4,096 would
+    // take the serial path, 64 slots per write, and never stream).
     let config = Config {
+        capacity: 65_536,
         host_threads: Some(8),
         ..Config::default()
     };

@@ -531,26 +531,26 @@ __device__ bool exec_slot(const Params& p, u32 position, const u32* w, u32* r, F
     const u32* a = w + 2;
     u32 op = op_word & 0xffff, flags = (op_word >> 16) & 0xff, prio = op_word >> 24;
     r[0] = r[1] = r[2] = r[3] = 0;
-    // Unused argument words must be zero: all eight tested at once, not one test and branch
-    // after another.
-    u32 nonzero = 0;
+    // Unused argument words must be zero: all eight tested at once into a mask (bit i: a[i]
+    // is not zero), not one test and branch after another.
+    u32 given = 0;
     #pragma unroll
-    for (u32 i = 0; i < 8; i++) nonzero |= (a[i] != 0 ? 1u : 0u) << i;
+    for (u32 i = 0; i < 8; i++) given |= (a[i] != 0 ? 1u : 0u) << i;
     bool malformed = flags != 0 || (tenant_word >> 16) != 0 || prio > 7;
 #if VYRE_NOP_FIRST
     // A NOP (no arguments, no effects) is checked and done before the two opcode dispatches
     // below, each a tree of compares and branches: the same faults, in the same order.
     if (op == VYRE_OP_NOP) {
         if (malformed) FAIL(VYRE_F_MALFORMED_SLOT, 0);
-        if (nonzero) FAIL(VYRE_F_MALFORMED_SLOT, __ffs(nonzero) - 1);
+        if (given) FAIL(VYRE_F_MALFORMED_SLOT, __ffs(given) - 1);
         return true;
     }
 #endif
     u32 used = arg_count(op);
     if (used == 0xffffffffu) FAIL(VYRE_F_UNKNOWN_OPCODE, op);
     if (malformed) FAIL(VYRE_F_MALFORMED_SLOT, 0);
-    nonzero &= ~((1u << used) - 1u);
-    if (nonzero) FAIL(VYRE_F_MALFORMED_SLOT, __ffs(nonzero) - 1);
+    u32 unused = given & ~((1u << used) - 1u);
+    if (unused) FAIL(VYRE_F_MALFORMED_SLOT, __ffs(unused) - 1);
     Buf b, d;
     switch (op) {
     case VYRE_OP_NOP: return true;
@@ -573,10 +573,7 @@ __device__ bool exec_slot(const Params& p, u32 position, const u32* w, u32* r, F
         u32 count = a[0] & 0xff;
         if (count < 1 || count > 3) FAIL(VYRE_F_MALFORMED_SLOT, 0);
         if (count < 3 && (a[0] >> (8 * (count + 1))) != 0) FAIL(VYRE_F_MALFORMED_SLOT, 0);
-        u32 extra = 0;
-        #pragma unroll
-        for (u32 i = 0; i < 8; i++) extra |= (a[i] != 0 ? 1u : 0u) << i;
-        extra &= ~((1u << (2 + 2 * count)) - 1u);
+        u32 extra = given & ~((1u << (2 + 2 * count)) - 1u);
         if (extra) FAIL(VYRE_F_MALFORMED_SLOT, __ffs(extra) - 1);
         #pragma unroll
         for (u32 i = 0; i < 3; i++) {

@@ -358,22 +358,22 @@ mod tests {
     fn a_second_compile_reads_the_tables_back_and_a_corrupt_blob_is_compiled_again() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let open = || PipelineCache::new(CacheConfig::in_dir(dir.path()));
+        // Each compile through a new cache (a new process), with where its tables came from.
+        let run =
+            |r: &RuleSet| compile_keeping(r, &Limits::default(), &open(), ZERO).expect("compiles");
+        let built = |how: &CacheSource| matches!(how, CacheSource::Built { .. });
         let r = sample();
         let want = compile(&r, &Limits::default()).expect("compiles");
-        let (first, how) =
-            compile_keeping(&r, &Limits::default(), &open(), ZERO).expect("compiles");
+        let (first, how) = run(&r);
         assert_eq!(first, want);
-        assert!(matches!(how, CacheSource::Built { .. }), "{how}");
-        // A new cache (a new process) finds the blob on disk.
-        let (second, how) =
-            compile_keeping(&r, &Limits::default(), &open(), ZERO).expect("compiles");
+        assert!(built(&how), "{how}");
+        // A new cache finds the blob on disk.
+        let (second, how) = run(&r);
         assert_eq!(second, want);
         assert!(matches!(how, CacheSource::Disk), "{how}");
         // Other rules or other limits are another key.
-        let other = rules(&["alpha", "beta"], &[]);
-        let (_, how) =
-            compile_keeping(&other, &Limits::default(), &open(), ZERO).expect("compiles");
-        assert!(matches!(how, CacheSource::Built { .. }), "{how}");
+        let (_, how) = run(&rules(&["alpha", "beta"], &[]));
+        assert!(built(&how), "{how}");
         let tight = Limits {
             max_group_rules: 2,
             ..Limits::default()
@@ -387,13 +387,11 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x40;
         std::fs::write(&blob, &bytes).expect("rewrite");
-        let (third, how) =
-            compile_keeping(&r, &Limits::default(), &open(), ZERO).expect("compiles");
+        let (third, how) = run(&r);
         assert_eq!(third, want);
-        assert!(matches!(how, CacheSource::Built { .. }), "{how}");
+        assert!(built(&how), "{how}");
         // And written back whole.
-        let (fourth, how) =
-            compile_keeping(&r, &Limits::default(), &open(), ZERO).expect("compiles");
+        let (fourth, how) = run(&r);
         assert_eq!(fourth, want);
         assert!(matches!(how, CacheSource::Disk), "{how}");
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use vyre_cpu::CpuBackend;
 use vyre_isa::{FaultCode, Slot, SlotOp};
-use vyre_runtime::{Config, ErrorKind, Megakernel, Outcome, PublishRejection};
+use vyre_runtime::{Completion, Config, ErrorKind, Megakernel, Outcome, PublishRejection};
 
 /// Counters are added after a batch's statuses, so they may lag the completions briefly.
 fn eventually(mut cond: impl FnMut() -> bool) -> bool {
@@ -457,7 +457,19 @@ fn a_large_batch_with_host_threads_returns_every_completion_in_order() {
             // Round 1 has another publisher's slot, not yet taken, ahead of the batch.
             let other =
                 (round == 1).then(|| mk.publish(Slot::new(SlotOp::Nop, &[])).expect("publish"));
-            let got = mk.run_batch(&slots).expect("run_batch");
+            let got = if round == 2 {
+                // Into a vector reused from elsewhere: longer than the batch, stale contents.
+                let stale = Completion {
+                    position: 7,
+                    outcome: Outcome::Done([9; 4]),
+                };
+                let mut reused = vec![stale; n as usize + 100];
+                mk.run_batch_into(&slots, &mut reused)
+                    .expect("run_batch_into");
+                reused
+            } else {
+                mk.run_batch(&slots).expect("run_batch")
+            };
             assert_eq!(got.len(), n as usize, "threads {threads} round {round}");
             for (i, c) in got.iter().enumerate() {
                 match c.outcome {

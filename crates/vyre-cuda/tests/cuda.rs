@@ -504,9 +504,10 @@ fn buffer_words(passed: &mut u32, failed: &mut u32) {
 }
 
 fn large_batches(passed: &mut u32, failed: &mut u32) {
-    // Batches large enough for the host pool, whose units are written with non-temporal stores
-    // and their publish stamps withheld: every slot's words must reach the device whole and
-    // run only once published. Slot k loads word k % 4093 of a buffer holding a distinct value
+    // Batches large enough for the host pool: a batch published whole (`publish_batch_whole`)
+    // is written with non-temporal stores and its publish stamps withheld, the others with
+    // ordinary stores while the device runs them; `run_batch_into` reuses its vector. Every
+    // slot's words must reach the device whole and run only once published. Slot k loads word k % 4093 of a buffer holding a distinct value
     // per word (4093 does not divide the ring's capacity, so a stale line from the last lap
     // would load another word).
     const WORDS: u32 = 4093;
@@ -535,16 +536,27 @@ fn large_batches(passed: &mut u32, failed: &mut u32) {
             .filter(|(k, c)| c.outcome != Outcome::Done([value(*k as u32 % WORDS), 0, 0, 0]))
             .count()
     };
+    let mut reused = Vec::new();
     for (what, n) in [
         ("run_batch_within_the_ring", capacity / 2),
         ("run_batch_larger_than_the_ring", 3 * capacity + 5),
         ("publish_batch_then_wait_range", capacity - 7),
+        ("publish_batch_whole_then_wait_range", capacity - 9),
+        ("run_batch_into_a_reused_vector", capacity / 2 + 3),
+        ("run_batch_into_the_same_vector_again", capacity / 4),
     ] {
         let batch = slots(n);
-        let got = if what.starts_with("publish") {
-            mk.publish_batch(&batch).and_then(|t| mk.wait_range(t))
-        } else {
-            mk.run_batch(&batch)
+        let got = match what {
+            "publish_batch_then_wait_range" => {
+                mk.publish_batch(&batch).and_then(|t| mk.wait_range(t))
+            }
+            "publish_batch_whole_then_wait_range" => mk
+                .publish_batch_whole(&batch)
+                .and_then(|t| mk.wait_range(t)),
+            w if w.starts_with("run_batch_into") => mk
+                .run_batch_into(&batch, &mut reused)
+                .map(|()| std::mem::take(&mut reused)),
+            _ => mk.run_batch(&batch),
         };
         let (count, bad) = got.as_ref().map_or((0, n), |g| (g.len(), wrong(g)));
         check(
@@ -557,6 +569,9 @@ fn large_batches(passed: &mut u32, failed: &mut u32) {
             passed,
             failed,
         );
+        if let Ok(g) = got {
+            reused = g; // the next run_batch_into reuses it (larger, then smaller)
+        }
     }
     mk.shutdown().expect("shutdown");
 }

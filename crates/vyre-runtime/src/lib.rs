@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod error;
+mod host_pool;
 pub mod io_queue;
 pub mod io_service;
 pub mod megakernel;

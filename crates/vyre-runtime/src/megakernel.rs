@@ -3,6 +3,7 @@
 
 use crate::backend::{Backend, Health, HostRegion, LaunchConfig, Staging};
 use crate::error::{Error, ErrorKind, PublishRejection};
+use crate::host_pool::HostPool;
 use crate::protocol::control;
 use crate::ring::{self, Completion, DebugRecord, HostRing, RingMemory};
 use std::collections::VecDeque;
@@ -41,6 +42,11 @@ pub struct Config {
     /// workers run on the host's cores (measured on a 16-core H100 host: NOP 65,536 end to
     /// end 66 M/s with 1 thread, 89 with 4, 114 with 8).
     pub host_threads: Option<usize>,
+    /// How long the host threads keep spinning after a large `run_batch`, waiting for the
+    /// next, before they may go to sleep (`Duration::ZERO`: at once). Waking a sleeping thread
+    /// cost 20-60 µs on an H100 host, a third of the device's time for 65,536 NOP slots; the
+    /// price is up to this much busy time on each host thread after a batch.
+    pub host_spin: Duration,
 }
 
 impl Default for Config {
@@ -56,6 +62,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             watchdog: Some(Duration::from_secs(10)),
             host_threads: None,
+            host_spin: Duration::from_millis(1),
         }
     }
 }
@@ -236,7 +243,7 @@ pub(crate) struct Inner {
     /// Registered files and the I/O thread that serves IO_READ (PROTOCOL.md, "I/O queue").
     pub(crate) io: crate::io_service::IoHost,
     /// Threads that share large publishes and reaps (`Config::host_threads`); `None` when 1.
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<HostPool>,
 }
 
 impl Inner {
@@ -334,12 +341,7 @@ impl Megakernel {
             }
         });
         let pool = (threads > 1)
-            .then(|| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .thread_name(|i| format!("vyre-host-{i}"))
-                    .build()
-            })
+            .then(|| HostPool::new(threads, config.host_spin))
             .transpose()
             .map_err(|e| {
                 Error::new(ErrorKind::Config(format!(
@@ -613,7 +615,7 @@ impl Megakernel {
             }
             let n = {
                 let Host { ring, mem, .. } = &mut *host;
-                let pool = self.inner.pool.as_ref();
+                let pool = self.inner.pool.as_ref().map(HostPool::get);
                 if !whole {
                     ring.publish_on(mem.as_ref(), rest, pool)
                 } else if ring.publish_whole_on(mem.as_ref(), rest, pool) {
@@ -743,7 +745,7 @@ impl Megakernel {
                 let eager = self.inner.pool.is_none()
                     || !host.direct(next)
                     || backoff.waited(Duration::from_micros(100));
-                let pool = self.inner.pool.as_ref();
+                let pool = self.inner.pool.as_ref().map(HostPool::get);
                 next += host.reap_direct(next, tickets.end, &mut out, pool, eager) as u64;
                 if next > before {
                     backoff = Backoff::default();
@@ -777,15 +779,25 @@ impl Megakernel {
     /// than the ring or large enough to split: the next part is written while the device
     /// runs the last, and reaped while it runs the next. Completions in batch order.
     pub fn run_batch(&self, slots: &[Slot]) -> Result<Vec<Completion>, Error> {
+        let mut out = Vec::new();
+        self.run_batch_into(slots, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`Megakernel::run_batch`], into `out` (its contents are replaced; on an error they
+    /// are unspecified). Reusing one vector for many batches saves allocating and initialising
+    /// it each time: for 65,536 slots, 1.5 MB that one host thread took 65 µs to fill on an
+    /// H100 host, a third of the device's time for as many NOP slots.
+    pub fn run_batch_into(&self, slots: &[Slot], out: &mut Vec<Completion>) -> Result<(), Error> {
         if let Some(pool) = &self.inner.pool {
             if slots.len() >= 2 * ring::PARALLEL_MIN {
-                return self.run_batch_overlapped(slots, pool);
+                return self.run_batch_overlapped(slots, pool, out);
             }
         }
         self.check_batch(slots)?;
-        let mut out = Vec::with_capacity(slots.len());
-        self.run_parts(slots, &mut out, |part| self.publish_batch(part))?;
-        Ok(out)
+        out.clear();
+        out.reserve(slots.len());
+        self.run_parts(slots, out, |part| self.publish_batch(part))
     }
 
     /// Publishes `slots` part by part with `publish`, collecting each part's completions into
@@ -813,47 +825,41 @@ impl Megakernel {
         Ok(())
     }
 
-    /// `run_batch` for a large batch with a host pool, whose threads and this one share the
-    /// work a unit of [`ring::PARALLEL_UNIT`] slots at a time:
-    /// - first, one parallel pass checks the slots (a bad slot rejects the whole batch before
-    ///   any is written; one thread's check of 65,536 slots took 125 µs on an H100 host, about
-    ///   what the device takes to run them) and sizes the returned vector;
-    /// - then, under one hold of the host lock, the pool's threads write the units while this
-    ///   thread publishes each written prefix (one tail store), writing units too when it has
-    ///   nothing to publish: writing a 64-byte line costs a host thread about as much as the
-    ///   device takes to run two NOP slots;
+    /// `run_batch_into` for a large batch with a host pool. Under one hold of the host lock, in
+    /// one hand-over ([`HostPool::run`]), the pool's threads and this one share the work a
+    /// unit of [`ring::PARALLEL_UNIT`] slots at a time:
+    /// - first they check the slots (a bad slot rejects the whole batch before any is written;
+    ///   one thread's check of 65,536 slots took 125 µs on an H100 host, about what the device
+    ///   takes to run them);
+    /// - then the pool's threads write the units while this thread publishes each written
+    ///   prefix (one tail store), writing units too when it has nothing to publish: writing a
+    ///   64-byte line costs a host thread about as much as the device takes to run two NOP
+    ///   slots;
     /// - when the batch fits in the ring, the pool's threads also read the completions, a unit
-    ///   each, straight into their places in the returned vector (a thread reads the next unit
-    ///   as soon as its last slot has finished, else writes the next one, else waits to read):
-    ///   reading a line the device wrote costs a cache-line transfer, three NOP slots of device
-    ///   time. A larger batch is read by this thread as it goes (its writers wait for room,
-    ///   which only reading makes); writers stay a ring's capacity ahead of the reading at most.
+    ///   each, straight into their places in `out` (a thread reads the next unit as soon as its
+    ///   last slot has finished, else writes the next one, else waits to read): reading a line
+    ///   the device wrote costs a cache-line transfer, three NOP slots of device time. A larger
+    ///   batch is read by this thread as it goes (its writers wait for room, which only
+    ///   reading makes); writers stay a ring's capacity ahead of the reading at most.
     ///
     /// When something is unusual (another publisher's completions not yet taken, no progress
     /// for [`OVERLAP_STALL`], a hang, a stop) it finishes on the general path, which reports it.
     fn run_batch_overlapped(
         &self,
         slots: &[Slot],
-        pool: &rayon::ThreadPool,
-    ) -> Result<Vec<Completion>, Error> {
-        use rayon::prelude::*;
+        pool: &HostPool,
+        out: &mut Vec<Completion>,
+    ) -> Result<(), Error> {
         use std::sync::atomic::AtomicUsize;
         let n = slots.len();
-        // The check, in one parallel pass that also sizes `out` (the readers below write each
-        // completion into its place): a bad slot rejects the whole batch before any is written.
-        let tenants = self.inner.config.tenants;
-        let bad = AtomicBool::new(false);
-        let mut out: Vec<Completion> = Vec::with_capacity(n);
-        pool.install(|| {
-            out.par_extend(slots.par_iter().with_min_len(ring::PARALLEL_UNIT).map(|s| {
-                if s.tenant >= tenants || s.priority > MAX_PRIORITY {
-                    bad.store(true, Ordering::Relaxed);
-                }
-                UNREAD
-            }))
-        });
-        if bad.into_inner() {
-            self.check_batch(slots)?;
+        // The readers below write each completion into its place: `out` needs n elements. A
+        // vector reused from the last batch of this size already has them; a new one is
+        // allocated zeroed (UNREAD is all zero bytes), which costs no pass over it.
+        if out.capacity() < n {
+            *out = vec![UNREAD; n];
+        } else {
+            out.truncate(n);
+            out.resize(n, UNREAD);
         }
         let _publisher = self
             .inner
@@ -866,9 +872,9 @@ impl Megakernel {
         let stopped = self.inner.no_new_work(&host);
         if !(quiet && !stopped && host.hung.is_none()) {
             drop(host);
+            self.check_batch(slots)?;
             out.clear();
-            self.run_parts(slots, &mut out, |part| self.publish_locked(part, false))?;
-            return Ok(out);
+            return self.run_parts(slots, out, |part| self.publish_locked(part, false));
         }
         let capacity = self.inner.config.capacity as usize;
         let units = n.div_ceil(ring::PARALLEL_UNIT);
@@ -878,6 +884,12 @@ impl Megakernel {
                 ((u + 1) * ring::PARALLEL_UNIT).min(n),
             )
         };
+        let tenants = self.inner.config.tenants;
+        let (next_check, checked, bad) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicBool::new(false),
+        );
         let next_unit = AtomicUsize::new(0);
         let written: Vec<AtomicBool> = (0..units).map(|_| AtomicBool::new(false)).collect();
         let reaped = AtomicUsize::new(0);
@@ -900,6 +912,32 @@ impl Megakernel {
         } = &mut *host;
         let mem = mem.as_ref();
         let base = ring.tail();
+        // Checks units until none is left, then waits for the other threads' checks: false if a
+        // slot was bad or the batch was abandoned.
+        let check = || {
+            loop {
+                let u = next_check.fetch_add(1, Ordering::Relaxed);
+                if u >= units {
+                    break;
+                }
+                let (from, to) = unit(u);
+                let ok = slots[from..to]
+                    .iter()
+                    .all(|s| s.tenant < tenants && s.priority <= MAX_PRIORITY);
+                if !ok {
+                    bad.store(true, Ordering::Relaxed);
+                    abort.store(true, Ordering::Relaxed);
+                }
+                checked.fetch_add(1, Ordering::Release);
+            }
+            while checked.load(Ordering::Acquire) < units {
+                if abort.load(Ordering::Relaxed) {
+                    return false;
+                }
+                std::hint::spin_loop();
+            }
+            !abort.load(Ordering::Relaxed)
+        };
         // Writes the next unit if one is left: Some(false) if the batch was abandoned.
         let write_next = || {
             let u = next_unit.fetch_add(1, Ordering::Relaxed);
@@ -956,9 +994,9 @@ impl Megakernel {
             read[u].store(true, Ordering::Release);
             true
         };
-        // A pool thread: reads the next unit once its last slot has finished (while the lines
-        // are fresh), else writes the next unit, else waits to read.
-        let work = || loop {
+        // A pool thread, once the batch is checked: reads the next unit once its last slot has
+        // finished (while the lines are fresh), else writes the next unit, else waits to read.
+        let work_checked = || loop {
             if abort.load(Ordering::Relaxed) {
                 return;
             }
@@ -989,9 +1027,15 @@ impl Megakernel {
                 return;
             }
         };
-        pool.in_place_scope(|scope| {
-            for _ in 0..pool.current_num_threads() {
-                scope.spawn(|_| work());
+        let work = || {
+            if check() {
+                work_checked();
+            }
+        };
+        pool.run(work, || {
+            if !check() {
+                abort.store(true, Ordering::Relaxed);
+                return;
             }
             let (mut prefix, mut progress, mut read_units) = (0, Instant::now(), 0);
             while filled < n {
@@ -1041,15 +1085,17 @@ impl Megakernel {
         host.next_ticket += published as u64;
         host.base += filled as u64;
         drop(host);
+        if bad.into_inner() {
+            self.check_batch(slots)?; // nothing was written; this names the first bad slot
+        }
         if filled == n {
-            return Ok(out);
+            return Ok(());
         }
         let done = first + filled as u64;
         out.extend(self.wait_range(done..first + published as u64)?);
-        self.run_parts(&slots[published..], &mut out, |part| {
+        self.run_parts(&slots[published..], out, |part| {
             self.publish_locked(part, false)
-        })?;
-        Ok(out)
+        })
     }
 
     /// The done count (wrapping).

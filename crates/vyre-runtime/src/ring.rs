@@ -45,6 +45,14 @@ pub trait RingMemory: Send + Sync + std::fmt::Debug {
             write_line(&words[base..base + SLOT_WORDS], &slot_line(p, slot));
         }
     }
+    /// As [`RingMemory::write_slots`], for slots that are published together by one tail store
+    /// once all are written ([`HostRing::publish_whole`]): no worker reads them before that
+    /// store, so memory may write them in a way that favours the device's reading them all
+    /// afterwards (cuda's mapped ring: non-temporal stores, the stamps withheld). The default is
+    /// `write_slots`.
+    fn write_slots_whole(&self, capacity: u32, first: u32, slots: &[Slot]) {
+        self.write_slots(capacity, first, slots);
+    }
 }
 
 /// Ring memory on the heap.
@@ -369,7 +377,10 @@ impl HostRing {
         }
         match shared(pool, slots.len()) {
             Some(pool) => self.publish_parallel(mem, slots, pool, true),
-            None => self.publish_chunk(mem, slots),
+            None => {
+                mem.write_slots_whole(self.capacity, self.tail, slots);
+                self.advance_tail(mem, slots.len() as u32);
+            }
         }
         true
     }
@@ -398,11 +409,12 @@ impl HostRing {
             }
             let first = u * PARALLEL_UNIT;
             let end = (first + PARALLEL_UNIT).min(slots.len());
-            mem.write_slots(
-                capacity,
-                base.wrapping_add(first as u32),
-                &slots[first..end],
-            );
+            let (at, unit) = (base.wrapping_add(first as u32), &slots[first..end]);
+            if whole {
+                mem.write_slots_whole(capacity, at, unit);
+            } else {
+                mem.write_slots(capacity, at, unit);
+            }
             written[u].store(true, Ordering::Release);
             Some(u)
         };

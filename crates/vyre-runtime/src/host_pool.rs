@@ -95,3 +95,16 @@ impl HostPool {
         }
     }
 }
+
+/// A value on cache lines of its own (128 bytes: Intel's adjacent-line prefetcher fetches lines
+/// in pairs), for words that threads poll while others update words beside them.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

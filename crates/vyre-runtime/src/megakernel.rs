@@ -3,7 +3,7 @@
 
 use crate::backend::{Backend, Health, HostRegion, LaunchConfig, Staging};
 use crate::error::{Error, ErrorKind, PublishRejection};
-use crate::host_pool::HostPool;
+use crate::host_pool::{HostPool, Padded};
 use crate::protocol::control;
 use crate::ring::{self, Completion, DebugRecord, HostRing, RingMemory};
 use std::collections::VecDeque;
@@ -885,20 +885,23 @@ impl Megakernel {
             )
         };
         let tenants = self.inner.config.tenants;
-        let (next_check, checked, bad) = (
-            AtomicUsize::new(0),
-            AtomicUsize::new(0),
-            AtomicBool::new(false),
-        );
-        let next_unit = AtomicUsize::new(0);
-        let written: Vec<AtomicBool> = (0..units).map(|_| AtomicBool::new(false)).collect();
-        let reaped = AtomicUsize::new(0);
-        let abort = AtomicBool::new(false);
+        // Every word the threads share has a cache line (two: the adjacent-line prefetcher) of
+        // its own: readers load `published_upto` and `abort` for every slot, and beside the
+        // counters every thread bumps, or the flags of units being written, those loads missed.
+        let flags = |n: usize| -> Vec<Padded<AtomicBool>> {
+            (0..n).map(|_| Padded(AtomicBool::new(false))).collect()
+        };
+        let counter = || Padded(AtomicUsize::new(0));
+        let (next_check, checked, bad) = (counter(), counter(), Padded(AtomicBool::new(false)));
+        let next_unit = counter();
+        let written = flags(units);
+        let reaped = counter();
+        let abort = Padded(AtomicBool::new(false));
         // Shared reading: only when no writer can wait for room (which only reading makes).
         let shared_reads = n <= capacity;
-        let published_upto = AtomicUsize::new(0);
-        let next_read = AtomicUsize::new(0);
-        let read: Vec<AtomicBool> = (0..units).map(|_| AtomicBool::new(false)).collect();
+        let published_upto = counter();
+        let next_read = counter();
+        let read = flags(units);
         // Where completions go: unit by unit for the pool's readers, whole for this thread.
         let (dest, mut whole): (Vec<Mutex<&mut [Completion]>>, _) = if shared_reads {
             let dest = out.chunks_mut(ring::PARALLEL_UNIT).map(Mutex::new);
@@ -940,6 +943,9 @@ impl Megakernel {
         };
         // Writes the next unit if one is left: Some(false) if the batch was abandoned.
         let write_next = || {
+            if next_unit.load(Ordering::Relaxed) >= units {
+                return None;
+            }
             let u = next_unit.fetch_add(1, Ordering::Relaxed);
             if u >= units {
                 return None;
@@ -1085,7 +1091,7 @@ impl Megakernel {
         host.next_ticket += published as u64;
         host.base += filled as u64;
         drop(host);
-        if bad.into_inner() {
+        if bad.0.into_inner() {
             self.check_batch(slots)?; // nothing was written; this names the first bad slot
         }
         if filled == n {

@@ -75,41 +75,44 @@ fn tenant_and_priority_out_of_range_are_rejected_at_publish_and_nothing_is_publi
 #[test]
 fn a_large_batch_with_a_bad_slot_is_rejected_whole_by_the_pools_check() {
     // Large enough for the host pool's overlapped run_batch, which checks the slots in
-    // parallel: the error names the first bad slot and nothing of the batch runs.
-    let mk = launch(Config {
-        tenants: 2,
-        capacity: 1 << 16,
-        host_threads: Some(3),
-        ..Config::default()
-    });
-    let good = Slot::new(SlotOp::Nop, &[]);
-    let mut batch = vec![good; 40_000];
-    batch[30_000] = good.with_priority(9);
-    batch[25_000] = good.with_tenant(5);
-    let err = mk.run_batch(&batch).unwrap_err();
-    assert!(
-        matches!(
-            err.kind(),
-            ErrorKind::Publish {
-                index: 25_000,
-                reason: PublishRejection::Tenant {
-                    tenant: 5,
-                    tenants: 2
+    // parallel: the error names the first bad slot and nothing of the batch runs, whether the
+    // batch fits in the ring (1 << 16) or not (1 << 12).
+    for capacity in [1 << 16, 1 << 12] {
+        let mk = launch(Config {
+            tenants: 2,
+            capacity,
+            host_threads: Some(3),
+            ..Config::default()
+        });
+        let good = Slot::new(SlotOp::Nop, &[]);
+        let mut batch = vec![good; 40_000];
+        batch[30_000] = good.with_priority(9);
+        batch[25_000] = good.with_tenant(5);
+        let err = mk.run_batch(&batch).unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                ErrorKind::Publish {
+                    index: 25_000,
+                    reason: PublishRejection::Tenant {
+                        tenant: 5,
+                        tenants: 2
+                    }
                 }
-            }
-        ),
-        "{err:?}"
-    );
-    batch[25_000] = good.with_tenant(1);
-    let got = mk.run_batch(&batch[..30_000]).expect("the good part runs");
-    assert_eq!(got.len(), 30_000);
-    assert_eq!(got[0].position, 0, "the rejected batch took no positions");
-    assert!(got.iter().all(|c| c.outcome == Outcome::Done([0; 4])));
-    assert!(
-        eventually(|| mk.done_count() == 30_000),
-        "done count {}",
-        mk.done_count()
-    );
+            ),
+            "{err:?}"
+        );
+        batch[25_000] = good.with_tenant(1);
+        let got = mk.run_batch(&batch[..30_000]).expect("the good part runs");
+        assert_eq!(got.len(), 30_000);
+        assert_eq!(got[0].position, 0, "the rejected batch took no positions");
+        assert!(got.iter().all(|c| c.outcome == Outcome::Done([0; 4])));
+        assert!(
+            eventually(|| mk.done_count() == 30_000),
+            "done count {}",
+            mk.done_count()
+        );
+    }
 }
 
 #[test]
@@ -457,7 +460,18 @@ fn a_large_batch_with_host_threads_returns_every_completion_in_order() {
             // Round 1 has another publisher's slot, not yet taken, ahead of the batch.
             let other =
                 (round == 1).then(|| mk.publish(Slot::new(SlotOp::Nop, &[])).expect("publish"));
-            let got = if round == 2 {
+            let got = if round == 1 {
+                // Into a vector with room for the batch but fewer elements.
+                let mut reused = Vec::with_capacity(n as usize + 10);
+                let stale = Completion {
+                    position: 3,
+                    outcome: Outcome::Done([1; 4]),
+                };
+                reused.extend([stale; 5]);
+                mk.run_batch_into(&slots, &mut reused)
+                    .expect("run_batch_into");
+                reused
+            } else if round == 2 {
                 // Into a vector reused from elsewhere: longer than the batch, stale contents.
                 let stale = Completion {
                     position: 7,

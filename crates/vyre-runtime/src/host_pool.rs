@@ -59,8 +59,10 @@ impl HostPool {
         let result = pool.in_place_scope(|scope| {
             for _ in 0..threads {
                 scope.spawn(|_| {
+                    // Counted however `work` ends: a panic reaches the caller when the scope
+                    // ends, not a wait that never does.
+                    let _done = CountOnDrop(&finished);
                     work();
-                    finished.fetch_add(1, Ordering::Release);
                 });
             }
             let result = main();
@@ -93,6 +95,15 @@ impl HostPool {
                 }
             });
         }
+    }
+}
+
+/// Counts one when dropped.
+struct CountOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
     }
 }
 

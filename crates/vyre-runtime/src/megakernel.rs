@@ -43,10 +43,12 @@ pub struct Config {
     /// end 66 M/s with 1 thread, 89 with 4, 114 with 8).
     pub host_threads: Option<usize>,
     /// How long the host threads keep spinning after a large `run_batch`, waiting for the
-    /// next, before they may go to sleep (`Duration::ZERO`: at once). Waking a sleeping thread
-    /// cost 20-60 µs on an H100 host, a third of the device's time for 65,536 NOP slots; the
-    /// price is up to this much busy time on each host thread after a batch.
-    pub host_spin: Duration,
+    /// next, before they may go to sleep (`Duration::ZERO`: at once); `None` = 1 ms for a GPU
+    /// backend, zero for one whose workers run on the host's cores (spinning would take cores
+    /// from them). Waking a sleeping thread cost 20-60 µs on an H100 host, a third of the
+    /// device's time for 65,536 NOP slots; the price is up to this much busy time on each
+    /// host thread after a batch.
+    pub host_spin: Option<Duration>,
 }
 
 impl Default for Config {
@@ -62,7 +64,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             watchdog: Some(Duration::from_secs(10)),
             host_threads: None,
-            host_spin: Duration::from_millis(1),
+            host_spin: None,
         }
     }
 }
@@ -91,6 +93,15 @@ pub struct ShutdownReport {
     pub drained: usize,
     /// Positions of slots that were published but never finished, reported as `lost`.
     pub lost: Vec<u32>,
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// What `run_batch_overlapped` holds in a completion's place until it is read.
@@ -332,16 +343,23 @@ impl Megakernel {
             retired: Vec::new(),
         };
         let io = crate::io_service::IoHost::new(host.mem.clone(), host.backend.clone());
+        let gpu = host.backend.capabilities().kind == crate::backend::BackendKind::Gpu;
         let threads = config.host_threads.unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             // A CPU backend's workers occupy the cores the host threads would use.
-            match host.backend.capabilities().kind {
-                crate::backend::BackendKind::Gpu => (cores / 2).clamp(1, 8),
-                _ => (cores / 4).clamp(1, 4),
+            if gpu {
+                (cores / 2).clamp(1, 8)
+            } else {
+                (cores / 4).clamp(1, 4)
             }
         });
+        let spin = config.host_spin.unwrap_or(if gpu {
+            Duration::from_millis(1)
+        } else {
+            Duration::ZERO
+        });
         let pool = (threads > 1)
-            .then(|| HostPool::new(threads, config.host_spin))
+            .then(|| HostPool::new(threads, spin))
             .transpose()
             .map_err(|e| {
                 Error::new(ErrorKind::Config(format!(
@@ -536,28 +554,32 @@ impl Megakernel {
     }
 
     fn check_batch(&self, slots: &[Slot]) -> Result<(), Error> {
-        let tenants = self.inner.config.tenants;
-        for (index, s) in slots.iter().enumerate() {
-            if s.tenant >= tenants {
-                return Err(Error::new(ErrorKind::Publish {
-                    index,
-                    reason: PublishRejection::Tenant {
-                        tenant: s.tenant,
-                        tenants,
-                    },
-                }));
-            }
-            if s.priority > MAX_PRIORITY {
-                return Err(Error::new(ErrorKind::Publish {
-                    index,
-                    reason: PublishRejection::Priority {
-                        priority: s.priority,
-                        max: MAX_PRIORITY,
-                    },
-                }));
-            }
+        match slots
+            .iter()
+            .enumerate()
+            .find_map(|(index, s)| self.rejection(s).map(|reason| (index, reason)))
+        {
+            Some((index, reason)) => Err(Error::new(ErrorKind::Publish { index, reason })),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Why `s` may not be published, if it may not.
+    fn rejection(&self, s: &Slot) -> Option<PublishRejection> {
+        let tenants = self.inner.config.tenants;
+        if s.tenant >= tenants {
+            return Some(PublishRejection::Tenant {
+                tenant: s.tenant,
+                tenants,
+            });
+        }
+        if s.priority > MAX_PRIORITY {
+            return Some(PublishRejection::Priority {
+                priority: s.priority,
+                max: MAX_PRIORITY,
+            });
+        }
+        None
     }
 
     /// Publishes one slot.
@@ -853,14 +875,10 @@ impl Megakernel {
         use std::sync::atomic::AtomicUsize;
         let n = slots.len();
         // The readers below write each completion into its place: `out` needs n elements. A
-        // vector reused from the last batch of this size already has them; a new one is
-        // allocated zeroed (UNREAD is all zero bytes), which costs no pass over it.
-        if out.capacity() < n {
-            *out = vec![UNREAD; n];
-        } else {
-            out.truncate(n);
-            out.resize(n, UNREAD);
-        }
+        // vector reused from a batch at least this large already has them; a shorter one is
+        // filled out (by this thread: 65 µs for 65,536 on an H100 host).
+        out.truncate(n);
+        out.resize(n, UNREAD);
         let _publisher = self
             .inner
             .publisher
@@ -884,7 +902,6 @@ impl Megakernel {
                 ((u + 1) * ring::PARALLEL_UNIT).min(n),
             )
         };
-        let tenants = self.inner.config.tenants;
         // Every word the threads share has a cache line (two: the adjacent-line prefetcher) of
         // its own: readers load `published_upto` and `abort` for every slot, and beside the
         // counters every thread bumps, or the flags of units being written, those loads missed.
@@ -924,9 +941,7 @@ impl Megakernel {
                     break;
                 }
                 let (from, to) = unit(u);
-                let ok = slots[from..to]
-                    .iter()
-                    .all(|s| s.tenant < tenants && s.priority <= MAX_PRIORITY);
+                let ok = slots[from..to].iter().all(|s| self.rejection(s).is_none());
                 if !ok {
                     bad.store(true, Ordering::Relaxed);
                     abort.store(true, Ordering::Relaxed);
@@ -1039,6 +1054,8 @@ impl Megakernel {
             }
         };
         pool.run(work, || {
+            // However this closure ends (a panic included), the pool's threads stop waiting.
+            let _stop = StopOnDrop(&abort);
             if !check() {
                 abort.store(true, Ordering::Relaxed);
                 return;
@@ -1086,6 +1103,21 @@ impl Megakernel {
             }
             abort.store(true, Ordering::Relaxed);
         });
+        // Units written after an abandonment were checked and have room; their lines carry
+        // publish stamps, so hot slot polling may already run them: publish them properly.
+        let mut prefix = published.div_ceil(ring::PARALLEL_UNIT);
+        while !bad.load(Ordering::Relaxed)
+            && prefix < units
+            && written[prefix].load(Ordering::Acquire)
+        {
+            prefix += 1;
+        }
+        let upto = (prefix * ring::PARALLEL_UNIT).min(n);
+        if upto > published {
+            ring.advance_tail(mem, (upto - published) as u32);
+            published = upto;
+            backend.doorbell();
+        }
         drop((dest, whole));
         out.truncate(filled);
         host.next_ticket += published as u64;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use vyre_isa::{Program, SlotOp};
 use vyre_runtime::pipeline_cache::PipelineCache;
 use vyre_runtime::protocol::{control, debug_record, IO_QUEUE_WORDS_PER_SLOT, SLOT_WORDS};
-use vyre_runtime::ring::RingMemory;
+use vyre_runtime::ring::{slot_base, RingMemory};
 use vyre_runtime::{
     Backend, BackendError, BackendKind, BackendProvider, Capabilities, ExecutionModel, Health,
     HostRegion, LaunchConfig, Staging,
@@ -208,8 +208,7 @@ impl MappedRing {
         let words = self.slots();
         for (k, slot) in slots.iter().enumerate() {
             let p = first.wrapping_add(k as u32);
-            let index = (p & (capacity - 1)) as usize;
-            let dst = words[index * SLOT_WORDS..][..SLOT_WORDS].as_ptr() as *mut __m128i;
+            let dst = words[slot_base(capacity, p)..][..SLOT_WORDS].as_ptr() as *mut __m128i;
             let mut line = vyre_runtime::ring::slot_line(p, slot);
             line[SLOT_WORDS - 1] = 0; // the stamp, withheld: TAIL alone publishes this line
             let src = line.as_ptr() as *const __m128i;
@@ -250,8 +249,7 @@ impl RingMemory for MappedRing {
         let words = self.slots();
         for (k, slot) in slots.iter().enumerate() {
             let p = first.wrapping_add(k as u32);
-            let index = (p & (capacity - 1)) as usize;
-            let dst = &words[index * SLOT_WORDS..][..SLOT_WORDS];
+            let dst = &words[slot_base(capacity, p)..][..SLOT_WORDS];
             let line = vyre_runtime::ring::slot_line(p, slot);
             if !self.wide_stores {
                 vyre_runtime::ring::write_line(dst, &line);

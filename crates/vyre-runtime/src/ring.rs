@@ -116,7 +116,7 @@ pub fn initialize(mem: &dyn RingMemory, capacity: u32, debug_capacity: u32, star
     c[control::HEAD].store(start, Ordering::Relaxed);
     for k in 0..capacity {
         let p = start.wrapping_add(k);
-        let base = (p & (capacity - 1)) as usize * SLOT_WORDS;
+        let base = slot_base(capacity, p);
         for w in &mem.slots()[base..base + SLOT_WORDS] {
             w.store(0, Ordering::Relaxed);
         }
@@ -153,7 +153,9 @@ pub fn check_header(mem: &dyn RingMemory) -> Result<(), crate::BackendError> {
 /// The last result word: the publish stamp until a worker writes results.
 const RES3: usize = slot_word::RES0 + 3;
 
-fn slot_base(capacity: u32, position: u32) -> usize {
+/// The index of position `position`'s first word among the slots of a ring of `capacity`.
+#[inline(always)]
+pub fn slot_base(capacity: u32, position: u32) -> usize {
     (position & (capacity - 1)) as usize * SLOT_WORDS
 }
 

@@ -60,8 +60,24 @@ pub fn main(
         rt.push(t.elapsed());
         assert!(matches!(c.outcome, Outcome::Done(_)));
     }
+    // The same for a slot that reads memory: LOAD_U32 of a device-buffer word takes the general
+    // path (a NOP is completed where the hot warp's line poll saw it).
+    let word = mk.create_buffer_with(4, &0x5eed_u32.to_le_bytes())?;
+    let load = Slot::new(SlotOp::LoadU32, &[word, 0]);
+    let mut rt_load = Vec::with_capacity(round_trips);
+    for i in 0..1000 + round_trips {
+        let t = Instant::now();
+        let c = mk.wait(mk.publish(load)?)?;
+        if i >= 1000 {
+            rt_load.push(t.elapsed());
+        }
+        if c.outcome != Outcome::Done([0x5eed, 0, 0, 0]) {
+            return Err(format!("LOAD_U32 round trip gave {:?}", c.outcome).into());
+        }
+    }
     let trace = round_trip_stages(&mk, &cuda, nop, round_trips.min(5000))?;
     let (v50, v99) = stats(rt);
+    let (w50, w99) = stats(rt_load);
     let (l50, l99) = stats(base.launch_readback);
     let (g50, g99) = stats(base.graph_replay);
     let (p50, p99) = stats(base.pingpong);
@@ -75,6 +91,13 @@ pub fn main(
         "| vyre megakernel (persistent, mapped ring) | {:.2} µs | {:.2} µs | 1.00× |",
         us(v50),
         us(v99)
+    )?;
+    writeln!(
+        out,
+        "| vyre megakernel, LOAD_U32 of a device word instead | {:.2} µs | {:.2} µs | {:.2}× |",
+        us(w50),
+        us(w99),
+        us(w50) / us(v50)
     )?;
     writeln!(
         out,
@@ -97,12 +120,20 @@ pub fn main(
         us(p99),
         us(p50) / us(v50)
     )?;
+    writeln!(
+        out,
+        "vyre against the ping-pong (p50): NOP {:.2}×, LOAD_U32 {:.2}×; launch + readback against vyre's NOP: {:.2}×\n",
+        us(v50) / us(p50),
+        us(w50) / us(p50),
+        us(l50) / us(v50)
+    )?;
     if let Some(t) = &trace {
         out.push_str(t);
     }
     eprintln!(
-        "round trip p50: vyre {:.2} µs, launch {:.2}, graph {:.2}, ping-pong {:.2}",
+        "round trip p50: vyre {:.2} µs (LOAD_U32 {:.2}), launch {:.2}, graph {:.2}, ping-pong {:.2}",
         us(v50),
+        us(w50),
         us(l50),
         us(g50),
         us(p50)

@@ -107,6 +107,24 @@ __device__ __forceinline__ void trace(const Params& p, u32 i) {
     }
 }
 
+// The clock for stamps taken before a store they must not delay (see trace_seen).
+__device__ __forceinline__ u32 trace_clock(const Params& p) {
+    unsigned long long t = 0;
+    if (p.trace) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return (u32)t;
+}
+
+// The stamps of a slot completed where the line poll saw it (no run_lanes stages), written
+// after its status store so that they do not hold it up: 2, 0, 3, 1 and 4 at `seen` (the
+// stage table shows those stages as empty), 5 now.
+__device__ __forceinline__ void trace_seen(const Params& p, u32 seen) {
+    if (p.trace) {
+        vstore(&p.trace[2], seen); vstore(&p.trace[0], seen); vstore(&p.trace[3], seen);
+        vstore(&p.trace[1], seen); vstore(&p.trace[4], seen);
+        trace(p, 5);
+    }
+}
+
 // ---------------------------------------------------------------- buffers
 
 struct Buf { u8* base; u64 size; };
@@ -847,6 +865,12 @@ __device__ void control_warp(const Params& p, u32 lane) {
 #ifndef VYRE_LINE_FENCE
 #define VYRE_LINE_FENCE 0
 #endif
+// VYRE_FAST_NOP=1 (the default with light ops): a NOP that the hot warp's line poll brought is
+// checked and completed by the lanes that loaded its line, before the rest of the round (see
+// worker_warp). 0: it runs through run_lanes like any other slot.
+#ifndef VYRE_FAST_NOP
+#define VYRE_FAST_NOP VYRE_LIGHT_OPS
+#endif
 #if DS_SHUTDOWN >= DS_POLLED || DS_ABORT >= DS_POLLED || DS_TAIL >= DS_POLLED || DS_HANG >= DS_POLLED \
     || DS_RESUME_HEAD >= DS_POLLED || DS_RESUME_TAIL >= DS_POLLED || DS_POLLED > 8
 #error "the polled device-state words must be the first DS_POLLED (at most 8, lanes 0..7)"
@@ -1083,6 +1107,40 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         u32 head = __shfl_sync(0xffffffffu, v, 14);
         u32 tail = __shfl_sync(0xffffffffu, v, DS_TAIL);
         u32 hang = __shfl_sync(0xffffffffu, v, DS_HANG);
+#if VYRE_HOT_LINE && VYRE_FAST_NOP
+        // A NOP the line poll brought is checked where its words landed and completed at once:
+        // lane 8 holds SEQ, STATUS, OP and TENANT, lanes 9 and 10 the eight argument words,
+        // lane 11 the publish stamp. All of run_lanes' checks for a NOP pass exactly when this
+        // vote does (the right position, PUBLISHED, no flags, priority 0..7, no tenant high
+        // bits, no arguments); anything else, a malformed NOP included, takes the general path
+        // below and gets its fault there. It changes nothing but its status (no CLAIMED marker,
+        // no results, no memory), as a light op in run_lanes. Measured on an H100 it cut the
+        // round trip's chain of single-warp steps after a line hit (run_lanes' ballots and
+        // shuffles, exec_slot's dispatch; bench/results/ring-cuda.md, session 16).
+        if (hot && !tail_next && !stop && !hang) {
+            bool good = true;
+            if (lane == 8) {
+                good = hl.x == first && (hl.y & 0xff) == VYRE_ST_PUBLISHED
+                    && (hl.z & 0x00ffffffu) == VYRE_OP_NOP && (hl.z >> 24) <= 7 && (hl.w >> 16) == 0;
+            } else if (lane == 9 || lane == 10) {
+                good = (hl.x | hl.y | hl.z | hl.w) == 0;
+            } else if (lane == 11) {
+                good = hl.w == (first | 1u);
+            }
+            if (__all_sync(0xffffffffu, good)) {
+                if (lane == 8) {
+                    u32 seen = trace_clock(p);
+                    vstore(&p.slots[(size_t)(first & (p.capacity - 1)) * VYRE_SLOT_WORDS + VYRE_SLOT_STATUS], VYRE_ST_DONE);
+                    trace_seen(p, seen);
+                    atomicAdd(&ds[DS_OP_COUNTERS + VYRE_OP_NOP], 1u);
+                }
+                counts.add(1);
+                // The rest of the round sees the position taken: its bit is no longer pending.
+                pending &= ~(1u << (first - start));
+                idle = 0; dry = 0;
+            }
+        }
+#endif
         u32 rhead = __shfl_sync(0xffffffffu, v, DS_RESUME_HEAD);
         u32 ravail = __shfl_sync(0xffffffffu, v, DS_RESUME_TAIL) - rhead;
         if (ravail != 0 && ravail <= p.capacity && !hang) {

@@ -78,6 +78,7 @@ fn main() -> ExitCode {
         ingest_zero_copy(&mut passed, &mut failed);
         buffer_words(&mut passed, &mut failed);
         large_batches(&mut passed, &mut failed);
+        single_round_trips(&mut passed, &mut failed);
     }
     watchdog(&mut passed, &mut failed);
     println!("{passed} passed, {failed} failed, {skipped} skipped");
@@ -574,4 +575,63 @@ fn large_batches(passed: &mut u32, failed: &mut u32) {
         }
     }
     mk.shutdown().expect("shutdown");
+}
+
+fn single_round_trips(passed: &mut u32, failed: &mut u32) {
+    // Slots published one at a time, each waited for: the hot warp's line poll finds them, and
+    // a well-formed NOP is completed where the poll saw it (VYRE_FAST_NOP). Malformed NOPs
+    // (a flag, an argument word, the other checks' order) must still fault exactly as on the
+    // cpu oracle, other opcodes between them must run, and the done, fault and per-opcode
+    // counters must count every slot once.
+    let nop = Slot::new(SlotOp::Nop, &[]);
+    let mut flagged = nop;
+    flagged.flags = 1;
+    let (mut word0, mut word7) = (nop, nop);
+    word0.args[0] = 5;
+    word7.args[7] = 1;
+    let run = |backend: Arc<dyn Backend>| {
+        let mk = Megakernel::launch(backend, Config::default()).expect("launch");
+        let buf = mk.create_buffer_with(8, &[1, 0, 0, 0, 2, 0, 0, 0]).unwrap();
+        let mix = [
+            nop,
+            nop.with_priority(7),
+            flagged,
+            word0,
+            nop,
+            word7,
+            Slot::new(SlotOp::LoadU32, &[buf, 4]),
+            nop,
+        ];
+        let n = 3_000;
+        let outcomes: Vec<Outcome> = (0..n)
+            .map(|i| {
+                mk.publish(mix[i % mix.len()])
+                    .and_then(|t| mk.wait(t))
+                    .map_or_else(|e| panic!("slot {i}: {e}"), |c| c.outcome)
+            })
+            .collect();
+        // The device adds its counts after a few idle rounds and mirrors them to the host.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while mk.stats().done != n as u32 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The per-opcode counters are added before the done count, and mirrored with it.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let s = mk.stats();
+        mk.shutdown().expect("shutdown");
+        (outcomes, (s.done, s.faults, s.op_counts))
+    };
+    let (want, want_counts) = run(Arc::new(vyre_cpu::CpuBackend::new()));
+    let (got, got_counts) = run(cuda(BufferPlacement::Device));
+    let differ = want.iter().zip(&got).filter(|(a, b)| a != b).count();
+    check(
+        "single_round_trips_match_cpu_with_counters",
+        differ == 0 && got.len() == want.len() && got_counts == want_counts,
+        format!(
+            "{differ} outcomes differ (first: {:?}); counters (done, faults, per op): cuda {got_counts:?}, cpu {want_counts:?}",
+            want.iter().zip(&got).find(|(a, b)| a != b)
+        ),
+        passed,
+        failed,
+    );
 }

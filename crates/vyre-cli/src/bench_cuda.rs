@@ -75,7 +75,12 @@ pub fn main(
             return Err(format!("LOAD_U32 round trip gave {:?}", c.outcome).into());
         }
     }
-    let trace = round_trip_stages(&mk, &cuda, nop, round_trips.min(5000))?;
+    let trace = match round_trip_stages(&mk, &cuda, nop, round_trips.min(5000))? {
+        Some(t) => Some(
+            t + &round_trip_stages(&mk, &cuda, load, round_trips.min(5000))?.unwrap_or_default(),
+        ),
+        None => None,
+    };
     let (v50, v99) = stats(rt);
     let (w50, w99) = stats(rt_load);
     let (l50, l99) = stats(base.launch_readback);
@@ -271,7 +276,7 @@ pub fn main(
 fn round_trip_stages(
     mk: &Megakernel,
     cuda: &vyre_cuda::CudaBackend,
-    nop: Slot,
+    slot: Slot,
     n: usize,
 ) -> Result<Option<String>, Box<dyn std::error::Error>> {
     if cuda.trace_words().is_none() {
@@ -280,7 +285,7 @@ fn round_trip_stages(
     let mut cols: [Vec<Duration>; 10] = Default::default();
     for _ in 0..n {
         let t0 = Instant::now();
-        let ticket = mk.publish(nop)?;
+        let ticket = mk.publish(slot)?;
         let t1 = Instant::now();
         mk.wait(ticket)?;
         let t2 = Instant::now();
@@ -312,10 +317,10 @@ fn round_trip_stages(
         "(of them) slot words → exec_slot entered",
         "(of them) exec_slot entered → returned",
     ];
-    let mut t = String::from("### Round trip by stage (VYRE_CUDA_TRACE=1; medians of ");
-    t.push_str(&format!(
-        "{n} round trips)\n\n| stage | p50 | p99 |\n|---|---|---|\n"
-    ));
+    let mut t = format!(
+        "### Round trip by stage, {} (VYRE_CUDA_TRACE=1; medians of {n} round trips)\n\n| stage | p50 | p99 |\n|---|---|---|\n",
+        SlotOp::from_u16(slot.op).map_or("?", SlotOp::mnemonic)
+    );
     for (name, v) in names.iter().zip(cols) {
         let (a, b) = stats(v);
         t.push_str(&format!("| {name} | {:.2} µs | {:.2} µs |\n", us(a), us(b)));

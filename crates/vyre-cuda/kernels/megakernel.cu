@@ -1116,7 +1116,9 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         // below and gets its fault there. It changes nothing but its status (no CLAIMED marker,
         // no results, no memory), as a light op in run_lanes. Measured on an H100 it cut the
         // round trip's chain of single-warp steps after a line hit (run_lanes' ballots and
-        // shuffles, exec_slot's dispatch; bench/results/ring-cuda.md, session 16).
+        // shuffles, exec_slot's dispatch; bench/results/ring-cuda.md, session 16). Checking
+        // for it only inside the general hit test below (one branch when the poll finds
+        // nothing) measured worse: p50 2.07-3.31 us against 1.93-2.69 in the same session.
         if (hot && !tail_next && !stop && !hang) {
             bool good = true;
             if (lane == 8) {

@@ -119,3 +119,79 @@ impl<T> std::ops::Deref for Padded<T> {
         &self.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Runs `pool.run` with a `work` that waits for `main`, which waits (at most 10 s) until
+    /// every thread's `work` has started: returns how many had started, how many `work`
+    /// calls there were, and `main`'s result.
+    fn run_all(pool: &HostPool) -> (usize, usize, u32) {
+        let (started, calls, go) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicBool::new(false),
+        );
+        let threads = pool.pool.current_num_threads();
+        let result = pool.run(
+            || {
+                calls.fetch_add(1, Ordering::AcqRel);
+                started.fetch_add(1, Ordering::AcqRel);
+                while !go.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+            },
+            || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while started.load(Ordering::Acquire) < threads && Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
+                let seen = started.load(Ordering::Acquire);
+                go.store(true, Ordering::Release);
+                (seen, 7u32)
+            },
+        );
+        // Every `work` has returned by now: none may still be counting.
+        (result.0, calls.load(Ordering::Acquire), result.1)
+    }
+
+    #[test]
+    fn run_gives_work_to_every_thread_at_once_and_returns_after_all_of_it() {
+        for spin in [Duration::ZERO, Duration::from_millis(5)] {
+            let pool = HostPool::new(4, spin).unwrap();
+            for _ in 0..3 {
+                // All four `work` calls were running at the same time (each waits for `main`,
+                // which waited for all four): four threads, not one after another.
+                assert_eq!(run_all(&pool), (4, 4, 7), "spin {spin:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_next_use_stops_threads_kept_spinning() {
+        // Kept spinning for a minute, the threads would hold the next use's jobs that long if
+        // the use did not stop them.
+        let pool = HostPool::new(3, Duration::from_secs(60)).unwrap();
+        assert_eq!(run_all(&pool), (3, 3, 7));
+        let t = Instant::now();
+        assert_eq!(run_all(&pool), (3, 3, 7));
+        assert_eq!(pool.get().install(|| 5), 5);
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the second use waited {:?} for spinning threads",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_panic_in_work_reaches_the_caller_and_the_pool_still_works() {
+        let pool = HostPool::new(2, Duration::from_millis(1)).unwrap();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(|| panic!("work failed"), || 1)
+        }));
+        assert!(caught.is_err(), "the panic was lost");
+        assert_eq!(run_all(&pool), (2, 2, 7));
+    }
+}

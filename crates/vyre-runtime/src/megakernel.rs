@@ -605,6 +605,16 @@ impl Megakernel {
         None
     }
 
+    /// The host pool for a publish or reap of at most `n` slots: none below the size at which
+    /// the ring shares work with it (`ring::PARALLEL_MIN`), so that a small publish or wait
+    /// leaves the threads kept spinning after a large batch alone for the next one.
+    fn pool_for(&self, n: usize) -> Option<&rayon::ThreadPool> {
+        if n < crate::ring::PARALLEL_MIN {
+            return None;
+        }
+        self.inner.pool.as_ref().map(HostPool::get)
+    }
+
     /// Publishes one slot.
     pub fn publish(&self, slot: Slot) -> Result<Ticket, Error> {
         Ok(self.publish_batch(std::slice::from_ref(&slot))?.start)
@@ -660,7 +670,7 @@ impl Megakernel {
             }
             let n = {
                 let Host { ring, mem, .. } = &mut *host;
-                let pool = self.inner.pool.as_ref().map(HostPool::get);
+                let pool = self.pool_for(rest.len());
                 if !whole {
                     ring.publish_on(mem.as_ref(), rest, pool)
                 } else if ring.publish_whole_on(mem.as_ref(), rest, pool) {
@@ -790,7 +800,7 @@ impl Megakernel {
                 let eager = self.inner.pool.is_none()
                     || !host.direct(next)
                     || backoff.waited(Duration::from_micros(100));
-                let pool = self.inner.pool.as_ref().map(HostPool::get);
+                let pool = self.pool_for(usize::try_from(tickets.end - next).unwrap_or(usize::MAX));
                 next += host.reap_direct(next, tickets.end, &mut out, pool, eager) as u64;
                 if next > before {
                     backoff = Backoff::default();

@@ -283,14 +283,19 @@ fn round_trip_stages(
         return Ok(None);
     }
     let mut cols: [Vec<Duration>; 10] = Default::default();
+    let mut last = cuda.trace_words().expect("tracing")[5];
     for _ in 0..n {
         let t0 = Instant::now();
         let ticket = mk.publish(slot)?;
         let t1 = Instant::now();
         mk.wait(ticket)?;
         let t2 = Instant::now();
-        let w = cuda.trace_words().expect("tracing");
-        // Stamps 2..=5 come from the worker that ran the slot, in order.
+        // Stamps 2..=5 come from the worker that ran the slot, in order (a round trip whose
+        // stamp 5 did not arrive within 1 ms is left out).
+        let Some(w) = cuda.trace_words_after(last) else {
+            continue;
+        };
+        last = w[5];
         let d = |a: usize, b: usize| {
             Duration::from_nanos(u64::from(w[b].wrapping_sub(w[a])).min(1 << 30))
         };
@@ -318,8 +323,9 @@ fn round_trip_stages(
         "(of them) exec_slot entered → returned",
     ];
     let mut t = format!(
-        "### Round trip by stage, {} (VYRE_CUDA_TRACE=1; medians of {n} round trips)\n\n| stage | p50 | p99 |\n|---|---|---|\n",
-        SlotOp::from_u16(slot.op).map_or("?", SlotOp::mnemonic)
+        "### Round trip by stage, {} (VYRE_CUDA_TRACE=1; medians of {} of {n} round trips, those whose stamps arrived)\n\n| stage | p50 | p99 |\n|---|---|---|\n",
+        SlotOp::from_u16(slot.op).map_or("?", SlotOp::mnemonic),
+        cols[5].len()
     );
     for (name, v) in names.iter().zip(cols) {
         let (a, b) = stats(v);

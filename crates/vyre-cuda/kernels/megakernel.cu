@@ -1110,15 +1110,17 @@ __device__ void worker_warp(const Params& p, u32 lane) {
 #if VYRE_HOT_LINE && VYRE_FAST_NOP
         // A NOP the line poll brought is checked where its words landed and completed at once:
         // lane 8 holds SEQ, STATUS, OP and TENANT, lanes 9 and 10 the eight argument words,
-        // lane 11 the publish stamp. All of run_lanes' checks for a NOP pass exactly when this
-        // vote does (the right position, PUBLISHED, no flags, priority 0..7, no tenant high
-        // bits, no arguments); anything else, a malformed NOP included, takes the general path
-        // below and gets its fault there. It changes nothing but its status (no CLAIMED marker,
+        // lane 11 the publish stamp. The vote passes only for a NOP that passes all of
+        // run_lanes' checks (the right position, PUBLISHED, no flags, priority 0..7, no tenant
+        // high bits, no arguments) and whose line shows its publish stamp; anything else, a
+        // malformed NOP included, takes the general path below and gets its fault there. It changes nothing but its status (no CLAIMED marker,
         // no results, no memory), as a light op in run_lanes. Measured on an H100 it cut the
         // round trip's chain of single-warp steps after a line hit (run_lanes' ballots and
         // shuffles, exec_slot's dispatch; bench/results/ring-cuda.md, session 16). Checking
         // for it only inside the general hit test below (one branch when the poll finds
         // nothing) measured worse: p50 2.07-3.31 us against 1.93-2.69 in the same session.
+        // Other slots pay for the check: LOAD_U32's round trip was slower with it in 13 of 15
+        // alternated pairs (by a median of 0.2 us), for a reason not found.
         if (hot && !tail_next && !stop && !hang) {
             bool good = true;
             if (lane == 8) {

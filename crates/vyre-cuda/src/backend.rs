@@ -523,6 +523,24 @@ impl CudaBackend {
         }))
     }
 
+    /// As [`CudaBackend::trace_words`], once stamp 5 (the last a worker writes for a slot, after
+    /// its status) differs from `last`, waiting at most 1 ms for it: the host can see a slot's
+    /// status before the stamps written around it. `None` without tracing, or if stamp 5 did
+    /// not change.
+    pub fn trace_words_after(&self, last: u32) -> Option<[u32; 12]> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1);
+        loop {
+            let w = self.trace_words()?;
+            if w[5] != last {
+                return Some(w);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Where `create_buffer` puts buffers from now on.
     pub fn with_placement(mut self, placement: BufferPlacement) -> CudaBackend {
         self.placement = placement;

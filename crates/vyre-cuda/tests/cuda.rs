@@ -580,36 +580,49 @@ fn large_batches(passed: &mut u32, failed: &mut u32) {
 fn single_round_trips(passed: &mut u32, failed: &mut u32) {
     // Slots published one at a time, each waited for: the hot warp's line poll finds them, and
     // a well-formed NOP is completed where the poll saw it (VYRE_FAST_NOP). Malformed NOPs
-    // (a flag, an argument word, the other checks' order) must still fault exactly as on the
-    // cpu oracle, other opcodes between them must run, and the done, fault and per-opcode
-    // counters must count every slot once.
+    // (a flag, an argument word) must still fault exactly as on the cpu oracle, other opcodes
+    // between them must run, and the done, fault and per-opcode counters must count every slot
+    // once. The cuda run is traced: a NOP completed by the fast path leaves stamps 2, 0, 3, 1
+    // and 4 equal (no run_lanes stages), so the test also sees which path each slot took.
     let nop = Slot::new(SlotOp::Nop, &[]);
     let mut flagged = nop;
     flagged.flags = 1;
     let (mut word0, mut word7) = (nop, nop);
     word0.args[0] = 5;
     word7.args[7] = 1;
-    let run = |backend: Arc<dyn Backend>| {
-        let mk = Megakernel::launch(backend, Config::default()).expect("launch");
+    let mix = |buf: u32| {
+        [
+            (nop, true),
+            (nop.with_priority(7), true),
+            (flagged, false),
+            (word0, false),
+            (nop, true),
+            (word7, false),
+            (Slot::new(SlotOp::LoadU32, &[buf, 4]), false),
+            (nop, true),
+        ]
+    };
+    let n = 3_000;
+    // (outcome, took the fast path) per slot; the done, fault and per-opcode counters.
+    type Run = (Vec<(Outcome, Option<bool>)>, (u32, u32, Vec<u32>));
+    let run = |backend: Arc<dyn Backend>, traced: Option<&CudaBackend>| -> Result<Run, String> {
+        let mk = Megakernel::launch(backend, Config::default()).map_err(|e| e.to_string())?;
         let buf = mk.create_buffer_with(8, &[1, 0, 0, 0, 2, 0, 0, 0]).unwrap();
-        let mix = [
-            nop,
-            nop.with_priority(7),
-            flagged,
-            word0,
-            nop,
-            word7,
-            Slot::new(SlotOp::LoadU32, &[buf, 4]),
-            nop,
-        ];
-        let n = 3_000;
-        let outcomes: Vec<Outcome> = (0..n)
-            .map(|i| {
-                mk.publish(mix[i % mix.len()])
-                    .and_then(|t| mk.wait(t))
-                    .map_or_else(|e| panic!("slot {i}: {e}"), |c| c.outcome)
-            })
-            .collect();
+        let mix = mix(buf);
+        let mut last = traced.and_then(|c| c.trace_words()).map_or(0, |w| w[5]);
+        let mut got = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = mk
+                .publish(mix[i % mix.len()].0)
+                .and_then(|t| mk.wait_timeout(t, Some(std::time::Duration::from_secs(10))))
+                .map_err(|e| format!("slot {i}: {e}"))?;
+            let fast = traced.and_then(|cuda| {
+                let w = cuda.trace_words_after(last)?;
+                last = w[5];
+                Some(w[2] == w[0] && w[0] == w[3] && w[3] == w[1] && w[1] == w[4])
+            });
+            got.push((c.outcome, fast));
+        }
         // The device adds its counts after a few idle rounds and mirrors them to the host.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while mk.stats().done != n as u32 && std::time::Instant::now() < deadline {
@@ -618,18 +631,69 @@ fn single_round_trips(passed: &mut u32, failed: &mut u32) {
         // The per-opcode counters are added before the done count, and mirrored with it.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let s = mk.stats();
-        mk.shutdown().expect("shutdown");
-        (outcomes, (s.done, s.faults, s.op_counts))
+        mk.shutdown().map_err(|e| e.to_string())?;
+        Ok((got, (s.done, s.faults, s.op_counts)))
     };
-    let (want, want_counts) = run(Arc::new(vyre_cpu::CpuBackend::new()));
-    let (got, got_counts) = run(cuda(BufferPlacement::Device));
-    let differ = want.iter().zip(&got).filter(|(a, b)| a != b).count();
+    let want = run(Arc::new(vyre_cpu::CpuBackend::new()), None);
+    // Tracing is chosen when a backend is created; only this one has it.
+    std::env::set_var("VYRE_CUDA_TRACE", "1");
+    let traced = CudaBackend::with_cache(cache()).map(Arc::new);
+    std::env::remove_var("VYRE_CUDA_TRACE");
+    let got = traced
+        .map_err(|e| e.to_string())
+        .and_then(|b| run(b.clone(), Some(&b)));
+    let (Ok((want, want_counts)), Ok((got, got_counts))) = (&want, &got) else {
+        check(
+            "single_round_trips_match_cpu_with_counters",
+            false,
+            format!(
+                "cpu: {:?}\ncuda: {:?}",
+                want.as_ref().err(),
+                got.as_ref().err()
+            ),
+            passed,
+            failed,
+        );
+        return;
+    };
+    let differ = want.iter().zip(got).filter(|(a, b)| a.0 != b.0).count();
     check(
         "single_round_trips_match_cpu_with_counters",
         differ == 0 && got.len() == want.len() && got_counts == want_counts,
         format!(
             "{differ} outcomes differ (first: {:?}); counters (done, faults, per op): cuda {got_counts:?}, cpu {want_counts:?}",
-            want.iter().zip(&got).find(|(a, b)| a != b)
+            want.iter().zip(got).find(|(a, b)| a.0 != b.0)
+        ),
+        passed,
+        failed,
+    );
+    // Which path each slot took. Well-formed NOPs: the fast path for most (a NOP the line poll
+    // missed, found through the tail instead, runs through run_lanes), or for none when the
+    // kernel is built with VYRE_FAST_NOP=0. Anything else: never.
+    let off = std::env::var("VYRE_CUDA_DEFINES").is_ok_and(|d| d.contains("VYRE_FAST_NOP=0"));
+    let fast_mix = mix(0).map(|(_, fast)| fast);
+    let (mut nops, mut nops_fast, mut others_fast, mut unknown) = (0, 0, 0, 0);
+    for (i, (_, fast)) in got.iter().enumerate() {
+        match (fast_mix[i % fast_mix.len()], fast) {
+            (_, None) => unknown += 1,
+            (true, Some(f)) => {
+                nops += 1;
+                nops_fast += usize::from(*f);
+            }
+            (false, Some(f)) => others_fast += usize::from(*f),
+        }
+    }
+    let nops_ok = if off {
+        nops_fast == 0
+    } else {
+        nops_fast * 2 >= nops
+    };
+    check(
+        "single_round_trips_fast_nop_only_for_well_formed_nops",
+        nops_ok && others_fast == 0 && unknown * 100 <= n,
+        format!(
+            "well-formed NOPs: {nops_fast} of {nops} completed by the fast path (VYRE_FAST_NOP=0: {off}); \
+             other slots: {others_fast} by the fast path; {unknown} of {n} without fresh stamps"
         ),
         passed,
         failed,

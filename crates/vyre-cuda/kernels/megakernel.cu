@@ -1113,8 +1113,9 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         // lane 11 the publish stamp. The vote passes only for a NOP that passes all of
         // run_lanes' checks (the right position, PUBLISHED, no flags, priority 0..7, no tenant
         // high bits, no arguments) and whose line shows its publish stamp; anything else, a
-        // malformed NOP included, takes the general path below and gets its fault there. It changes nothing but its status (no CLAIMED marker,
-        // no results, no memory), as a light op in run_lanes. Measured on an H100 it cut the
+        // malformed NOP included, takes the general path below and gets its fault there. It
+        // changes nothing but its status (no CLAIMED marker, no results, no memory), as a light
+        // op in run_lanes. Measured on an H100 it cut the
         // round trip's chain of single-warp steps after a line hit (run_lanes' ballots and
         // shuffles, exec_slot's dispatch; bench/results/ring-cuda.md, session 16). Checking
         // for it only inside the general hit test below (one branch when the poll finds

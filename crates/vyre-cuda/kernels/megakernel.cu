@@ -125,6 +125,11 @@ __device__ __forceinline__ void trace_seen(const Params& p, u32 seen) {
     }
 }
 
+// The first word of position `pos`'s slot line in the ring (ring::slot_base on the host).
+__device__ __forceinline__ u32* slot_at(const Params& p, u32 pos) {
+    return p.slots + (size_t)(pos & (p.capacity - 1)) * VYRE_SLOT_WORDS;
+}
+
 // ---------------------------------------------------------------- buffers
 
 struct Buf { u8* base; u64 size; };
@@ -685,7 +690,7 @@ __device__ bool exec_slot(const Params& p, u32 position, const u32* w, u32* r, F
         if (a[6] != 0) {
             if (a[6] > p.max_progs || __ldcg(&p.progs[a[6] - 1].ptr) == 0) FAIL(VYRE_F_BAD_PROGRAM, a[6]);
         }
-        u32* s = p.slots + (size_t)(position & (p.capacity - 1)) * VYRE_SLOT_WORDS;
+        u32* s = slot_at(p, position);
         vstore(&s[VYRE_SLOT_STATUS], VYRE_ST_WAIT_IO);
         u32 i = atomicAdd(&p.ds[DS_IO_REQ_WRITE], 1u);
         u32* rec = p.ioq + (size_t)(i & (p.capacity - 1)) * VYRE_IOREQ_WORDS;
@@ -948,7 +953,7 @@ __device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resu
             if (src == pre_lane) {
                 c[k] = pv;
             } else if (srun) {
-                const uint4* line = (const uint4*)(p.slots + (size_t)(spos & (p.capacity - 1)) * VYRE_SLOT_WORDS);
+                const uint4* line = (const uint4*)slot_at(p, spos);
                 c[k] = ld_relaxed_sys_v4(line + (lane & 3));
             }
         }
@@ -964,7 +969,7 @@ __device__ u32 run_lanes(const Params& p, u32 lane, u32 pos, bool run, bool resu
         }
     }
     if (run) {
-        u32* s = p.slots + (size_t)(pos & (p.capacity - 1)) * VYRE_SLOT_WORDS;
+        u32* s = slot_at(p, pos);
         if (tracer) trace(p, 3);
         u32 r[4] = {0, 0, 0, 0};
         Fault f; f.code = 0; f.detail = 0; f.at = 0;
@@ -1098,7 +1103,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         uint4 hl = make_uint4(0, 0, 0, 0);
         if (hot && !tail_next && lane >= 8 && lane < 13) {
             u32 pos = lane < 12 ? first : first + 1;
-            const uint4* line = (const uint4*)(p.slots + (size_t)(pos & (p.capacity - 1)) * VYRE_SLOT_WORDS);
+            const uint4* line = (const uint4*)slot_at(p, pos);
             const uint4* at = line + (lane < 12 ? lane - 8 : 0);
             hl = VYRE_LINE_POLL == 3 ? ld_relaxed_sys_v4(at) : ld_acquire_sys_v4(at);
         }
@@ -1135,7 +1140,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
             if (__all_sync(0xffffffffu, good)) {
                 if (lane == 8) {
                     u32 seen = trace_clock(p);
-                    vstore(&p.slots[(size_t)(first & (p.capacity - 1)) * VYRE_SLOT_WORDS + VYRE_SLOT_STATUS], VYRE_ST_DONE);
+                    vstore(&slot_at(p, first)[VYRE_SLOT_STATUS], VYRE_ST_DONE);
                     trace_seen(p, seen);
                     atomicAdd(&ds[DS_OP_COUNTERS + VYRE_OP_NOP], 1u);
                 }
@@ -1256,7 +1261,7 @@ __device__ void worker_warp(const Params& p, u32 lane) {
         if (hang) {
             // Simulated hang: mark the claim taken, hold it, leave only on ABORT.
             if (run) {
-                u32* s = p.slots + (size_t)((start + lane) & (p.capacity - 1)) * VYRE_SLOT_WORDS;
+                u32* s = slot_at(p, start + lane);
                 vstore(&s[VYRE_SLOT_STATUS], VYRE_ST_CLAIMED);
             }
             while (!vload(&ds[DS_ABORT])) __nanosleep(10000);
